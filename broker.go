@@ -1,0 +1,125 @@
+package wsroom
+
+import (
+	"context"
+	"sync"
+)
+
+// Broker carries published messages to every node's copy of a room.
+//
+// Publish numbers each non-ephemeral message and records it in the room's
+// history (a Broker that works across nodes numbers messages in its engine, so
+// that one order holds across the cluster); then every subscriber of the
+// room, on every node, receives every message once, in sequence order.
+//
+// A Broker's methods may be called concurrently. Each subscription's deliver
+// function is called from one goroutine at a time and must not block for long:
+// a Room's deliver only hands the message to the room's own loop.
+type Broker interface {
+	// Publish assigns m the room's next sequence number unless m.Ephemeral,
+	// stores it, and sends it to every subscriber of room. It returns once
+	// the message is numbered and on its way.
+	Publish(ctx context.Context, room string, m Message) error
+
+	// Subscribe arranges for deliver to receive every message published to
+	// room from now on, until unsubscribe is called. When Subscribe returns
+	// without error, messages published afterwards are delivered.
+	Subscribe(ctx context.Context, room string, deliver func(Message)) (unsubscribe func(), err error)
+}
+
+// LocalBroker is the Broker of a single process: it numbers messages through
+// a Store and hands them to the subscribers in the same process. It is the
+// default Broker of a Room. It is safe for concurrent use.
+type LocalBroker struct {
+	store Store
+
+	mu     sync.Mutex
+	topics map[string]*topic
+}
+
+type topic struct {
+	mu   sync.Mutex // held while numbering and delivering, so order is one
+	subs map[*subscription]struct{}
+	dead bool // removed from LocalBroker.topics
+}
+
+type subscription struct{ deliver func(Message) }
+
+// NewLocalBroker returns a LocalBroker that numbers and stores messages in s.
+func NewLocalBroker(s Store) *LocalBroker {
+	return &LocalBroker{store: s, topics: make(map[string]*topic)}
+}
+
+// Store returns the Store the broker numbers messages in.
+func (b *LocalBroker) Store() Store { return b.store }
+
+// Publish implements Broker. Messages of one room are numbered and delivered
+// one at a time, so every subscriber sees them in sequence order.
+func (b *LocalBroker) Publish(ctx context.Context, room string, m Message) error {
+	for {
+		b.mu.Lock()
+		t := b.topics[room]
+		b.mu.Unlock()
+		if t == nil {
+			// No subscriber here: number and store only.
+			if !m.Ephemeral {
+				_, err := b.store.Append(ctx, room, m)
+				return err
+			}
+			return nil
+		}
+		t.mu.Lock()
+		if t.dead {
+			t.mu.Unlock()
+			continue
+		}
+		err := t.publish(ctx, b.store, room, m)
+		t.mu.Unlock()
+		return err
+	}
+}
+
+func (t *topic) publish(ctx context.Context, s Store, room string, m Message) error {
+	if !m.Ephemeral {
+		var err error
+		if m, err = s.Append(ctx, room, m); err != nil {
+			return err
+		}
+	}
+	for sub := range t.subs {
+		sub.deliver(m)
+	}
+	return nil
+}
+
+// Subscribe implements Broker.
+func (b *LocalBroker) Subscribe(ctx context.Context, room string, deliver func(Message)) (func(), error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s := &subscription{deliver: deliver}
+	b.mu.Lock()
+	t := b.topics[room]
+	if t == nil {
+		t = &topic{subs: make(map[*subscription]struct{})}
+		b.topics[room] = t
+	}
+	t.mu.Lock()
+	t.subs[s] = struct{}{}
+	t.mu.Unlock()
+	b.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			b.mu.Lock()
+			t.mu.Lock()
+			delete(t.subs, s)
+			if len(t.subs) == 0 {
+				t.dead = true
+				delete(b.topics, room)
+			}
+			t.mu.Unlock()
+			b.mu.Unlock()
+		})
+	}, nil
+}

@@ -1,0 +1,263 @@
+// Package brokertest checks that a wsroom.Broker behaves as the wsroom
+// package expects. Implementations call Run from their own tests:
+//
+//	func TestConformance(t *testing.T) {
+//		brokertest.Run(t, func(t *testing.T) wsroom.Broker { return mybroker.New(...) })
+//	}
+//
+// newNode is called more than once in some cases: each call stands for one
+// server node, and every node returned within one test must reach the same
+// cluster (for an in-process broker, return the same broker each time).
+// Each case uses room names of its own, so a shared engine need not be
+// emptied first.
+package brokertest
+
+import (
+	"bytes"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wsroom/wsroom"
+	"github.com/wsroom/wsroom/storetest"
+)
+
+// Wait bounds how long a case waits for a delivery before it fails.
+var Wait = 10 * time.Second
+
+// Run runs every conformance case as a subtest of t.
+func Run(t *testing.T, newNode func(t *testing.T) wsroom.Broker) {
+	cases := []struct {
+		name string
+		fn   func(*testing.T, func(*testing.T) wsroom.Broker)
+	}{
+		{"DeliverOnceInOrder", testDeliverOnceInOrder},
+		{"Fields", testFields},
+		{"Ephemeral", testEphemeral},
+		{"RoomsIsolated", testRoomsIsolated},
+		{"Unsubscribe", testUnsubscribe},
+		{"History", testHistory},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) { c.fn(t, newNode) })
+	}
+}
+
+// sink collects one subscription's deliveries.
+type sink struct {
+	mu   sync.Mutex
+	msgs []wsroom.Message
+	more chan struct{}
+}
+
+func subscribe(t *testing.T, b wsroom.Broker, room string) *sink {
+	t.Helper()
+	s := &sink{more: make(chan struct{}, 1)}
+	unsub, err := b.Subscribe(t.Context(), room, func(m wsroom.Message) {
+		s.mu.Lock()
+		s.msgs = append(s.msgs, m)
+		s.mu.Unlock()
+		select {
+		case s.more <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		t.Fatalf("Subscribe(%q) error: %v", room, err)
+	}
+	t.Cleanup(unsub)
+	return s
+}
+
+// wait returns the first n deliveries, failing t if they do not arrive.
+func (s *sink) wait(t *testing.T, n int) []wsroom.Message {
+	t.Helper()
+	deadline := time.After(Wait)
+	for {
+		s.mu.Lock()
+		got := slices.Clone(s.msgs)
+		s.mu.Unlock()
+		if len(got) >= n {
+			return got
+		}
+		select {
+		case <-s.more:
+		case <-deadline:
+			t.Fatalf("got %d deliveries after %v, want %d", len(got), Wait, n)
+		}
+	}
+}
+
+func publish(t *testing.T, b wsroom.Broker, room string, m wsroom.Message) {
+	t.Helper()
+	if err := b.Publish(t.Context(), room, m); err != nil {
+		t.Fatalf("Publish(%q) error: %v", room, err)
+	}
+}
+
+func testDeliverOnceInOrder(t *testing.T, newNode func(*testing.T) wsroom.Broker) {
+	room := storetest.RoomName(t)
+	nodes := []wsroom.Broker{newNode(t), newNode(t), newNode(t)}
+	var sinks []*sink
+	for _, n := range nodes {
+		sinks = append(sinks, subscribe(t, n, room))
+	}
+	const each = 20
+	var wg sync.WaitGroup
+	errs := make(chan error, len(nodes))
+	for i, n := range nodes {
+		wg.Go(func() {
+			for j := range each {
+				if err := n.Publish(t.Context(), room, wsroom.Message{Data: fmt.Appendf(nil, "n%d-%d", i, j)}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("concurrent Publish error: %v", err)
+	}
+	total := each * len(nodes)
+	first := sinks[0].wait(t, total)
+	for i, s := range sinks {
+		got := s.wait(t, total)
+		time.Sleep(50 * time.Millisecond) // let a duplicate, if any, arrive
+		got = s.wait(t, total)
+		if len(got) != total {
+			t.Errorf("node %d got %d deliveries, want %d (no duplicates)", i, len(got), total)
+		}
+		for k, m := range got {
+			if m.Seq != uint64(k+1) {
+				t.Errorf("node %d delivery %d has seq %d, want %d", i, k, m.Seq, k+1)
+				break
+			}
+		}
+		if !slices.EqualFunc(got, first, func(a, b wsroom.Message) bool { return bytes.Equal(a.Data, b.Data) && a.Seq == b.Seq }) {
+			t.Errorf("node %d saw another order than node 0", i)
+		}
+	}
+	seen := map[string]bool{}
+	for _, m := range first {
+		seen[string(m.Data)] = true
+	}
+	if len(seen) != total {
+		t.Errorf("node 0 saw %d distinct messages, want %d", len(seen), total)
+	}
+}
+
+func testFields(t *testing.T, newNode func(*testing.T) wsroom.Broker) {
+	room := storetest.RoomName(t)
+	a, b := newNode(t), newNode(t)
+	s := subscribe(t, b, room)
+	at := time.UnixMilli(time.Now().UnixMilli())
+	in := wsroom.Message{From: "c9", Data: []byte("d\x00\xff\u00e9"), Time: at}
+	publish(t, a, room, in)
+	eph := wsroom.Message{From: "c9", Except: "c3", Ephemeral: true, Data: []byte("typing"), Time: at}
+	publish(t, a, room, eph)
+	got := s.wait(t, 2)
+	if m := got[0]; m.Seq != 1 || m.Epoch == "" || m.From != in.From || !bytes.Equal(m.Data, in.Data) || !m.Time.Equal(at) || m.Ephemeral {
+		t.Errorf("delivered %+v, want %+v with Seq 1 and an epoch", m, in)
+	}
+	if m := got[1]; m.Seq != 0 || m.From != eph.From || m.Except != eph.Except || !m.Ephemeral || !bytes.Equal(m.Data, eph.Data) || !m.Time.Equal(at) {
+		t.Errorf("delivered %+v, want %+v", m, eph)
+	}
+}
+
+func testEphemeral(t *testing.T, newNode func(*testing.T) wsroom.Broker) {
+	room := storetest.RoomName(t)
+	b := newNode(t)
+	s := subscribe(t, b, room)
+	publish(t, b, room, wsroom.Message{Data: []byte("1")})
+	publish(t, b, room, wsroom.Message{Data: []byte("e"), Ephemeral: true})
+	publish(t, b, room, wsroom.Message{Data: []byte("2")})
+	got := s.wait(t, 3)
+	want := []uint64{1, 0, 2}
+	var seqs []uint64
+	for _, m := range got {
+		seqs = append(seqs, m.Seq)
+	}
+	if !slices.Equal(seqs, want) {
+		t.Errorf("seqs = %v, want %v: an ephemeral message takes no sequence number", seqs, want)
+	}
+}
+
+func testRoomsIsolated(t *testing.T, newNode func(*testing.T) wsroom.Broker) {
+	a, b := storetest.RoomName(t), storetest.RoomName(t)
+	n := newNode(t)
+	sa, sb := subscribe(t, n, a), subscribe(t, n, b)
+	publish(t, n, b, wsroom.Message{Data: []byte("for b")})
+	publish(t, n, a, wsroom.Message{Data: []byte("for a")})
+	if got := sa.wait(t, 1); string(got[0].Data) != "for a" {
+		t.Errorf("room a got %q first, want %q", got[0].Data, "for a")
+	}
+	if got := sb.wait(t, 1); string(got[0].Data) != "for b" || got[0].Seq != 1 {
+		t.Errorf("room b got %q (seq %d) first, want %q (seq 1)", got[0].Data, got[0].Seq, "for b")
+	}
+	time.Sleep(50 * time.Millisecond)
+	if got := sa.wait(t, 1); len(got) != 1 {
+		t.Errorf("room a got %d messages, want 1", len(got))
+	}
+}
+
+func testUnsubscribe(t *testing.T, newNode func(*testing.T) wsroom.Broker) {
+	room := storetest.RoomName(t)
+	n := newNode(t)
+	gone := &sink{more: make(chan struct{}, 1)}
+	unsub, err := n.Subscribe(t.Context(), room, func(m wsroom.Message) {
+		gone.mu.Lock()
+		gone.msgs = append(gone.msgs, m)
+		gone.mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stay := subscribe(t, n, room)
+	publish(t, n, room, wsroom.Message{Data: []byte("1")})
+	stay.wait(t, 1)
+	unsub()
+	unsub() // a second call is harmless
+	publish(t, n, room, wsroom.Message{Data: []byte("2")})
+	stay.wait(t, 2)
+	time.Sleep(50 * time.Millisecond)
+	gone.mu.Lock()
+	defer gone.mu.Unlock()
+	if len(gone.msgs) != 1 {
+		t.Errorf("unsubscribed handler got %d messages, want 1 (none after unsubscribe)", len(gone.msgs))
+	}
+}
+
+// testHistory checks that published messages reach the broker's Store, when
+// the broker is one (it implements wsroom.Store) or has one (a Store method).
+func testHistory(t *testing.T, newNode func(*testing.T) wsroom.Broker) {
+	b := newNode(t)
+	var s wsroom.Store
+	switch v := b.(type) {
+	case wsroom.Store:
+		s = v
+	case interface{ Store() wsroom.Store }:
+		s = v.Store()
+	default:
+		t.Skip("broker neither is nor has a wsroom.Store")
+	}
+	room := storetest.RoomName(t)
+	sub := subscribe(t, b, room)
+	publish(t, b, room, wsroom.Message{Data: []byte("a")})
+	publish(t, b, room, wsroom.Message{Data: []byte("x"), Ephemeral: true})
+	publish(t, b, room, wsroom.Message{Data: []byte("b")})
+	live := sub.wait(t, 3)
+	got, err := s.After(t.Context(), room, "", 0, 0)
+	if err != nil {
+		t.Fatalf("Store.After error: %v", err)
+	}
+	if len(got) != 2 || string(got[0].Data) != "a" || string(got[1].Data) != "b" {
+		t.Fatalf("stored %v, want the two non-ephemeral messages", got)
+	}
+	if got[0].Epoch != live[0].Epoch || got[1].Seq != live[2].Seq {
+		t.Errorf("stored (%s,%d) differs from delivered (%s,%d)", got[1].Epoch, got[1].Seq, live[2].Epoch, live[2].Seq)
+	}
+}

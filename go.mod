@@ -1,0 +1,3 @@
+module github.com/wsroom/wsroom
+
+go 1.25

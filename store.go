@@ -1,0 +1,204 @@
+package wsroom
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"errors"
+	"sync"
+	"time"
+)
+
+// ErrGap reports that a Store cannot serve every message after a position:
+// the history no longer reaches back that far, the epoch is not the room's
+// current one (the history was reset), or the position lies in the future.
+// A client resuming from such a position must resynchronise from scratch.
+var ErrGap = errors.New("wsroom: history does not cover the requested position")
+
+// Store keeps the recent history of rooms and numbers their messages.
+//
+// Each room's messages are numbered 1, 2, 3 and so on within an epoch, with
+// no gaps; a Store assigns the numbers in Append, so a Broker that publishes
+// through a Store gets one order per room. Sequence numbers never go back
+// within an epoch, even when old messages are trimmed away.
+//
+// A Store's methods may be called concurrently, for the same room and for
+// different rooms.
+type Store interface {
+	// Append assigns m the next sequence number of room, stores it, and
+	// returns it with Seq and Epoch set. m.Data must not be modified
+	// afterwards.
+	Append(ctx context.Context, room string, m Message) (Message, error)
+
+	// After returns the stored messages of room that follow the position
+	// (epoch, seq), oldest first, at most limit of them (no limit if
+	// limit <= 0). It returns ErrGap if the history cannot serve every
+	// message after that position. The position ("", 0) means "before the
+	// first message"; if room has no history, After returns no messages
+	// for it and ErrGap for any other.
+	After(ctx context.Context, room, epoch string, seq uint64, limit int) ([]Message, error)
+
+	// Last returns the last n stored messages of room, oldest first.
+	Last(ctx context.Context, room string, n int) ([]Message, error)
+}
+
+// MemoryStore is a Store that keeps history in memory, bounded per room by a
+// count and an age. It is the default Store of a Room.
+// It is safe for concurrent use.
+type MemoryStore struct {
+	limit  int
+	maxAge time.Duration
+	now    func() time.Time
+
+	mu        sync.Mutex
+	rooms     map[string]*memHistory
+	lastSweep time.Time
+}
+
+type memHistory struct {
+	epoch string
+	next  uint64    // sequence number of the next message
+	msgs  []Message // oldest first; msgs[i].Seq == msgs[0].Seq+i
+}
+
+// DefaultHistoryLimit is the number of messages per room a MemoryStore keeps
+// when NewMemoryStore is given a limit < 1.
+const DefaultHistoryLimit = 1000
+
+// NewMemoryStore returns a MemoryStore that keeps, per room, the last limit
+// messages (limit < 1 selects DefaultHistoryLimit) that are no older than
+// maxAge (maxAge <= 0 keeps them regardless of age). A room whose every
+// message has expired is forgotten, epoch included.
+func NewMemoryStore(limit int, maxAge time.Duration) *MemoryStore {
+	if limit < 1 {
+		limit = DefaultHistoryLimit
+	}
+	return &MemoryStore{limit: limit, maxAge: maxAge, now: time.Now, rooms: make(map[string]*memHistory)}
+}
+
+// Append implements Store.
+func (s *MemoryStore) Append(ctx context.Context, room string, m Message) (Message, error) {
+	if err := ctx.Err(); err != nil {
+		return Message{}, err
+	}
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sweepLocked(now)
+	h := s.rooms[room]
+	if h == nil {
+		h = &memHistory{epoch: newID(), next: 1}
+		s.rooms[room] = h
+	}
+	m.Seq, m.Epoch, m.Ephemeral, m.Except = h.next, h.epoch, false, ""
+	if m.Time.IsZero() {
+		m.Time = now
+	}
+	h.next++
+	if len(h.msgs) == s.limit {
+		copy(h.msgs, h.msgs[1:])
+		h.msgs[len(h.msgs)-1] = m
+	} else {
+		h.msgs = append(h.msgs, m)
+	}
+	return m, nil
+}
+
+// After implements Store.
+func (s *MemoryStore) After(ctx context.Context, room, epoch string, seq uint64, limit int) ([]Message, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := s.history(room)
+	if h == nil {
+		if epoch == "" && seq == 0 {
+			return nil, nil
+		}
+		return nil, ErrGap
+	}
+	if epoch == "" && seq == 0 {
+		epoch = h.epoch
+	}
+	last := h.next - 1
+	first := last + 1
+	if len(h.msgs) > 0 {
+		first = h.msgs[0].Seq
+	}
+	if epoch != h.epoch || seq > last || seq+1 < first {
+		return nil, ErrGap
+	}
+	out := h.msgs[seq+1-first:]
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
+	return append([]Message(nil), out...), nil
+}
+
+// Last implements Store.
+func (s *MemoryStore) Last(ctx context.Context, room string, n int) ([]Message, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := s.history(room)
+	if h == nil || n <= 0 {
+		return nil, nil
+	}
+	out := h.msgs[max(0, len(h.msgs)-n):]
+	return append([]Message(nil), out...), nil
+}
+
+// history returns the room's history with expired messages trimmed, or nil.
+func (s *MemoryStore) history(room string) *memHistory {
+	now := s.now()
+	s.sweepLocked(now)
+	h := s.rooms[room]
+	if h != nil && s.trim(h, now) {
+		delete(s.rooms, room)
+		return nil
+	}
+	return h
+}
+
+// trim drops h's expired messages and reports whether none is left.
+func (s *MemoryStore) trim(h *memHistory, now time.Time) bool {
+	if s.maxAge <= 0 {
+		return false
+	}
+	cut := now.Add(-s.maxAge)
+	i := 0
+	for i < len(h.msgs) && h.msgs[i].Time.Before(cut) {
+		i++
+	}
+	if i > 0 {
+		n := copy(h.msgs, h.msgs[i:])
+		clear(h.msgs[n:])
+		h.msgs = h.msgs[:n]
+	}
+	return len(h.msgs) == 0
+}
+
+// sweepLocked forgets expired rooms, at most twice per maxAge.
+func (s *MemoryStore) sweepLocked(now time.Time) {
+	if s.maxAge <= 0 || now.Sub(s.lastSweep) < s.maxAge/2 {
+		return
+	}
+	s.lastSweep = now
+	for name, h := range s.rooms {
+		if s.trim(h, now) {
+			delete(s.rooms, name)
+		}
+	}
+}
+
+var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+// newID returns a random 16-character identifier.
+func newID() string {
+	var b [10]byte
+	rand.Read(b[:])
+	return idEncoding.EncodeToString(b[:])
+}
