@@ -1,0 +1,307 @@
+package wsroom
+
+import (
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// Option configures a Room or a Registry. Options are applied in order, so
+// when the same option is passed twice the later value wins.
+type Option func(*config)
+
+// SlowPolicy says what a room does with a client whose send buffer is full.
+type SlowPolicy int
+
+const (
+	// CloseSlow closes the client with websocket.StatusPolicyViolation (1008)
+	// and the reason "wsroom: send buffer full", so it can reconnect and
+	// resume. It is the default: no message is silently lost.
+	CloseSlow SlowPolicy = iota
+	// DropOldest discards the oldest queued message to make room for the new
+	// one. For streams where only the latest state matters.
+	DropOldest
+	// DropNewest discards the new message and keeps the queue as it is.
+	DropNewest
+)
+
+// RatePolicy says what a room does with a client that sends faster than its
+// rate limit.
+type RatePolicy int
+
+const (
+	// Throttle stops reading from the client until it is within its limit
+	// again. The client's own messages wait; nobody else notices. It is the
+	// default.
+	Throttle RatePolicy = iota
+	// CloseOverLimit closes the client with websocket.StatusPolicyViolation
+	// (1008) and the reason "wsroom: rate limit exceeded".
+	CloseOverLimit
+)
+
+// Defaults of the options, in one place.
+const (
+	DefaultSendBuffer   = 256
+	DefaultReadLimit    = 32 << 10
+	DefaultWriteTimeout = 10 * time.Second
+	DefaultPingInterval = 30 * time.Second
+	DefaultPongTimeout  = 10 * time.Second
+	DefaultIdleTimeout  = time.Minute
+)
+
+type config struct {
+	codec        Codec
+	sendBuffer   int
+	readLimit    int64
+	writeTimeout time.Duration
+	pingInterval time.Duration
+	pongTimeout  time.Duration
+	slowPolicy   SlowPolicy
+	compression  websocket.CompressionMode
+	origins      []string
+	authorize    func(*http.Request) (any, error)
+	onJoin       func(*Client)
+	onLeave      func(*Client, error)
+	onMessage    func(*Client, []byte) error
+	onError      func(*Client, error)
+	maxClients   int
+	rateLimit    float64
+	rateBurst    int
+	ratePolicy   RatePolicy
+	logger       *slog.Logger
+	store        Store
+	broker       Broker
+	history      int
+
+	// Registry only.
+	idleTimeout time.Duration
+	validName   func(string) error
+}
+
+func defaultConfig() config {
+	return config{
+		codec:        Text(),
+		sendBuffer:   DefaultSendBuffer,
+		readLimit:    DefaultReadLimit,
+		writeTimeout: DefaultWriteTimeout,
+		pingInterval: DefaultPingInterval,
+		pongTimeout:  DefaultPongTimeout,
+		logger:       slog.New(slog.DiscardHandler),
+		idleTimeout:  DefaultIdleTimeout,
+		validName:    ValidRoomName,
+	}
+}
+
+func newConfig(opts []Option) config {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.store == nil {
+		if s, ok := cfg.broker.(Store); ok {
+			cfg.store = s
+		} else {
+			cfg.store = NewMemoryStore(0, 0)
+		}
+	}
+	if cfg.broker == nil {
+		cfg.broker = NewLocalBroker(cfg.store)
+	}
+	return cfg
+}
+
+// WithCodec sets how frames from clients become payloads and how messages
+// become frames. The default is Text(): text frames carried as they are.
+// A nil codec selects the default.
+func WithCodec(c Codec) Option {
+	return func(cfg *config) {
+		if c == nil {
+			c = Text()
+		}
+		cfg.codec = c
+	}
+}
+
+// WithSendBuffer sets how many messages may wait to be written to one
+// client (default DefaultSendBuffer, 256; n < 1 selects the default). When a
+// client's buffer is full, the SlowPolicy applies. Memory for the buffer is
+// taken only as messages queue up.
+func WithSendBuffer(n int) Option {
+	return func(cfg *config) {
+		if n < 1 {
+			n = DefaultSendBuffer
+		}
+		cfg.sendBuffer = n
+	}
+}
+
+// WithReadLimit sets the largest message, in bytes, a client may send
+// (default DefaultReadLimit, 32 KiB; n < 1 selects the default). A client
+// that sends a larger one is closed with websocket.StatusMessageTooBig (1009).
+func WithReadLimit(n int64) Option {
+	return func(cfg *config) {
+		if n < 1 {
+			n = DefaultReadLimit
+		}
+		cfg.readLimit = n
+	}
+}
+
+// WithWriteTimeout bounds each write to a client (default
+// DefaultWriteTimeout, 10s; d <= 0 selects the default). A client that
+// cannot take a write in time is dropped.
+func WithWriteTimeout(d time.Duration) Option {
+	return func(cfg *config) {
+		if d <= 0 {
+			d = DefaultWriteTimeout
+		}
+		cfg.writeTimeout = d
+	}
+}
+
+// WithPing makes the room ping each client every interval and drop a client
+// that has not answered within timeout, so a dead peer is gone within
+// interval + timeout (defaults 30s and 10s). interval <= 0 turns pings off;
+// timeout <= 0 selects the default.
+func WithPing(interval, timeout time.Duration) Option {
+	return func(cfg *config) {
+		if timeout <= 0 {
+			timeout = DefaultPongTimeout
+		}
+		cfg.pingInterval, cfg.pongTimeout = interval, timeout
+	}
+}
+
+// WithSlowPolicy sets what happens when a client's send buffer is full
+// (default CloseSlow).
+func WithSlowPolicy(p SlowPolicy) Option {
+	return func(cfg *config) { cfg.slowPolicy = p }
+}
+
+// WithCompression sets the permessage-deflate mode offered to clients
+// (default websocket.CompressionDisabled). Compression costs CPU and memory
+// per client; it pays off for large, repetitive text.
+func WithCompression(mode websocket.CompressionMode) Option {
+	return func(cfg *config) { cfg.compression = mode }
+}
+
+// WithOriginPatterns allows cross-origin handshakes from origins whose host
+// matches one of patterns (path.Match syntax, e.g. "*.example.com"; a
+// pattern with "://" matches "scheme://host"). By default only same-origin
+// handshakes are accepted and others get 403. Later calls add patterns.
+func WithOriginPatterns(patterns ...string) Option {
+	return func(cfg *config) { cfg.origins = append(cfg.origins, patterns...) }
+}
+
+// WithAuthorize sets a hook run on every handshake request before the
+// upgrade. It returns the client's identity (see Client.Identity) or an
+// error: an *HTTPError answers with its status and message, any other error
+// with 403 Forbidden. The hook runs on the request's goroutine. Default: none,
+// every request is accepted with a nil identity.
+func WithAuthorize(fn func(r *http.Request) (identity any, err error)) Option {
+	return func(cfg *config) { cfg.authorize = fn }
+}
+
+// WithOnJoin sets a hook called when a client has joined, before any message
+// is written to it. It runs on the client's own goroutine.
+func WithOnJoin(fn func(c *Client)) Option {
+	return func(cfg *config) { cfg.onJoin = fn }
+}
+
+// WithOnLeave sets a hook called once when a client has left, with the
+// reason (a *websocket.CloseError, ErrClosed, or another error). It runs on
+// the client's own goroutine, after the client has stopped receiving.
+func WithOnLeave(fn func(c *Client, reason error)) Option {
+	return func(cfg *config) { cfg.onLeave = fn }
+}
+
+// WithOnMessage sets a hook that receives every message from a client, after
+// the codec decoded it, instead of publishing it. The hook decides: publish
+// it (perhaps changed) with Room.Publish, answer with Client.Send, or drop it.
+// A non-nil error is passed to the error hook and closes the client with
+// websocket.StatusPolicyViolation. The hook runs on the client's reading
+// goroutine: the client's next message waits for it, nobody else does.
+// Default: none; each message is published to the room as it is.
+func WithOnMessage(fn func(c *Client, data []byte) error) Option {
+	return func(cfg *config) { cfg.onMessage = fn }
+}
+
+// WithOnError sets a hook that receives errors the room handles by itself:
+// a client's bad input, failed writes, broker and store failures (c is nil
+// for errors that belong to no client). It may be called concurrently.
+func WithOnError(fn func(c *Client, err error)) Option {
+	return func(cfg *config) { cfg.onError = fn }
+}
+
+// WithMaxClients caps the number of clients of a room (default 0, no cap).
+// Handshakes beyond it are answered 503 Service Unavailable.
+func WithMaxClients(n int) Option {
+	return func(cfg *config) { cfg.maxClients = max(n, 0) }
+}
+
+// WithRateLimit limits each client to perSecond messages per second on
+// average, with bursts of up to burst messages (burst < 1 means 1), and sets
+// what happens beyond it. perSecond <= 0 removes the limit (the default).
+func WithRateLimit(perSecond float64, burst int, p RatePolicy) Option {
+	return func(cfg *config) {
+		cfg.rateLimit, cfg.rateBurst, cfg.ratePolicy = perSecond, max(burst, 1), p
+	}
+}
+
+// WithLogger sets where the room logs joins, leaves and handled errors, at
+// debug and warn levels (default: nowhere).
+func WithLogger(l *slog.Logger) Option {
+	return func(cfg *config) {
+		if l == nil {
+			l = slog.New(slog.DiscardHandler)
+		}
+		cfg.logger = l
+	}
+}
+
+// WithStore sets where the room keeps its history (default: a MemoryStore
+// with its default limits, or the Broker itself if it is a Store). When the
+// Broker is the default LocalBroker, it numbers messages in this Store.
+func WithStore(s Store) Option {
+	return func(cfg *config) { cfg.store = s }
+}
+
+// WithBroker sets how published messages reach every node's copy of the room
+// (default: a LocalBroker over the room's Store, for a single process). A
+// Broker that is also a Store serves as the room's Store too, unless
+// WithStore says otherwise.
+func WithBroker(b Broker) Option {
+	return func(cfg *config) { cfg.broker = b }
+}
+
+// WithHistory makes the room send each joining client the last n messages of
+// its history before live ones (default 0: none). A client that resumes (see
+// the package documentation) gets what it missed instead.
+func WithHistory(n int) Option {
+	return func(cfg *config) { cfg.history = max(n, 0) }
+}
+
+// WithIdleTimeout sets how long a Registry keeps a room without clients
+// before it closes and forgets it (default DefaultIdleTimeout, a minute;
+// d <= 0 selects the default). Rooms only; ignored by New.
+func WithIdleTimeout(d time.Duration) Option {
+	return func(cfg *config) {
+		if d <= 0 {
+			d = DefaultIdleTimeout
+		}
+		cfg.idleTimeout = d
+	}
+}
+
+// WithNameValidator sets the check a Registry applies to room names (default
+// ValidRoomName). Registry only; ignored by New.
+func WithNameValidator(valid func(name string) error) Option {
+	return func(cfg *config) {
+		if valid == nil {
+			valid = ValidRoomName
+		}
+		cfg.validName = valid
+	}
+}

@@ -1,0 +1,170 @@
+package wsroom
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Registry holds named rooms that share one set of options, one Store and
+// one Broker. A room is made the first time it is asked for, and closed and
+// forgotten once it has had no client for the idle timeout
+// (WithIdleTimeout). Its history stays in the Store.
+//
+// Registry is safe for concurrent use by multiple goroutines. Call Close or
+// Shutdown to release its rooms.
+type Registry struct {
+	cfg config
+
+	mu     sync.Mutex
+	rooms  map[string]*entry
+	closed bool
+}
+
+type entry struct {
+	room *Room
+	idle *time.Timer
+}
+
+// NewRegistry returns an empty registry whose rooms are configured by opts.
+func NewRegistry(opts ...Option) *Registry {
+	return &Registry{cfg: newConfig(opts), rooms: make(map[string]*entry)}
+}
+
+// Room returns the room called name, making it if needed. It returns the
+// name validator's error for a bad name, and ErrClosed once the registry is
+// closed. A room nobody joins is closed after the idle timeout like any
+// other; get it again with Room.
+func (g *Registry) Room(name string) (*Room, error) {
+	if err := g.cfg.validName(name); err != nil {
+		return nil, err
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.roomLocked(name)
+}
+
+func (g *Registry) roomLocked(name string) (*Room, error) {
+	if g.closed {
+		return nil, ErrClosed
+	}
+	if e := g.rooms[name]; e != nil {
+		return e.room, nil
+	}
+	r := newRoom(name, g.cfg)
+	e := &entry{room: r}
+	e.idle = time.AfterFunc(g.cfg.idleTimeout, func() { g.expire(name, e) })
+	r.onIdle = func() { e.idle.Reset(g.cfg.idleTimeout) }
+	g.rooms[name] = e
+	return r, nil
+}
+
+// expire closes and forgets a room that is still idle.
+func (g *Registry) expire(name string, e *entry) {
+	g.mu.Lock()
+	if g.rooms[name] != e || !e.room.markClosedIfIdle() {
+		g.mu.Unlock()
+		return
+	}
+	delete(g.rooms, name)
+	g.mu.Unlock()
+	e.room.Close()
+}
+
+// acquire returns the room called name with a place reserved in it.
+func (g *Registry) acquire(name string) (*Room, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	r, err := g.roomLocked(name)
+	if err != nil {
+		return nil, err
+	}
+	return r, r.reserve()
+}
+
+// Rooms returns the registry's rooms, sorted by name.
+func (g *Registry) Rooms() []*Room {
+	g.mu.Lock()
+	out := make([]*Room, 0, len(g.rooms))
+	for _, e := range g.rooms {
+		out = append(out, e.room)
+	}
+	g.mu.Unlock()
+	slices.SortFunc(out, func(a, b *Room) int { return cmp.Compare(a.name, b.name) })
+	return out
+}
+
+// Handler returns an http.Handler that serves WebSocket clients like
+// Room.Handler, in the room whose name pick returns for the request. If
+// pick is nil, the name is the path value "name", as in the pattern
+// "GET /rooms/{name}" of an http.ServeMux. A name the validator refuses is
+// answered with 400 Bad Request and the validator's message.
+func (g *Registry) Handler(pick func(*http.Request) string) http.Handler {
+	if pick == nil {
+		pick = func(r *http.Request) string { return r.PathValue("name") }
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		name := pick(req)
+		if err := g.cfg.validName(name); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		serveClient(&g.cfg, w, req, func() (*Room, error) { return g.acquire(name) })
+	})
+}
+
+// Shutdown shuts every room down as Room.Shutdown does, concurrently, and
+// makes Room and the handler refuse new work. It returns when all are done,
+// or with ctx.Err().
+func (g *Registry) Shutdown(ctx context.Context) error {
+	rooms := g.closeAll()
+	errs := make([]error, len(rooms))
+	var wg sync.WaitGroup
+	for i, r := range rooms {
+		wg.Go(func() { errs[i] = r.Shutdown(ctx) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Close closes every room at once, as Room.Close does.
+func (g *Registry) Close() error {
+	for _, r := range g.closeAll() {
+		r.Close()
+	}
+	return nil
+}
+
+func (g *Registry) closeAll() []*Room {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.closed = true
+	var out []*Room
+	for name, e := range g.rooms {
+		e.idle.Stop()
+		out = append(out, e.room)
+		delete(g.rooms, name)
+	}
+	return out
+}
+
+var errRoomName = errors.New("wsroom: a room name is 1 to 64 letters, digits, '-', '_' or '.', and does not start with '.'")
+
+// ValidRoomName is the default room name check of a Registry: 1 to 64 ASCII
+// letters, digits, '-', '_' and '.', not starting with '.'.
+func ValidRoomName(name string) error {
+	if len(name) == 0 || len(name) > 64 || name[0] == '.' {
+		return errRoomName
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return errRoomName
+		}
+	}
+	return nil
+}

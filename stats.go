@@ -1,0 +1,55 @@
+package wsroom
+
+import "sync/atomic"
+
+// Stats is a snapshot of a room's counters on this node, since it was made.
+type Stats struct {
+	Clients     int    // clients now
+	Joins       uint64 // clients that joined
+	Leaves      uint64 // clients that left
+	MessagesIn  uint64 // messages read from clients
+	BytesIn     uint64 // bytes of those messages
+	MessagesOut uint64 // messages written to clients (one per client)
+	BytesOut    uint64 // bytes of those messages
+	Replayed    uint64 // history messages written to joining or resuming clients
+	Resyncs     uint64 // resumes refused with StatusResync
+	Dropped     uint64 // messages dropped by the DropOldest or DropNewest policy
+	Throttled   uint64 // messages delayed by the Throttle rate policy
+	Errors      uint64 // errors passed to the error hook
+
+	// Clients closed by the room, by reason.
+	ClosedSlow      uint64 // send buffer full (CloseSlow)
+	ClosedRateLimit uint64 // over the rate limit (CloseOverLimit)
+	ClosedInvalid   uint64 // bad input: too big, bad UTF-8, codec error, wrong frame type
+	ClosedPing      uint64 // no pong in time
+}
+
+type counters struct {
+	joins, leaves, messagesIn, bytesIn, messagesOut, bytesOut atomic.Uint64
+	replayed, resyncs, dropped, throttled, errors             atomic.Uint64
+	closedSlow, closedRate, closedInvalid, closedPing         atomic.Uint64
+}
+
+// Stats returns a snapshot of the room's counters. It is cheap: a few atomic
+// loads, no lock.
+func (r *Room) Stats() Stats {
+	s := &r.stats
+	return Stats{
+		Clients:         r.Len(),
+		Joins:           s.joins.Load(),
+		Leaves:          s.leaves.Load(),
+		MessagesIn:      s.messagesIn.Load(),
+		BytesIn:         s.bytesIn.Load(),
+		MessagesOut:     s.messagesOut.Load(),
+		BytesOut:        s.bytesOut.Load(),
+		Replayed:        s.replayed.Load(),
+		Resyncs:         s.resyncs.Load(),
+		Dropped:         s.dropped.Load(),
+		Throttled:       s.throttled.Load(),
+		Errors:          s.errors.Load(),
+		ClosedSlow:      s.closedSlow.Load(),
+		ClosedRateLimit: s.closedRate.Load(),
+		ClosedInvalid:   s.closedInvalid.Load(),
+		ClosedPing:      s.closedPing.Load(),
+	}
+}
