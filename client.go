@@ -402,13 +402,16 @@ func (c *Client) ping() {
 	r := c.room
 	r.wg.Go(func() {
 		defer func() { <-c.pinging }()
-		ctx, cancel := context.WithTimeout(c.ctx, r.cfg.pongTimeout)
+		ctx, cancel := context.WithCancel(c.ctx)
 		defer cancel()
-		err := c.conn.Ping(ctx)
-		if err != nil && errors.Is(err, context.DeadlineExceeded) {
+		// The timer records the reason before the connection fails.
+		timer := time.AfterFunc(r.cfg.pongTimeout, func() {
 			r.stats.closedPing.Add(1)
 			c.fail(&closeRequest{mode: closeAbort, err: ErrPongTimeout})
-		}
+			cancel()
+		})
+		c.conn.Ping(ctx)
+		timer.Stop()
 	})
 }
 
