@@ -1,0 +1,91 @@
+// Package wsroom serves WebSocket clients in rooms: every message published
+// to a room reaches every client in it, in one order, without any client
+// being able to slow the others down.
+//
+// A Room made by New serves clients through Handler, which plugs into any
+// net/http mux. A Registry holds many named rooms that share options and
+// serves them through one handler, picking the room from the request:
+//
+//	rooms := wsroom.NewRegistry(wsroom.WithCodec(wsroom.JSON()), wsroom.WithHistory(50))
+//	mux.Handle("GET /rooms/{name}", rooms.Handler(nil))
+//
+// Server code publishes with Room.Publish (to everyone, to all but one, to a
+// filtered set) and Client.Send (to one client). Hooks (WithOnJoin,
+// WithOnLeave, WithOnMessage, WithOnError) and WithAuthorize let the
+// application see and steer what happens. The examples show each entry
+// point, and examples/chat is a complete application.
+//
+// # The path of a message
+//
+//  1. A client's reading goroutine (the handler's own) reads a frame, checks
+//     its size (WithReadLimit) and rate (WithRateLimit), and lets the Codec
+//     decode it. With a message hook the hook decides what to publish;
+//     without one the payload is published as it is.
+//  2. Room.Publish hands the message to the Broker. The default LocalBroker
+//     numbers it through the Store (sequence numbers 1, 2, 3 ... per room,
+//     within an epoch), stores it, and delivers it to the room's loop.
+//     Other Brokers do the same across server nodes.
+//  3. The room's loop, the only owner of the set of clients, encodes the
+//     message once and appends the same bytes to every client's queue,
+//     without ever waiting for a client.
+//  4. Each client's writing goroutine drains its queue and writes the frames,
+//     each write bounded by WithWriteTimeout.
+//
+// A client whose queue is full (WithSendBuffer) gets the SlowPolicy: closed
+// with 1008 by default, so it reconnects and resumes; DropOldest and
+// DropNewest are there for streams where only the latest state matters.
+//
+// # History and resume
+//
+// Every numbered message is kept in the room's Store (a MemoryStore by
+// default, bounded by count and age; durable and cluster-wide stores live in
+// their own modules). WithHistory sends newcomers the last messages. A client
+// that lost its connection resumes by adding the position of the last
+// message it saw to the handshake URL:
+//
+//	ws://host/rooms/lobby?resume=EPOCH:SEQ
+//
+// The room then sends exactly the messages after that position, then live
+// ones, with no gap and no duplicate, even while others keep publishing. If
+// the history no longer covers that position (it was trimmed, or the epoch
+// changed because the history was lost), the client is closed with
+// StatusResync (4000) and should start afresh without resume. A malformed
+// resume parameter is answered with 400. The JSON codec puts "seq" and
+// "epoch" in each envelope; with the raw Text and Binary codecs clients see
+// only payloads and cannot resume.
+//
+// # Concurrency
+//
+// Room, Registry, Client, MemoryStore and LocalBroker are safe for concurrent
+// use. Each client has two goroutines while connected: the handler's, which
+// reads, and one that writes; a third lives for the length of each ping.
+// Each room has one loop goroutine. Hooks run on the goroutine of the client
+// they concern and never on the room's loop, so a slow hook slows only its
+// own client. No lock is held while a hook runs.
+//
+// # Shutdown
+//
+// Room.Close and Registry.Close close every connection at once.
+// Room.Shutdown and Registry.Shutdown refuse new handshakes (503) and
+// publishes (ErrClosed), write what is already queued to each client, close
+// it with 1001 (going away) and wait for every goroutine to end, or for the
+// context. http.Server.Shutdown does not wait for WebSocket connections,
+// which it no longer tracks once upgraded, so call both:
+//
+//	srv.Shutdown(ctx)  // stop accepting, finish plain HTTP requests
+//	room.Shutdown(ctx) // then say goodbye to WebSocket clients
+//
+// # Limits and defaults
+//
+// Send buffer 256 messages per client (DefaultSendBuffer), read limit 32 KiB
+// (DefaultReadLimit), write timeout 10s, ping every 30s with a 10s pong
+// timeout, no compression, same-origin handshakes only, no client cap, no
+// rate limit, memory history of 1,000 messages per room, no history on join.
+// Handshake answers: 426 for non-WebSocket requests, 400 for a bad resume
+// parameter or room name, 401/403 from the authorize hook, 403 for a foreign
+// origin, 503 when the room is full or closed. Close codes: 1003 for the
+// wrong frame type, 1007 for invalid UTF-8 or a codec error, 1008 for a full
+// send buffer, the rate limit or a message hook error, 1009 for a message
+// over the read limit, 1001 on shutdown, 4000 (StatusResync) for a resume the
+// history cannot serve.
+package wsroom
