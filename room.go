@@ -67,7 +67,7 @@ type Room struct {
 
 	mu          sync.Mutex
 	state       roomState
-	reserved    int           // clients from reservation to leave
+	reserved    int            // clients from reservation to leave
 	wg          sync.WaitGroup // every goroutine serving the room
 	stopOnce    sync.Once
 	unsubscribe func()
