@@ -1,0 +1,77 @@
+package natsbroker
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/wsroom/wsroom"
+	"github.com/wsroom/wsroom/storetest"
+)
+
+// BenchmarkPublish publishes from one node to a room subscribed on another
+// and reports publishes per second and the cross-node delivery latency,
+// from the call to Publish to the deliver function on the other node.
+func BenchmarkPublish(b *testing.B) {
+	for _, rooms := range []int{1, 16} {
+		b.Run(fmt.Sprintf("rooms=%d", rooms), func(b *testing.B) {
+			prefix := testPrefix(b)
+			pub, sub := newNode(b, prefix), newNode(b, prefix)
+			base := storetest.RoomName(b)
+			var (
+				mu        sync.Mutex
+				latencies []time.Duration
+				received  atomic.Int64
+			)
+			for r := range rooms {
+				unsub, err := sub.Subscribe(context.Background(), fmt.Sprintf("%s-%d", base, r), func(m wsroom.Message) {
+					d := time.Duration(time.Now().UnixNano() - int64(binary.BigEndian.Uint64(m.Data)))
+					mu.Lock()
+					latencies = append(latencies, d)
+					mu.Unlock()
+					received.Add(1)
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(unsub)
+			}
+			var next atomic.Int64
+			b.ReportAllocs()
+			start := time.Now()
+			b.SetParallelism(max(1, rooms/2))
+			b.RunParallel(func(pb *testing.PB) {
+				room := fmt.Sprintf("%s-%d", base, next.Add(1)%int64(rooms))
+				data := make([]byte, 8)
+				for pb.Next() {
+					binary.BigEndian.PutUint64(data, uint64(time.Now().UnixNano()))
+					if err := pub.Publish(context.Background(), room, wsroom.Message{Data: slices.Clone(data)}); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			elapsed := time.Since(start)
+			deadline := time.Now().Add(10 * time.Second)
+			for received.Load() < int64(b.N) && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			b.StopTimer()
+			if n := received.Load(); n != int64(b.N) {
+				b.Fatalf("received %d of %d messages", n, b.N)
+			}
+			mu.Lock()
+			slices.Sort(latencies)
+			p50, p99 := latencies[len(latencies)/2], latencies[len(latencies)*99/100]
+			mu.Unlock()
+			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "publishes/s")
+			b.ReportMetric(float64(p50.Microseconds()), "p50-µs")
+			b.ReportMetric(float64(p99.Microseconds()), "p99-µs")
+		})
+	}
+}

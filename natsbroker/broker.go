@@ -1,0 +1,295 @@
+package natsbroker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/wsroom/wsroom"
+)
+
+// ErrClosed is returned by the methods of a Broker after Close.
+var ErrClosed = errors.New("natsbroker: broker closed")
+
+// Broker is a wsroom.Broker and a wsroom.Store backed by NATS JetStream; see
+// the package documentation for how it orders and stores messages.
+//
+// A Broker is safe for concurrent use by multiple goroutines. For each room
+// with subscribers it runs one goroutine, which calls the deliver functions
+// of that room's subscriptions one at a time; a deliver function must not
+// block for long and must not call its own unsubscribe function. One more
+// goroutine watches the connection's status. Call Close to stop them all.
+type Broker struct {
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	cfg    config
+	name   string // stream name
+	hist   string // prefix of stored subjects, "wsroom.h."
+	live   string // prefix of announcement subjects, "wsroom.l."
+
+	status      chan nats.Status
+	watcherDone chan struct{}
+
+	mu        sync.Mutex
+	closed    bool
+	topics    map[string]*topic
+	appenders map[string]*appender
+}
+
+var (
+	_ wsroom.Broker = (*Broker)(nil)
+	_ wsroom.Store  = (*Broker)(nil)
+)
+
+// New returns a Broker that carries and stores messages through nc. It
+// creates the stream (see WithPrefix), or updates the limits of an existing
+// one to match the options, and starts a goroutine that watches nc's status.
+//
+// The caller keeps ownership of nc: Close does not close it, and nc must stay
+// open until Close returns. nc should reconnect forever (nats.MaxReconnects
+// with -1) if the Broker is to outlive long outages.
+func New(ctx context.Context, nc *nats.Conn, opts ...Option) (*Broker, error) {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if !validPrefix(cfg.prefix) {
+		return nil, fmt.Errorf("natsbroker: invalid prefix %q: want dot-separated subject tokens without wildcards or spaces", cfg.prefix)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("natsbroker: %w", err)
+	}
+	b := &Broker{
+		nc:          nc,
+		js:          js,
+		cfg:         cfg,
+		name:        streamName(cfg.prefix),
+		hist:        cfg.prefix + ".h.",
+		live:        cfg.prefix + ".l.",
+		watcherDone: make(chan struct{}),
+		topics:      make(map[string]*topic),
+		appenders:   make(map[string]*appender),
+	}
+	b.stream, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:              b.name,
+		Description:       "wsroom room history",
+		Subjects:          []string{b.hist + "*"},
+		Retention:         jetstream.LimitsPolicy,
+		Discard:           jetstream.DiscardOld,
+		Storage:           jetstream.FileStorage,
+		MaxMsgsPerSubject: int64(cfg.limit),
+		MaxAge:            cfg.maxAge,
+		AllowDirect:       true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("natsbroker: creating stream %s: %w", b.name, err)
+	}
+	b.status = nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CONNECTED, nats.CLOSED)
+	go b.watch()
+	return b, nil
+}
+
+// Close stops the Broker: it ends every subscription (their deliver
+// functions are not called once Close returns), stops the goroutines the
+// Broker started and waits for them. Methods called afterwards return
+// ErrClosed; unsubscribe functions stay harmless. Close does not close the
+// connection and does not delete the stream. It always returns nil.
+func (b *Broker) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	topics := b.topics
+	b.topics = make(map[string]*topic)
+	b.mu.Unlock()
+	b.nc.RemoveStatusListener(b.status)
+	<-b.watcherDone
+	for _, t := range topics {
+		t.stop()
+	}
+	return nil
+}
+
+// Publish implements wsroom.Broker. A message that is not ephemeral is
+// numbered and stored as by Append before it is announced; Publish returns
+// once JetStream has stored it. An ephemeral message is only announced.
+//
+// An error does not always mean that the message was not stored: if the
+// connection fails after JetStream stored it and before the acknowledgement
+// arrives, Publish may return an error for a message that subscribers
+// receive.
+func (b *Broker) Publish(ctx context.Context, room string, m wsroom.Message) error {
+	if !m.Ephemeral {
+		_, err := b.Append(ctx, room, m)
+		return err
+	}
+	if err := b.checkOpen(); err != nil {
+		return err
+	}
+	m.Seq, m.Epoch = 0, ""
+	if m.Time.IsZero() {
+		m.Time = time.Now()
+	}
+	data, _ := m.MarshalBinary()
+	if err := b.nc.Publish(b.live+roomToken(room), data); err != nil {
+		return fmt.Errorf("natsbroker: publishing to room %q: %w", room, err)
+	}
+	return nil
+}
+
+// Subscribe implements wsroom.Broker. The first subscription to a room on
+// this Broker subscribes to the room's core NATS subject and starts the
+// room's goroutine; the last unsubscribe ends both.
+func (b *Broker) Subscribe(ctx context.Context, room string, deliver func(wsroom.Message)) (func(), error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil, ErrClosed
+	}
+	t := b.topics[room]
+	create := t == nil
+	if create {
+		t = newTopic(b, room)
+		b.topics[room] = t
+	}
+	t.refs++
+	b.mu.Unlock()
+
+	if create {
+		t.start(ctx)
+	} else {
+		select {
+		case <-t.ready:
+		case <-ctx.Done():
+			b.release(t)
+			return nil, ctx.Err()
+		}
+	}
+	if t.err != nil {
+		b.release(t)
+		return nil, t.err
+	}
+	s := &subscriber{deliver: deliver}
+	t.mu.Lock()
+	if t.stopped {
+		t.mu.Unlock()
+		b.release(t)
+		return nil, ErrClosed
+	}
+	t.subs[s] = struct{}{}
+	t.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			t.mu.Lock()
+			delete(t.subs, s)
+			t.mu.Unlock()
+			b.release(t)
+		})
+	}, nil
+}
+
+// release drops one reference to t and stops it after the last.
+func (b *Broker) release(t *topic) {
+	b.mu.Lock()
+	t.refs--
+	last := t.refs == 0
+	if last && b.topics[t.room] == t {
+		delete(b.topics, t.room)
+	}
+	b.mu.Unlock()
+	if last {
+		t.stop()
+	}
+}
+
+func (b *Broker) checkOpen() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return ErrClosed
+	}
+	return nil
+}
+
+// watch reports changes of the connection's status and makes every
+// subscribed room catch up after a reconnection. It ends when Close removes
+// the status listener.
+func (b *Broker) watch() {
+	defer close(b.watcherDone)
+	lost := false
+	for s := range b.status {
+		switch s {
+		case nats.DISCONNECTED, nats.RECONNECTING:
+			if !lost {
+				lost = true
+				b.report(errors.New("natsbroker: connection to NATS lost, reconnecting"))
+			}
+		case nats.CONNECTED:
+			if lost {
+				lost = false
+				b.cfg.logger.Info("natsbroker: reconnected to NATS", "url", b.nc.ConnectedUrlRedacted())
+				b.mu.Lock()
+				for _, t := range b.topics {
+					t.catchUp()
+				}
+				b.mu.Unlock()
+			}
+		case nats.CLOSED:
+			b.report(errors.New("natsbroker: connection to NATS closed"))
+		}
+	}
+}
+
+// report hands err to the error handler and the logger.
+func (b *Broker) report(err error) {
+	b.cfg.logger.Error(err.Error())
+	if b.cfg.onError != nil {
+		b.cfg.onError(err)
+	}
+}
+
+// roomToken encodes a room name as one subject token.
+func roomToken(room string) string {
+	return "r" + base64.RawURLEncoding.EncodeToString([]byte(room))
+}
+
+func validPrefix(p string) bool {
+	if p == "" || strings.ContainsAny(p, "*> \t\r\n\f\v") {
+		return false
+	}
+	for tok := range strings.SplitSeq(p, ".") {
+		if tok == "" {
+			return false
+		}
+	}
+	return true
+}
+
+func streamName(prefix string) string {
+	return strings.NewReplacer(".", "_", "/", "_", `\`, "_").Replace(strings.ToUpper(prefix))
+}
+
+var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+// newID returns a random 16-character identifier.
+func newID() string {
+	var b [10]byte
+	rand.Read(b[:])
+	return idEncoding.EncodeToString(b[:])
+}

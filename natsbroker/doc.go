@@ -1,0 +1,77 @@
+// Package natsbroker is a wsroom.Broker and wsroom.Store on NATS JetStream,
+// so that the rooms of several server nodes form one room: every message
+// published on any node reaches every subscriber of the room on every node,
+// and history and resume work whichever node a client connects to.
+//
+// New returns a *Broker for a *nats.Conn; pass it to a Room as its Broker
+// (it is also the Room's Store). Close releases what the Broker started.
+//
+// # Subjects and stream
+//
+// With the default prefix "wsroom", a room's stored messages live in the
+// stream "WSROOM" under the subject "wsroom.h.<room>", and every message,
+// stored or ephemeral, is announced to the nodes on the core NATS subject
+// "wsroom.l.<room>", which is outside the stream. <room> is "r" followed by
+// the room name in unpadded base64url, so any room name is a safe subject
+// token. WithPrefix changes both names. The stream keeps, per room, the last
+// WithHistoryLimit messages no older than WithMaxAge.
+//
+// # Order
+//
+// JetStream numbers messages per stream, not per room, so a Broker numbers
+// each room itself with optimistic concurrency. Publish reads the room
+// subject's last stored message (its stream sequence, room sequence and
+// epoch), then publishes the message with the next room sequence and the
+// header Nats-Expected-Last-Subject-Sequence set to that stream sequence.
+// JetStream stores it only if no other message reached the room meanwhile;
+// otherwise Publish reads the last message again and retries. Room sequence
+// numbers are thus contiguous within an epoch across the cluster. A room's
+// epoch is chosen by the publish that finds the room empty (the same header
+// with 0 makes that publish exclusive) and is carried in every message; when
+// all of a room's messages have expired, the next publish starts a new epoch.
+// A publish that times out is retried with the same Nats-Msg-Id, so that
+// JetStream's duplicate detection returns the first attempt when it was
+// stored after all.
+//
+// The cost: a publish to a room takes one JetStream round trip when the
+// Broker already knows the room's last position (it remembers it from its
+// own publishes and from the messages it receives for subscribed rooms), and
+// two more for each conflict with a concurrent publish on another node. The
+// publishes of one room on one node are made one at a time, so a single
+// room's throughput is bounded by the JetStream round trip; different rooms
+// do not wait for each other.
+//
+// Once stored, a message is announced on the room's core subject. A node
+// holds one core subscription per room it has subscribers for, and puts the
+// announcements back into sequence order: a message that arrives ahead of
+// its turn waits until the missing ones arrive, or for at most 100ms, after
+// which the node reads the missing messages from the stream. The same read
+// follows every reconnection, and one check of the room's last message a
+// second after a room is subscribed covers a subscription still spreading
+// through a NATS cluster. So subscribers miss nothing that the stream still
+// holds, and a message is never delivered unless it was stored. A message
+// whose node failed between storing and announcing it is delivered with the
+// room's next message.
+// Messages that the stream no longer holds are skipped; the Room sees the
+// jump in sequence numbers and falls back on its Store.
+//
+// Ephemeral messages are not stored and take no sequence number; they travel
+// on the same core subject, so each subscriber receives a node's messages,
+// ephemeral or not, in the order that node published them. Like any core
+// NATS message, an ephemeral message is lost if a node is disconnected when
+// it is sent.
+//
+// # Reading history
+//
+// After and Last read a room's history through a short-lived ephemeral
+// JetStream consumer filtered on the room's subject, which costs a few round
+// trips and, on the server, a scan of the room's stored messages; After
+// answers from a single direct get when the position is the room's last.
+//
+// # Connection faults
+//
+// The Broker does not own the connection. While nats.go reconnects, core
+// subscriptions are restored by nats.go, and each subscribed room then
+// catches up from the stream. Lost and restored connections and failed
+// catch-ups are reported through WithErrorHandler and WithLogger.
+package natsbroker

@@ -1,0 +1,88 @@
+package natsbroker
+
+import (
+	"log/slog"
+	"time"
+
+	"github.com/wsroom/wsroom"
+)
+
+// Option configures a Broker made by New.
+type Option func(*config)
+
+type config struct {
+	prefix  string
+	limit   int
+	maxAge  time.Duration
+	onError func(error)
+	logger  *slog.Logger
+}
+
+// DefaultPrefix is the prefix of a Broker's subjects when WithPrefix is not
+// given; the stream is named after it in upper case.
+const DefaultPrefix = "wsroom"
+
+func defaultConfig() config {
+	return config{
+		prefix: DefaultPrefix,
+		limit:  wsroom.DefaultHistoryLimit,
+		logger: slog.New(slog.DiscardHandler),
+	}
+}
+
+// WithPrefix sets the prefix of the Broker's subjects, "wsroom" by default.
+// The stream is named after the prefix in upper case, with '.', '/' and '\'
+// replaced by '_' ("wsroom" gives "WSROOM"). Every node of a cluster must use
+// the same prefix; different prefixes make independent clusters on one NATS
+// system. An empty prefix selects the default. Later values win.
+func WithPrefix(prefix string) Option {
+	return func(c *config) {
+		if prefix == "" {
+			prefix = DefaultPrefix
+		}
+		c.prefix = prefix
+	}
+}
+
+// WithHistoryLimit sets how many messages the stream keeps per room (its
+// MaxMsgsPerSubject). n < 1 selects wsroom.DefaultHistoryLimit, the default.
+// Later values win.
+func WithHistoryLimit(n int) Option {
+	return func(c *config) {
+		if n < 1 {
+			n = wsroom.DefaultHistoryLimit
+		}
+		c.limit = n
+	}
+}
+
+// WithMaxAge sets how long the stream keeps a message (its MaxAge). A room
+// whose every message has expired starts a new epoch. d <= 0, the default,
+// keeps messages regardless of age. Later values win.
+func WithMaxAge(d time.Duration) Option {
+	return func(c *config) {
+		c.maxAge = max(d, 0)
+	}
+}
+
+// WithErrorHandler sets a function called with every error the Broker meets
+// outside a method call: lost and closed connections, failed catch-ups from
+// the stream, malformed messages. It may be called concurrently from the
+// Broker's goroutines and must not block for long: a room's messages wait
+// while it runs. By default such errors only reach the logger. Later values
+// win.
+func WithErrorHandler(f func(error)) Option {
+	return func(c *config) { c.onError = f }
+}
+
+// WithLogger sets the logger for errors (as with WithErrorHandler) and for
+// reconnections. The default discards everything; nil selects the default.
+// Later values win.
+func WithLogger(l *slog.Logger) Option {
+	return func(c *config) {
+		if l == nil {
+			l = slog.New(slog.DiscardHandler)
+		}
+		c.logger = l
+	}
+}

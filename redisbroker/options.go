@@ -1,0 +1,101 @@
+package redisbroker
+
+import (
+	"log/slog"
+	"time"
+
+	"github.com/wsroom/wsroom"
+)
+
+// Option configures a Broker made by New.
+type Option func(*config)
+
+type config struct {
+	prefix  string
+	limit   int
+	maxAge  time.Duration
+	onError func(error)
+	logger  *slog.Logger
+
+	healthInterval time.Duration // ping when nothing arrived for this long
+	pingTimeout    time.Duration // reconnect when a ping is unanswered for this long
+}
+
+// DefaultPrefix is the prefix of the Redis keys and channels a Broker uses
+// unless WithPrefix says otherwise.
+const DefaultPrefix = "wsroom:"
+
+// DefaultMaxAge is how long a Broker keeps a message unless WithMaxAge says
+// otherwise.
+const DefaultMaxAge = 24 * time.Hour
+
+func defaultConfig() config {
+	return config{
+		prefix: DefaultPrefix,
+		limit:  wsroom.DefaultHistoryLimit,
+		maxAge: DefaultMaxAge,
+		logger: slog.New(slog.DiscardHandler),
+
+		healthInterval: 3 * time.Second,
+		pingTimeout:    5 * time.Second,
+	}
+}
+
+// WithPrefix sets the prefix of every Redis key and channel the Broker uses,
+// so that several applications can share one Redis. Brokers of one cluster
+// must use the same prefix. The default is DefaultPrefix; an empty prefix
+// selects the default. If given more than once, the last one wins.
+func WithPrefix(prefix string) Option {
+	return func(c *config) {
+		if prefix == "" {
+			prefix = DefaultPrefix
+		}
+		c.prefix = prefix
+	}
+}
+
+// WithHistoryLimit sets how many messages per room the Broker keeps: older
+// ones are trimmed away when a new one is published. n < 1 selects
+// wsroom.DefaultHistoryLimit, the default. If given more than once, the last
+// one wins.
+func WithHistoryLimit(n int) Option {
+	return func(c *config) {
+		if n < 1 {
+			n = wsroom.DefaultHistoryLimit
+		}
+		c.limit = n
+	}
+}
+
+// WithMaxAge sets how long the Broker keeps a message, by its Time. Expired
+// messages are trimmed when the room's next message is published and are
+// never returned by After or Last; a room's keys expire d after its last
+// message. d <= 0 keeps messages, and rooms, regardless of age. The default
+// is DefaultMaxAge. If given more than once, the last one wins.
+func WithMaxAge(d time.Duration) Option {
+	return func(c *config) {
+		c.maxAge = max(d, 0)
+	}
+}
+
+// WithErrorHandler sets a function that is told of every error the Broker
+// recovers from by itself: a lost pub/sub connection, a failed
+// resubscription, a message it cannot decode. It is called from the Broker's
+// goroutines, possibly concurrently, and must not block for long. The default
+// is none. If given more than once, the last one wins.
+func WithErrorHandler(f func(error)) Option {
+	return func(c *config) { c.onError = f }
+}
+
+// WithLogger sets a logger that records, at level Warn, every error the
+// Broker recovers from by itself (those WithErrorHandler is told of). The
+// default discards them; nil selects the default. If given more than once,
+// the last one wins.
+func WithLogger(l *slog.Logger) Option {
+	return func(c *config) {
+		if l == nil {
+			l = slog.New(slog.DiscardHandler)
+		}
+		c.logger = l
+	}
+}
