@@ -1,0 +1,924 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/wsroom/wsroom"
+	"github.com/wsroom/wsroom/sqlstore"
+)
+
+// newTestServer starts a chat server on httptest.
+func newTestServer(t *testing.T, opts Options) (*Server, *httptest.Server) {
+	t.Helper()
+	s, err := NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(s)
+	t.Cleanup(ts.Close)
+	t.Cleanup(func() { s.Close() }) // runs first: WebSockets are not the httptest server's
+	return s, ts
+}
+
+// envelope is what the JSON codec sends.
+type envelope struct {
+	Seq   uint64          `json:"seq"`
+	Epoch string          `json:"epoch"`
+	Time  int64           `json:"time"`
+	From  string          `json:"from"`
+	Data  json.RawMessage `json:"data"`
+}
+
+// payload is the union of the chat's messages.
+type payload struct {
+	Type     string   `json:"type"`
+	Name     string   `json:"name"`
+	Text     string   `json:"text"`
+	Names    []string `json:"names"`
+	V        uint64   `json:"v"`
+	Error    string   `json:"error"`
+	Filename string   `json:"filename"`
+	URL      string   `json:"url"`
+	Size     int64    `json:"size"`
+	MIME     string   `json:"mime"`
+}
+
+type testClient struct {
+	t    *testing.T
+	conn *websocket.Conn
+	name string
+}
+
+type message struct {
+	env envelope
+	p   payload
+}
+
+// dial joins room as name; extra adds query parameters (key, token, resume).
+func dial(t *testing.T, ts *httptest.Server, room, name string, extra ...string) *testClient {
+	t.Helper()
+	c, resp, err := tryDial(ts, room, name, extra...)
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		t.Fatalf("dial %s as %q: %v (HTTP %d)", room, name, err, status)
+	}
+	tc := &testClient{t: t, conn: c, name: name}
+	t.Cleanup(func() { c.CloseNow() })
+	return tc
+}
+
+func tryDial(ts *httptest.Server, room, name string, extra ...string) (*websocket.Conn, *http.Response, error) {
+	q := url.Values{"name": {name}}
+	for i := 0; i+1 < len(extra); i += 2 {
+		q.Set(extra[i], extra[i+1])
+	}
+	u := "ws" + strings.TrimPrefix(ts.URL, "http") + "/rooms/" + room + "?" + q.Encode()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, resp, err := websocket.Dial(ctx, u, nil)
+	if c != nil {
+		c.SetReadLimit(1 << 20)
+	}
+	return c, resp, err
+}
+
+func (c *testClient) send(v any) {
+	c.t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.conn.Write(ctx, websocket.MessageText, b); err != nil {
+		c.t.Fatalf("%s: write: %v", c.name, err)
+	}
+}
+
+func (c *testClient) say(text string) { c.send(map[string]string{"type": "msg", "text": text}) }
+
+// read returns the next message, failing the test after 5 s.
+func (c *testClient) read() message {
+	c.t.Helper()
+	m, err := c.tryRead(5 * time.Second)
+	if err != nil {
+		c.t.Fatalf("%s: read: %v", c.name, err)
+	}
+	return m
+}
+
+func (c *testClient) tryRead(d time.Duration) (message, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	_, b, err := c.conn.Read(ctx)
+	if err != nil {
+		return message{}, err
+	}
+	var m message
+	if err := json.Unmarshal(b, &m.env); err != nil {
+		return message{}, fmt.Errorf("bad envelope %s: %v", b, err)
+	}
+	if err := json.Unmarshal(m.env.Data, &m.p); err != nil {
+		return message{}, fmt.Errorf("bad payload %s: %v", b, err)
+	}
+	return m, nil
+}
+
+// next reads until a message of type typ, skipping the others.
+func (c *testClient) next(typ string) message {
+	c.t.Helper()
+	for {
+		if m := c.read(); m.p.Type == typ {
+			return m
+		}
+	}
+}
+
+// waitPresence reads until the presence lists exactly names.
+func (c *testClient) waitPresence(names ...string) {
+	c.t.Helper()
+	for {
+		m := c.next("presence")
+		if slices.Equal(m.p.Names, names) {
+			return
+		}
+	}
+}
+
+// closeCode reads until the connection ends and returns its close code.
+func (c *testClient) closeCode() websocket.StatusCode {
+	c.t.Helper()
+	for {
+		if _, err := c.tryRead(5 * time.Second); err != nil {
+			return websocket.CloseStatus(err)
+		}
+	}
+}
+
+func get(t *testing.T, u string) (*http.Response, string) {
+	t.Helper()
+	resp, err := http.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, string(b)
+}
+
+func TestCleanName(t *testing.T) {
+	long := strings.Repeat("é", MaxName)
+	tests := []struct {
+		in, want string
+		err      error
+	}{
+		{"Ana", "Ana", nil},
+		{"  Ana María \t", "Ana María", nil},
+		{long, long, nil},
+		{long + "x", "", errNameLong},
+		{"", "", errNameEmpty},
+		{" \t ", "", errNameEmpty},
+		{"a\nb", "", errNameControl},
+		{"a\x00b", "", errNameControl},
+		{"bad\xffutf8", "", errNameControl},
+	}
+	for _, tt := range tests {
+		got, err := cleanName(tt.in)
+		if got != tt.want || err != tt.err {
+			t.Errorf("cleanName(%q) = %q, %v; want %q, %v", tt.in, got, err, tt.want, tt.err)
+		}
+	}
+}
+
+func TestCleanText(t *testing.T) {
+	max := strings.Repeat("ü", MaxText) // 2 bytes each: the limit counts characters
+	tests := []struct {
+		in, want string
+		err      error
+	}{
+		{"hello", "hello", nil},
+		{"  two\nlines  ", "two\nlines", nil},
+		{max, max, nil},
+		{max + "!", "", errTextLong},
+		{"", "", errTextEmpty},
+		{"\n \n", "", errTextEmpty},
+	}
+	for _, tt := range tests {
+		got, err := cleanText(tt.in)
+		if got != tt.want || err != tt.err {
+			t.Errorf("cleanText(%.20q) = %.20q, %v; want %.20q, %v", tt.in, got, err, tt.want, tt.err)
+		}
+	}
+}
+
+func TestCleanFilename(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"photo.png", "photo.png"},
+		{"../../etc/passwd", "passwd"},
+		{`C:\Users\ana\cv.pdf`, "cv.pdf"},
+		{"a\x00b\nc.txt", "abc.txt"},
+		{"", "file"},
+		{"..", "file"},
+		{strings.Repeat("x", 150) + ".txt", strings.Repeat("x", 96) + ".txt"},
+	}
+	for _, tt := range tests {
+		if got := cleanFilename(tt.in); got != tt.want {
+			t.Errorf("cleanFilename(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestFileType(t *testing.T) {
+	tests := []struct {
+		data string
+		want string
+	}{
+		{"\x89PNG\r\n\x1a\n0000", "image/png"},
+		{"GIF89a....", "image/gif"},
+		{"hello, world", "text/plain; charset=utf-8"},
+		{"<!DOCTYPE html><script>alert(1)</script>", "application/octet-stream"},
+		{`<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>`, "application/octet-stream"},
+		{"%PDF-1.7", "application/pdf"},
+	}
+	for _, tt := range tests {
+		if got := fileType([]byte(tt.data)); got != tt.want {
+			t.Errorf("fileType(%.20q) = %q, want %q", tt.data, got, tt.want)
+		}
+	}
+}
+
+// Two people chat through the real handler: presence, a message, a leave.
+func TestChat(t *testing.T) {
+	_, ts := newTestServer(t, Options{})
+	ana := dial(t, ts, "lobby", "Ana")
+	ana.waitPresence("Ana")
+	ben := dial(t, ts, "lobby", " Ben ")
+	ben.waitPresence("Ana", "Ben") // trimmed
+	ana.waitPresence("Ana", "Ben")
+
+	ana.say("  hello, Ben  ")
+	for _, c := range []*testClient{ana, ben} {
+		m := c.next("msg")
+		if m.p.Name != "Ana" || m.p.Text != "hello, Ben" {
+			t.Errorf("%s got %+v, want Ana: hello, Ben", c.name, m.p)
+		}
+		if m.env.Seq != 1 || m.env.Epoch == "" || m.env.From == "" || m.env.Time == 0 {
+			t.Errorf("%s got envelope %+v, want seq 1 with epoch, from and time", c.name, m.env)
+		}
+	}
+
+	ben.conn.Close(websocket.StatusNormalClosure, "bye")
+	ana.waitPresence("Ana")
+}
+
+// Names are unique per room, ignoring case, and free again after a leave.
+func TestNameTaken(t *testing.T) {
+	_, ts := newTestServer(t, Options{})
+	ana := dial(t, ts, "lobby", "Ana", "key", "anaskey1")
+	ana.waitPresence("Ana")
+
+	for _, name := range []string{"Ana", "ANA", " ana "} {
+		_, resp, err := tryDial(ts, "lobby", name, "key", "otherkey")
+		if err == nil || resp == nil || resp.StatusCode != http.StatusConflict {
+			t.Errorf("second %q: err %v, resp %v; want 409", name, err, resp)
+		}
+	}
+	resp, body := get(t, ts.URL+"/api/check?room=lobby&name=ana&key=otherkey")
+	if resp.StatusCode != http.StatusConflict || !strings.Contains(body, "already called") {
+		t.Errorf("check: %d %s; want 409 already called", resp.StatusCode, body)
+	}
+
+	other := dial(t, ts, "elsewhere", "Ana") // another room: fine
+	other.waitPresence("Ana")
+
+	ana.conn.Close(websocket.StatusNormalClosure, "bye")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, _ := get(t, ts.URL+"/api/check?room=lobby&name=Ana&key=otherkey")
+		if resp.StatusCode == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the name is still taken after its owner left")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	again := dial(t, ts, "lobby", "ana", "key", "otherkey")
+	again.waitPresence("ana")
+}
+
+// Clients racing for one name: exactly one gets it; the other is refused
+// at the handshake (409) or, if both passed it, closed by the join hook
+// with StatusNameTaken.
+func TestNameRace(t *testing.T) {
+	_, ts := newTestServer(t, Options{})
+	joinHook := 0 // rounds decided by the join hook rather than the handshake
+	defer func() { t.Logf("%d of 10 rounds decided by the join hook", joinHook) }()
+	for round := range 10 {
+		room := fmt.Sprintf("race%d", round)
+		var wg sync.WaitGroup
+		conns := make([]*websocket.Conn, 2)
+		for i := range conns {
+			wg.Go(func() {
+				c, _, err := tryDial(ts, room, "Ana", "key", fmt.Sprintf("key-of-%d", i))
+				if err == nil {
+					conns[i] = c
+				}
+			})
+		}
+		wg.Wait()
+		if conns[0] == nil && conns[1] == nil {
+			t.Fatalf("round %d: both refused at the handshake", round)
+		}
+		if conns[0] == nil || conns[1] == nil {
+			// One was refused with 409: the other holds the name.
+			c := conns[0]
+			if c == nil {
+				c = conns[1]
+			}
+			tc := &testClient{t: t, conn: c, name: "Ana"}
+			tc.waitPresence("Ana")
+			c.CloseNow()
+			continue
+		}
+		// Both passed the handshake: the join hook must close one of them
+		// with StatusNameTaken and keep the other.
+		joinHook++
+		type event struct {
+			i        int
+			code     websocket.StatusCode // when closed
+			presence bool                 // it saw itself in the room
+		}
+		events := make(chan event, 8)
+		for i, c := range conns {
+			go func() {
+				tc := &testClient{t: t, conn: c, name: "Ana"}
+				for {
+					m, err := tc.tryRead(5 * time.Second)
+					if err != nil {
+						events <- event{i: i, code: websocket.CloseStatus(err)}
+						return
+					}
+					if slices.Equal(m.p.Names, []string{"Ana"}) {
+						events <- event{i: i, presence: true}
+					}
+				}
+			}()
+		}
+		refused := -1
+		var saw [2]bool // saw itself alone in the room
+		for refused < 0 || !saw[1-refused] {
+			e := <-events
+			switch {
+			case e.presence:
+				saw[e.i] = true // the refused one may see the holder's presence too
+			case e.code == StatusNameTaken && refused < 0:
+				refused = e.i
+			default:
+				t.Fatalf("round %d: client %d closed with %v; refused %d", round, e.i, e.code, refused)
+			}
+		}
+		holder := 1 - refused
+		conns[holder].CloseNow()
+		if e := <-events; e.i != holder || e.code == StatusNameTaken {
+			t.Fatalf("round %d: %+v after the holder was decided", round, e)
+		}
+	}
+}
+
+// A tab that reconnects with its key takes its name over from its old
+// connection, which is closed with StatusReplaced and does not free the
+// name when it goes.
+func TestSameTabTakesOver(t *testing.T) {
+	_, ts := newTestServer(t, Options{})
+	old := dial(t, ts, "lobby", "Ana", "key", "tab-key-1")
+	old.waitPresence("Ana")
+	fresh := dial(t, ts, "lobby", "Ana", "key", "tab-key-1")
+	fresh.waitPresence("Ana")
+	if code := old.closeCode(); code != StatusReplaced {
+		t.Fatalf("old connection closed with %v, want %v", code, StatusReplaced)
+	}
+	// The old connection's leave must not have freed the name.
+	if _, resp, err := tryDial(ts, "lobby", "Ana", "key", "tab-key-2"); err == nil || resp.StatusCode != http.StatusConflict {
+		t.Fatalf("another tab as Ana: %v, %v; want 409", err, resp)
+	}
+	fresh.say("still here")
+	if m := fresh.next("msg"); m.p.Text != "still here" {
+		t.Fatalf("got %+v", m.p)
+	}
+}
+
+func TestHandshakeRules(t *testing.T) {
+	_, ts := newTestServer(t, Options{Token: "s3cret"})
+	tests := []struct {
+		room, name string
+		extra      []string
+		want       int
+	}{
+		{"lobby", "Ana", nil, http.StatusUnauthorized},
+		{"lobby", "Ana", []string{"token", "wrong"}, http.StatusUnauthorized},
+		{"lobby", "  ", []string{"token", "s3cret"}, http.StatusBadRequest},
+		{"lobby", strings.Repeat("n", MaxName+1), []string{"token", "s3cret"}, http.StatusBadRequest},
+		{"lobby", "Ana", []string{"token", "s3cret", "key", "short"}, http.StatusBadRequest},
+		{".hidden", "Ana", []string{"token", "s3cret"}, http.StatusBadRequest},
+		{"no%20spaces", "Ana", []string{"token", "s3cret"}, http.StatusBadRequest},
+		{"lobby", "Ana", []string{"token", "s3cret", "resume", "nonsense"}, http.StatusBadRequest},
+	}
+	for _, tt := range tests {
+		_, resp, err := tryDial(ts, tt.room, tt.name, tt.extra...)
+		if err == nil || resp == nil || resp.StatusCode != tt.want {
+			t.Errorf("dial %s as %q %v: %v, %v; want %d", tt.room, tt.name, tt.extra, err, resp, tt.want)
+		}
+	}
+	c := dial(t, ts, "lobby", "Ana", "token", "s3cret")
+	c.waitPresence("Ana")
+
+	checks := []struct {
+		query string
+		want  int
+		field string
+	}{
+		{"name=Ana", http.StatusUnauthorized, "token"},
+		{"token=s3cret&name=", http.StatusBadRequest, "name"},
+		{"token=s3cret&name=Ben&room=bad%20room", http.StatusBadRequest, "room"},
+		{"token=s3cret&name=Ana&room=lobby", http.StatusConflict, "name"},
+		{"token=s3cret&name=+Ben+&room=lobby", http.StatusOK, ""},
+		{"token=s3cret&name=Ben", http.StatusOK, ""},
+	}
+	for _, tt := range checks {
+		resp, body := get(t, ts.URL+"/api/check?"+tt.query)
+		var r struct{ Error, Field, Name string }
+		json.Unmarshal([]byte(body), &r)
+		if resp.StatusCode != tt.want || r.Field != tt.field {
+			t.Errorf("check %s: %d %s; want %d, field %q", tt.query, resp.StatusCode, body, tt.want, tt.field)
+		}
+		if tt.want == http.StatusOK && r.Name != "Ben" {
+			t.Errorf("check %s: name %q, want Ben", tt.query, r.Name)
+		}
+	}
+
+	if resp, _ := get(t, ts.URL+"/api/rooms"); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("rooms without token: %d, want 401", resp.StatusCode)
+	}
+	resp, body := get(t, ts.URL+"/api/rooms?token=s3cret")
+	if resp.StatusCode != http.StatusOK || strings.TrimSpace(body) != `{"rooms":[{"name":"lobby","clients":1}]}` {
+		t.Errorf("rooms: %d %s", resp.StatusCode, body)
+	}
+}
+
+func TestPages(t *testing.T) {
+	_, ts := newTestServer(t, Options{})
+	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	tests := []struct {
+		path     string
+		status   int
+		contains string
+	}{
+		{"/", http.StatusOK, `data-room=""`},
+		{"/r/lobby", http.StatusOK, `data-room="lobby"`},
+		{"/r/go.dev-2_0", http.StatusOK, `data-room="go.dev-2_0"`},
+		{"/r/.hidden", http.StatusNotFound, "is not a valid room name"},
+		{"/r/no%20spaces", http.StatusNotFound, "is not a valid room name"},
+		{"/r/" + strings.Repeat("x", 65), http.StatusNotFound, "is not a valid room name"},
+		{"/r?room=no+spaces", http.StatusBadRequest, "&#34;no spaces&#34; is not a valid room name"},
+		{"/r?room=%3Cscript%3E", http.StatusBadRequest, "&#34;&lt;script&gt;&#34; is not a valid room name"},
+		{"/r?room=+lobby+", http.StatusSeeOther, ""},
+		{"/static/wsroom.js", http.StatusOK, "class WSRoom"},
+		{"/rooms/lobby", http.StatusUpgradeRequired, ""},
+	}
+	for _, tt := range tests {
+		resp, err := noRedirect.Get(ts.URL + tt.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tt.status || !strings.Contains(string(b), tt.contains) {
+			t.Errorf("GET %s: %d, body has %q: %v; want %d", tt.path, resp.StatusCode, tt.contains, strings.Contains(string(b), tt.contains), tt.status)
+		}
+		if tt.status == http.StatusSeeOther && resp.Header.Get("Location") != "/r/lobby" {
+			t.Errorf("GET %s: Location %q, want /r/lobby", tt.path, resp.Header.Get("Location"))
+		}
+		if resp.Header.Get("Content-Type") == "text/html; charset=utf-8" && resp.StatusCode != http.StatusSeeOther {
+			if csp := resp.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "script-src 'self'") {
+				t.Errorf("GET %s: Content-Security-Policy %q", tt.path, csp)
+			}
+		}
+	}
+}
+
+// Mistakes get an error object; what is not the chat protocol closes the
+// client with 1008 (or 1007 for what is not JSON at all).
+func TestMessageRules(t *testing.T) {
+	_, ts := newTestServer(t, Options{})
+	ana := dial(t, ts, "lobby", "Ana")
+	ana.waitPresence("Ana")
+	ben := dial(t, ts, "lobby", "Ben")
+	ben.waitPresence("Ana", "Ben")
+
+	for _, tt := range []struct{ text, want string }{
+		{"", errTextEmpty.Error()},
+		{" \n ", errTextEmpty.Error()},
+		{strings.Repeat("x", MaxText+1), errTextLong.Error()},
+	} {
+		ana.say(tt.text)
+		if m := ana.next("error"); m.p.Error != tt.want || m.env.Seq != 0 {
+			t.Errorf("%.10q: got %+v seq %d, want error %q, not numbered", tt.text, m.p, m.env.Seq, tt.want)
+		}
+	}
+	ana.say(strings.Repeat("é", MaxText))
+	if m := ben.next("msg"); len([]rune(m.p.Text)) != MaxText || m.env.Seq != 1 {
+		t.Errorf("Ben got %d characters as message %d; want the %d-character message, first of the room", len([]rune(m.p.Text)), m.env.Seq, MaxText)
+	}
+
+	for _, bad := range []string{`{"type":"shout","text":"hi"}`, `[1,2]`, `{"type":"msg","text":42}`, `"msg"`} {
+		c := dial(t, ts, "lobby", "Cy")
+		c.waitPresence("Ana", "Ben", "Cy")
+		c.conn.Write(context.Background(), websocket.MessageText, []byte(bad))
+		if code := c.closeCode(); code != websocket.StatusPolicyViolation {
+			t.Errorf("%s: closed with %v, want 1008", bad, code)
+		}
+		ben.waitPresence("Ana", "Ben")
+	}
+	c := dial(t, ts, "lobby", "Cy")
+	c.waitPresence("Ana", "Ben", "Cy")
+	c.conn.Write(context.Background(), websocket.MessageText, []byte("not json"))
+	if code := c.closeCode(); code != websocket.StatusInvalidFramePayloadData {
+		t.Errorf("not JSON: closed with %v, want 1007", code)
+	}
+}
+
+// Typing notices reach the others at once, never their author, and are not
+// kept: a newcomer's history has the messages only.
+func TestTypingNotStored(t *testing.T) {
+	store := wsroom.NewMemoryStore(0, 0)
+	_, ts := newTestServer(t, Options{Store: store})
+	ana := dial(t, ts, "lobby", "Ana")
+	ana.waitPresence("Ana")
+	ben := dial(t, ts, "lobby", "Ben")
+	ben.waitPresence("Ana", "Ben")
+	ana.waitPresence("Ana", "Ben")
+
+	ana.send(map[string]string{"type": "typing"})
+	m := ben.next("typing")
+	if m.p.Name != "Ana" || m.env.Seq != 0 || m.env.Epoch != "" {
+		t.Fatalf("Ben got %+v %+v; want an unnumbered typing notice from Ana", m.env, m.p)
+	}
+	ana.say("done typing")
+	// Ana gets her message and nothing else: not her own typing notice.
+	if m := ana.read(); m.p.Type != "msg" {
+		t.Fatalf("Ana got %+v before her message", m.p)
+	}
+	ben.next("msg")
+
+	stored, err := store.Last(context.Background(), "lobby", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(stored) != 1 || !strings.Contains(string(stored[0].Data), "done typing") {
+		t.Fatalf("history = %v, want only the message", stored)
+	}
+	cy := dial(t, ts, "lobby", "Cy")
+	if m := cy.read(); m.p.Type != "msg" || m.p.Text != "done typing" {
+		t.Fatalf("Cy's first message: %+v, want the history's message", m.p)
+	}
+	if m := cy.read(); m.p.Type != "presence" {
+		t.Fatalf("Cy's second message: %+v, want presence", m.p)
+	}
+}
+
+func upload(t *testing.T, ts *httptest.Server, room, query string, body io.Reader) (*http.Response, string) {
+	t.Helper()
+	resp, err := http.Post(ts.URL+"/api/rooms/"+room+"/files?"+query, "application/octet-stream", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+// onlyReader hides a reader's type, so the request has no Content-Length
+// and the server must count the bytes itself.
+type onlyReader struct{ io.Reader }
+
+var pngHeader = []byte("\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+
+func TestUpload(t *testing.T) {
+	for _, files := range []struct {
+		name  string
+		store func(t *testing.T) FileStore
+	}{
+		{"memory", func(*testing.T) FileStore { return newMemoryFiles(64 << 20) }},
+		{"disk", func(t *testing.T) FileStore {
+			d, err := newDiskFiles(filepath.Join(t.TempDir(), "files"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return d
+		}},
+	} {
+		t.Run(files.name, func(t *testing.T) { testUpload(t, files.store(t)) })
+	}
+}
+
+func testUpload(t *testing.T, files FileStore) {
+	_, ts := newTestServer(t, Options{Files: files})
+	ana := dial(t, ts, "lobby", "Ana", "key", "anas-tab")
+	ana.waitPresence("Ana")
+	ben := dial(t, ts, "lobby", "Ben", "key", "bens-tab")
+	ben.waitPresence("Ana", "Ben")
+	as := "name=Ana&key=anas-tab&filename="
+
+	if resp, body := upload(t, ts, "lobby", "name=Ana&key=wrong", strings.NewReader("x")); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("upload with the wrong key: %d %s, want 403", resp.StatusCode, body)
+	}
+	over := bytes.Repeat([]byte{'x'}, MaxUpload+1)
+	for _, body := range []io.Reader{bytes.NewReader(over), onlyReader{bytes.NewReader(over)}} {
+		resp, msg := upload(t, ts, "lobby", as+"big.txt", body)
+		if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(msg, "the limit is 5 MiB") {
+			t.Errorf("upload of 5 MiB + 1: %d %s, want 413", resp.StatusCode, msg)
+		}
+	}
+	if resp, body := upload(t, ts, "lobby", as+"empty", strings.NewReader("")); resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("empty upload: %d %s, want 400", resp.StatusCode, body)
+	}
+
+	max := append(bytes.Clone(pngHeader), bytes.Repeat([]byte{0}, MaxUpload-len(pngHeader))...)
+	resp, body := upload(t, ts, "lobby", as+"../cat.png", onlyReader{bytes.NewReader(max)})
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("upload of 5 MiB: %d %s, want 201", resp.StatusCode, body)
+	}
+	var img FileInfo
+	json.Unmarshal([]byte(body), &img)
+	if img.Name != "cat.png" || img.MIME != "image/png" || img.Size != MaxUpload || !validFileID(img.ID) {
+		t.Fatalf("upload answered %+v", img)
+	}
+	resp, body = upload(t, ts, "lobby", as+"page.html", strings.NewReader("<html><script>alert(1)</script>"))
+	var page FileInfo
+	json.Unmarshal([]byte(body), &page)
+	if resp.StatusCode != http.StatusCreated || page.MIME != "application/octet-stream" {
+		t.Fatalf("HTML upload: %d %s", resp.StatusCode, body)
+	}
+
+	// Sharing: the room carries a link, never the bytes.
+	ana.send(map[string]string{"type": "file", "id": img.ID})
+	m := ben.next("file")
+	want := payload{Type: "file", Name: "Ana", Filename: "cat.png", URL: "/files/" + img.ID, Size: MaxUpload, MIME: "image/png"}
+	if !reflect.DeepEqual(m.p, want) || m.env.Seq == 0 {
+		t.Fatalf("Ben got %+v, want %+v", m.p, want)
+	}
+	if len(m.env.Data) > 512 {
+		t.Errorf("file message is %d bytes: the file went through the room", len(m.env.Data))
+	}
+	ana.send(map[string]string{"type": "file", "id": "nosuchfileaaaaaaaaaaaaaaaaaaaaaa"})
+	if m := ana.next("error"); !strings.Contains(m.p.Error, "upload it again") {
+		t.Errorf("unknown file: %+v", m.p)
+	}
+	other := dial(t, ts, "elsewhere", "Ana", "key", "anas-tab")
+	other.waitPresence("Ana")
+	other.send(map[string]string{"type": "file", "id": img.ID})
+	if m := other.next("error"); !strings.Contains(m.p.Error, "not in this room") {
+		t.Errorf("file of another room: %+v", m.p)
+	}
+
+	// Serving: images inline, anything else a download; never sniffed.
+	for _, tt := range []struct {
+		id, ctype, disposition string
+		size                   int
+	}{
+		{img.ID, "image/png", `inline; filename=cat.png`, MaxUpload},
+		{page.ID, "application/octet-stream", `attachment; filename=page.html`, 31},
+	} {
+		resp, body := get(t, ts.URL+"/files/"+tt.id)
+		h := resp.Header
+		if resp.StatusCode != http.StatusOK || h.Get("Content-Type") != tt.ctype || h.Get("Content-Disposition") != tt.disposition ||
+			h.Get("X-Content-Type-Options") != "nosniff" || !strings.Contains(h.Get("Content-Security-Policy"), "sandbox") || len(body) != tt.size {
+			t.Errorf("GET file %s: %d, %d bytes, headers %v", tt.id, resp.StatusCode, len(body), h)
+		}
+	}
+	for _, id := range []string{"nosuchfileaaaaaaaaaaaaaaaaaaaaaa", "..%2Fchat.db", "x"} {
+		if resp, _ := get(t, ts.URL+"/files/"+id); resp.StatusCode != http.StatusNotFound {
+			t.Errorf("GET /files/%s: %d, want 404", id, resp.StatusCode)
+		}
+	}
+}
+
+// N people send M messages each at once: everyone gets all N×M, once each,
+// in the same order.
+func TestConcurrentChat(t *testing.T) {
+	const n, m = 8, 25
+	_, ts := newTestServer(t, Options{RateLimit: 1000, RateBurst: 1000})
+	clients := make([]*testClient, n)
+	for i := range clients {
+		clients[i] = dial(t, ts, "busy", fmt.Sprintf("user%d", i))
+	}
+	// Wait until everyone is in, so that nobody misses a live message.
+	var all []string
+	for i := range n {
+		all = append(all, fmt.Sprintf("user%d", i))
+	}
+	for _, c := range clients {
+		c.waitPresence(all...)
+	}
+
+	type result struct {
+		texts []string
+		err   error
+	}
+	results := make([]result, n)
+	var wg sync.WaitGroup
+	for i, c := range clients {
+		wg.Go(func() {
+			for j := range m {
+				b, _ := json.Marshal(map[string]string{"type": "msg", "text": fmt.Sprintf("%d/%d", i, j)})
+				if err := c.conn.Write(context.Background(), websocket.MessageText, b); err != nil {
+					results[i].err = err
+					return
+				}
+			}
+		})
+		wg.Go(func() {
+			var last uint64
+			for len(results[i].texts) < n*m {
+				msg, err := c.tryRead(10 * time.Second)
+				if err != nil {
+					results[i].err = err
+					return
+				}
+				if msg.p.Type != "msg" {
+					continue
+				}
+				if msg.env.Seq != last+1 {
+					results[i].err = fmt.Errorf("message %d after %d", msg.env.Seq, last)
+					return
+				}
+				last = msg.env.Seq
+				results[i].texts = append(results[i].texts, msg.p.Name+":"+msg.p.Text)
+			}
+		})
+	}
+	wg.Wait()
+	for i, r := range results {
+		if r.err != nil {
+			t.Fatalf("user%d: %v", i, r.err)
+		}
+		if !slices.Equal(r.texts, results[0].texts) {
+			t.Fatalf("user%d saw another order than user0", i)
+		}
+	}
+	seen := make(map[string]bool)
+	for _, s := range results[0].texts {
+		seen[s] = true
+	}
+	for i := range n {
+		for j := range m {
+			if s := fmt.Sprintf("user%d:%d/%d", i, i, j); !seen[s] {
+				t.Fatalf("nobody got %s", s)
+			}
+		}
+	}
+}
+
+// The rate limit holds back a client that sends too fast.
+func TestRateLimit(t *testing.T) {
+	_, ts := newTestServer(t, Options{RateLimit: 20, RateBurst: 2})
+	ana := dial(t, ts, "lobby", "Ana")
+	ana.waitPresence("Ana")
+	start := time.Now()
+	for i := range 12 {
+		ana.say(fmt.Sprint(i))
+	}
+	for range 12 {
+		ana.next("msg")
+	}
+	// 2 at once, then 10 at 20 per second.
+	if d := time.Since(start); d < 400*time.Millisecond {
+		t.Fatalf("12 messages went through in %v, want about 500ms", d)
+	}
+}
+
+func openTestDB(t *testing.T, path string) wsroom.Store {
+	t.Helper()
+	db, err := openDB(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	store, err := sqlstore.New(context.Background(), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store
+}
+
+// History in SQLite survives a restart: newcomers see it, and a client
+// resumes from where it was with nothing lost and nothing twice.
+func TestPersistence(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "chat.db")
+	s1, ts1 := newTestServer(t, Options{Store: openTestDB(t, path)})
+	ana := dial(t, ts1, "lobby", "Ana")
+	ana.waitPresence("Ana")
+	var seen envelope
+	for i := range 3 {
+		ana.say(fmt.Sprint("before restart ", i))
+		if m := ana.next("msg"); i == 1 {
+			seen = m.env // Ana "loses" messages after this one
+		}
+	}
+	shutdown := shutdownAsync(s1)
+	if code := ana.closeCode(); code != websocket.StatusGoingAway {
+		t.Fatalf("shutdown closed Ana with %v, want 1001", code)
+	}
+	if err := <-shutdown; err != nil {
+		t.Fatal(err)
+	}
+	ts1.Close()
+
+	_, ts2 := newTestServer(t, Options{Store: openTestDB(t, path)})
+	ben := dial(t, ts2, "lobby", "Ben")
+	for i := range 3 {
+		m := ben.read()
+		if want := fmt.Sprint("before restart ", i); m.p.Text != want || m.env.Seq != uint64(i+1) {
+			t.Fatalf("Ben's history %d: %d %q, want %d %q", i, m.env.Seq, m.p.Text, i+1, want)
+		}
+	}
+	ben.waitPresence("Ben")
+
+	back := dial(t, ts2, "lobby", "Ana", "resume", fmt.Sprintf("%s:%d", seen.Epoch, seen.Seq))
+	if m := back.read(); m.p.Text != "before restart 2" || m.env.Seq != 3 || m.env.Epoch != seen.Epoch {
+		t.Fatalf("Ana resumed with %d %q, want message 3 only", m.env.Seq, m.p.Text)
+	}
+	if m := back.read(); m.p.Type != "presence" {
+		t.Fatalf("after the missed message Ana got %+v, want presence", m.p)
+	}
+	back.say("after restart")
+	if m := back.next("msg"); m.env.Seq != 4 || m.env.Epoch != seen.Epoch {
+		t.Fatalf("first message after restart: %d in epoch %s, want 4 in %s", m.env.Seq, m.env.Epoch, seen.Epoch)
+	}
+}
+
+// A client resuming from a position the history cannot serve (here, of a
+// server that kept history in memory and restarted) is told to resync.
+func TestResumeUnknownEpoch(t *testing.T) {
+	_, ts := newTestServer(t, Options{})
+	first := dial(t, ts, "lobby", "Ana")
+	first.waitPresence("Ana")
+	first.say("hello")
+	first.next("msg")
+	c := dial(t, ts, "lobby", "Ben", "resume", "someotherepoch:1")
+	if code := c.closeCode(); code != wsroom.StatusResync {
+		t.Fatalf("closed with %v, want %v", code, wsroom.StatusResync)
+	}
+}
+
+// shutdownAsync shuts s down while the test's clients read: a graceful
+// close waits for each client to answer the close frame.
+func shutdownAsync(s *Server) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		done <- s.Shutdown(ctx)
+	}()
+	return done
+}
+
+// Shutdown says goodbye with 1001 and then refuses handshakes.
+func TestShutdown(t *testing.T) {
+	s, ts := newTestServer(t, Options{})
+	ana := dial(t, ts, "lobby", "Ana")
+	ana.waitPresence("Ana")
+	shutdown := shutdownAsync(s)
+	if code := ana.closeCode(); code != websocket.StatusGoingAway {
+		t.Fatalf("closed with %v, want 1001", code)
+	}
+	if err := <-shutdown; err != nil {
+		t.Fatal(err)
+	}
+	_, resp, err := tryDial(ts, "lobby", "Ben")
+	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("dial after shutdown: %v, %v; want 503", err, resp)
+	}
+}
