@@ -11,10 +11,14 @@ import (
 // history (a Broker that works across nodes numbers messages in its engine, so
 // that one order holds across the cluster); then every subscriber of the
 // room, on every node, receives every message once, in sequence order.
+// Messages published from one node, ephemeral or not, reach each subscriber
+// in the order they were published.
 //
 // A Broker's methods may be called concurrently. Each subscription's deliver
-// function is called from one goroutine at a time and must not block for long:
-// a Room's deliver only hands the message to the room's own loop.
+// and lost functions are called from one goroutine at a time and must not
+// block for long: a Room's only hand the news to the room's own loop.
+// Implementations need not support calling unsubscribe from within deliver
+// or lost.
 type Broker interface {
 	// Publish assigns m the room's next sequence number unless m.Ephemeral,
 	// stores it, and sends it to every subscriber of room. It returns once
@@ -24,7 +28,35 @@ type Broker interface {
 	// Subscribe arranges for deliver to receive every message published to
 	// room from now on, until unsubscribe is called. When Subscribe returns
 	// without error, messages published afterwards are delivered.
-	Subscribe(ctx context.Context, room string, deliver func(Message)) (unsubscribe func(), err error)
+	//
+	// If the broker may have missed messages of the room (its connection
+	// to the engine dropped, say), it calls lost, if not nil, with the
+	// cause, once it is receiving again; the subscriber then recovers the
+	// missed messages from the Store.
+	Subscribe(ctx context.Context, room string, deliver func(Message), lost func(error)) (unsubscribe func(), err error)
+}
+
+// Presence is implemented by a Broker that knows which clients are in a
+// room on every node. A Room registers each of its clients with its Broker's
+// Presence, and Room.Members asks it. Entries of a node that stops without
+// calling Leave must expire by themselves after a time of the broker's
+// choosing.
+//
+// Its methods may be called concurrently.
+type Presence interface {
+	// Join records that m is in room, on this node.
+	Join(ctx context.Context, room string, m Member) error
+	// Leave removes the entry of the client whose ID is id from room.
+	Leave(ctx context.Context, room, id string) error
+	// Members returns the members of room on every node, in no particular
+	// order.
+	Members(ctx context.Context, room string) ([]Member, error)
+}
+
+// Member is one client in a room's presence list.
+type Member struct {
+	ID   string // the client's ID
+	Info string // the client's identity, when it is a string or a fmt.Stringer
 }
 
 // LocalBroker is the Broker of a single process: it numbers messages through
@@ -93,7 +125,8 @@ func (t *topic) publish(ctx context.Context, s Store, room string, m Message) er
 }
 
 // Subscribe implements Broker.
-func (b *LocalBroker) Subscribe(ctx context.Context, room string, deliver func(Message)) (func(), error) {
+// The LocalBroker never misses a message, so it never calls lost.
+func (b *LocalBroker) Subscribe(ctx context.Context, room string, deliver func(Message), lost func(error)) (func(), error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}

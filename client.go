@@ -196,6 +196,18 @@ func (c *Client) take() ([]outFrame, *closeRequest) {
 func (c *Client) serve() {
 	r := c.room
 	defer r.release()
+	if r.cfg.admit != nil {
+		if err := r.cfg.admit(c); err != nil {
+			code, reason := websocket.StatusPolicyViolation, truncate(err.Error(), 123)
+			var ce websocket.CloseError
+			if errors.As(err, &ce) {
+				code, reason = ce.Code, ce.Reason
+			}
+			c.conn.Close(code, reason)
+			c.cancel(err)
+			return
+		}
+	}
 	if !r.join(c) {
 		c.conn.Close(websocket.StatusGoingAway, "wsroom: room closed")
 		c.cancel(ErrClosed)
@@ -203,6 +215,10 @@ func (c *Client) serve() {
 	}
 	r.stats.joins.Add(1)
 	r.cfg.logger.Debug("wsroom: join", "room", r.name, "client", c.id)
+	presence, _ := r.cfg.broker.(Presence)
+	if presence != nil {
+		c.presence(func(ctx context.Context) error { return presence.Join(ctx, r.name, c.member()) })
+	}
 	if r.cfg.onJoin != nil {
 		r.cfg.onJoin(c)
 	}
@@ -220,12 +236,36 @@ func (c *Client) serve() {
 	if reason == nil {
 		reason = err
 	}
+	if presence != nil {
+		c.presence(func(ctx context.Context) error { return presence.Leave(ctx, r.name, c.id) })
+	}
 	c.cancel(reason)
 	r.stats.leaves.Add(1)
 	r.cfg.logger.Debug("wsroom: leave", "room", r.name, "client", c.id, "reason", reason)
 	if r.cfg.onLeave != nil {
 		r.cfg.onLeave(c, reason)
 	}
+}
+
+// presence runs a presence update, bounded by the write timeout.
+func (c *Client) presence(update func(context.Context) error) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.room.cfg.writeTimeout)
+	defer cancel()
+	if err := update(ctx); err != nil {
+		c.room.reportError(c, fmt.Errorf("wsroom: presence: %w", err))
+	}
+}
+
+// member returns the client's presence entry.
+func (c *Client) member() Member {
+	m := Member{ID: c.id}
+	switch v := c.identity.(type) {
+	case string:
+		m.Info = v
+	case fmt.Stringer:
+		m.Info = v.String()
+	}
+	return m
 }
 
 // readLoop reads, checks and publishes the client's messages until the

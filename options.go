@@ -62,6 +62,7 @@ type config struct {
 	compression  websocket.CompressionMode
 	origins      []string
 	authorize    func(*http.Request) (any, error)
+	admit        func(*Client) error
 	onJoin       func(*Client)
 	onLeave      func(*Client, error)
 	onMessage    func(*Client, []byte) error
@@ -202,6 +203,17 @@ func WithOriginPatterns(patterns ...string) Option {
 // every request is accepted with a nil identity.
 func WithAuthorize(fn func(r *http.Request) (identity any, err error)) Option {
 	return func(cfg *config) { cfg.authorize = fn }
+}
+
+// WithAdmit sets a hook that decides, after the upgrade and before the client
+// joins, whether it may join: a place to claim per-client resources, such as
+// a unique name, that the leave hook then releases. A non-nil error refuses
+// the client: it is closed with the error's code and reason if the error is a
+// websocket.CloseError, else with websocket.StatusPolicyViolation and the
+// error's text; it receives no message, and neither the join nor the leave
+// hook runs for it. The hook runs on the client's own goroutine.
+func WithAdmit(fn func(c *Client) error) Option {
+	return func(cfg *config) { cfg.admit = fn }
 }
 
 // WithOnJoin sets a hook called when a client has joined, before any message

@@ -57,13 +57,14 @@ type Room struct {
 	name string
 	cfg  config
 
-	joinc  chan *Client
-	leavec chan *Client
-	inbox  chan Message
-	queryc chan chan []*Client
-	quit   chan struct{} // closed to stop the loop
-	done   chan struct{} // closed when the loop has returned
-	final  []*Client     // the loop's clients when it returned
+	joinc   chan *Client
+	leavec  chan *Client
+	inbox   chan Message
+	queryc  chan chan []*Client
+	catchup chan struct{} // the broker may have missed messages
+	quit    chan struct{} // closed to stop the loop
+	done    chan struct{} // closed when the loop has returned
+	final   []*Client     // the loop's clients when it returned
 
 	mu          sync.Mutex
 	state       roomState
@@ -94,19 +95,20 @@ func New(opts ...Option) *Room {
 
 func newRoom(name string, cfg config) *Room {
 	r := &Room{
-		name:   name,
-		cfg:    cfg,
-		joinc:  make(chan *Client),
-		leavec: make(chan *Client),
-		inbox:  make(chan Message, 256),
-		queryc: make(chan chan []*Client),
-		quit:   make(chan struct{}),
-		done:   make(chan struct{}),
+		name:    name,
+		cfg:     cfg,
+		joinc:   make(chan *Client),
+		leavec:  make(chan *Client),
+		inbox:   make(chan Message, 256),
+		queryc:  make(chan chan []*Client),
+		catchup: make(chan struct{}, 1),
+		quit:    make(chan struct{}),
+		done:    make(chan struct{}),
 	}
 	r.wg.Go(r.run)
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.writeTimeout)
 	defer cancel()
-	unsub, err := cfg.broker.Subscribe(ctx, name, r.deliver)
+	unsub, err := cfg.broker.Subscribe(ctx, name, r.deliver, r.lost)
 	if err != nil {
 		r.reportError(nil, fmt.Errorf("wsroom: subscribe to room %q: %w", name, err))
 		r.wg.Go(r.subscribe)
@@ -126,7 +128,7 @@ func (r *Room) subscribe() {
 	backoff := 50 * time.Millisecond
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.writeTimeout)
-		unsub, err := r.cfg.broker.Subscribe(ctx, r.name, r.deliver)
+		unsub, err := r.cfg.broker.Subscribe(ctx, r.name, r.deliver, r.lost)
 		cancel()
 		if err == nil {
 			r.mu.Lock()
@@ -167,6 +169,16 @@ func (r *Room) deliver(m Message) {
 	}
 }
 
+// lost is told by the broker that it may have missed messages; the loop
+// then catches up from the store.
+func (r *Room) lost(err error) {
+	r.reportError(nil, fmt.Errorf("wsroom: room %q may have missed messages: %w", r.name, err))
+	select {
+	case r.catchup <- struct{}{}:
+	default:
+	}
+}
+
 // run is the room's loop. It alone owns the set of clients.
 func (r *Room) run() {
 	clients := make(map[*Client]struct{})
@@ -199,6 +211,10 @@ func (r *Room) run() {
 			handle(m)
 		case q := <-r.queryc:
 			q <- slices.Collect(maps.Keys(clients))
+		case <-r.catchup:
+			if last != 0 && !r.catchUp(clients, epoch, last, handle) {
+				epoch, last = "", 0
+			}
 		case <-r.quit:
 			// Deliver what the broker handed over before the stop.
 			for {
@@ -210,6 +226,30 @@ func (r *Room) run() {
 				}
 			}
 		}
+	}
+}
+
+// catchUp delivers the messages the store holds after (epoch, last), which
+// the broker may have missed. If the store cannot serve them, every client is
+// told to resynchronise, and catchUp reports false.
+func (r *Room) catchUp(clients map[*Client]struct{}, epoch string, last uint64, handle func(Message)) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.writeTimeout)
+	defer cancel()
+	missed, err := r.cfg.store.After(ctx, r.name, epoch, last, 0)
+	if err != nil {
+		r.resyncAll(clients, fmt.Errorf("wsroom: room %q cannot catch up after message %d: %w", r.name, last, err))
+		return false
+	}
+	for _, m := range missed {
+		handle(m)
+	}
+	return true
+}
+
+func (r *Room) resyncAll(clients map[*Client]struct{}, err error) {
+	r.reportError(nil, err)
+	for c := range clients {
+		c.fail(&closeRequest{code: StatusResync, reason: "wsroom: messages lost, resync", mode: closeDiscard, err: ErrGap})
 	}
 }
 
@@ -227,10 +267,7 @@ func (r *Room) fillGap(clients map[*Client]struct{}, epoch string, last, next ui
 		}
 		return true
 	}
-	r.reportError(nil, fmt.Errorf("wsroom: room %q lost messages %d to %d: %v", r.name, last+1, next-1, err))
-	for c := range clients {
-		c.fail(&closeRequest{code: StatusResync, reason: "wsroom: messages lost, resync", mode: closeDiscard, err: ErrGap})
-	}
+	r.resyncAll(clients, fmt.Errorf("wsroom: room %q lost messages %d to %d: %v", r.name, last+1, next-1, err))
 	return false
 }
 
@@ -350,6 +387,20 @@ func (r *Room) Clients() []*Client {
 	case <-r.done:
 		return nil
 	}
+}
+
+// Members returns who is in the room on every node, when the room's Broker
+// implements Presence, or on this node otherwise. A member's Info is the
+// client's identity when that is a string or a fmt.Stringer.
+func (r *Room) Members(ctx context.Context) ([]Member, error) {
+	if p, ok := r.cfg.broker.(Presence); ok {
+		return p.Members(ctx, r.name)
+	}
+	var out []Member
+	for _, c := range r.Clients() {
+		out = append(out, c.member())
+	}
+	return out, nil
 }
 
 // Len returns the number of clients of the room on this node.

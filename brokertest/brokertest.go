@@ -14,7 +14,9 @@ package brokertest
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
+	"io"
 	"slices"
 	"sync"
 	"testing"
@@ -39,6 +41,8 @@ func Run(t *testing.T, newNode func(t *testing.T) wsroom.Broker) {
 		{"RoomsIsolated", testRoomsIsolated},
 		{"Unsubscribe", testUnsubscribe},
 		{"History", testHistory},
+		{"Presence", testPresence},
+		{"PresenceEndsWithNode", testPresenceEndsWithNode},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, newNode) })
@@ -63,7 +67,7 @@ func subscribe(t *testing.T, b wsroom.Broker, room string) *sink {
 		case s.more <- struct{}{}:
 		default:
 		}
-	})
+	}, nil)
 	if err != nil {
 		t.Fatalf("Subscribe(%q) error: %v", room, err)
 	}
@@ -212,7 +216,7 @@ func testUnsubscribe(t *testing.T, newNode func(*testing.T) wsroom.Broker) {
 		gone.mu.Lock()
 		gone.msgs = append(gone.msgs, m)
 		gone.mu.Unlock()
-	})
+	}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,5 +263,94 @@ func testHistory(t *testing.T, newNode func(*testing.T) wsroom.Broker) {
 	}
 	if got[0].Epoch != live[0].Epoch || got[1].Seq != live[2].Seq {
 		t.Errorf("stored (%s,%d) differs from delivered (%s,%d)", got[1].Epoch, got[1].Seq, live[2].Epoch, live[2].Seq)
+	}
+}
+
+func members(t *testing.T, p wsroom.Presence, room string) []wsroom.Member {
+	t.Helper()
+	ms, err := p.Members(t.Context(), room)
+	if err != nil {
+		t.Fatalf("Members(%q) error: %v", room, err)
+	}
+	slices.SortFunc(ms, func(a, b wsroom.Member) int { return cmp.Compare(a.ID, b.ID) })
+	return ms
+}
+
+func presence(t *testing.T, b wsroom.Broker) wsroom.Presence {
+	t.Helper()
+	p, ok := b.(wsroom.Presence)
+	if !ok {
+		t.Skip("broker does not implement wsroom.Presence")
+	}
+	return p
+}
+
+// testPresence checks that members joined on any node are seen from every
+// node, and leave.
+func testPresence(t *testing.T, newNode func(*testing.T) wsroom.Broker) {
+	a, b := presence(t, newNode(t)), presence(t, newNode(t))
+	room, other := storetest.RoomName(t), storetest.RoomName(t)
+	ana, ben := wsroom.Member{ID: "id-ana", Info: "ana"}, wsroom.Member{ID: "id-ben", Info: "ben"}
+	for _, j := range []struct {
+		p    wsroom.Presence
+		room string
+		m    wsroom.Member
+	}{{a, room, ana}, {b, room, ben}, {b, other, wsroom.Member{ID: "id-cy", Info: "cy"}}} {
+		if err := j.p.Join(t.Context(), j.room, j.m); err != nil {
+			t.Fatalf("Join(%v) error: %v", j.m, err)
+		}
+	}
+	want := []wsroom.Member{ana, ben}
+	for i, p := range []wsroom.Presence{a, b} {
+		if got := members(t, p, room); !slices.Equal(got, want) {
+			t.Errorf("Members from node %d = %v, want %v", i, got, want)
+		}
+	}
+	if err := a.Leave(t.Context(), room, ana.ID); err != nil {
+		t.Fatalf("Leave error: %v", err)
+	}
+	if got := members(t, b, room); !slices.Equal(got, []wsroom.Member{ben}) {
+		t.Errorf("Members after Leave = %v, want [%v]", got, ben)
+	}
+	if err := b.Leave(t.Context(), room, ben.ID); err != nil {
+		t.Fatalf("Leave error: %v", err)
+	}
+	if got := members(t, a, room); len(got) != 0 {
+		t.Errorf("Members after everyone left = %v, want none", got)
+	}
+}
+
+// testPresenceEndsWithNode checks that the members of a node that is closed
+// disappear from the others' view, when the broker is an io.Closer.
+func testPresenceEndsWithNode(t *testing.T, newNode func(*testing.T) wsroom.Broker) {
+	a := presence(t, newNode(t))
+	nb := newNode(t)
+	b := presence(t, nb)
+	closer, ok := nb.(io.Closer)
+	if !ok {
+		t.Skip("broker is not an io.Closer")
+	}
+	room := storetest.RoomName(t)
+	stay, gone := wsroom.Member{ID: "id-stay"}, wsroom.Member{ID: "id-gone"}
+	if err := a.Join(t.Context(), room, stay); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Join(t.Context(), room, gone); err != nil {
+		t.Fatal(err)
+	}
+	if got := members(t, a, room); len(got) != 2 {
+		t.Fatalf("Members = %v, want 2", got)
+	}
+	closer.Close()
+	deadline := time.Now().Add(Wait)
+	for {
+		got := members(t, a, room)
+		if slices.Equal(got, []wsroom.Member{stay}) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Members %v after the node closed, want only %v within %v", got, stay, Wait)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
