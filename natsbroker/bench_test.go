@@ -35,7 +35,7 @@ func BenchmarkPublish(b *testing.B) {
 					latencies = append(latencies, d)
 					mu.Unlock()
 					received.Add(1)
-				})
+				}, nil)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -152,7 +152,7 @@ func (b *Broker) Publish(ctx context.Context, room string, m wsroom.Message) err
 // Subscribe implements wsroom.Broker. The first subscription to a room on
 // this Broker subscribes to the room's core NATS subject and starts the
 // room's goroutine; the last unsubscribe ends both.
-func (b *Broker) Subscribe(ctx context.Context, room string, deliver func(wsroom.Message)) (func(), error) {
+func (b *Broker) Subscribe(ctx context.Context, room string, deliver func(wsroom.Message), lost func(error)) (func(), error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}

@@ -267,7 +267,7 @@ func TestUnsubscribeLast(t *testing.T) {
 	base := nc.NumSubscriptions()
 	var unsubs []func()
 	for range 3 {
-		u, err := b.Subscribe(t.Context(), room, func(wsroom.Message) {})
+		u, err := b.Subscribe(t.Context(), room, func(wsroom.Message) {}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -311,7 +311,7 @@ func TestClose(t *testing.T) {
 	if err := b.Publish(t.Context(), room, wsroom.Message{Data: []byte("2")}); !errors.Is(err, ErrClosed) {
 		t.Errorf("Publish after Close = %v, want ErrClosed", err)
 	}
-	if _, err := b.Subscribe(t.Context(), room, func(wsroom.Message) {}); !errors.Is(err, ErrClosed) {
+	if _, err := b.Subscribe(t.Context(), room, func(wsroom.Message) {}, nil); !errors.Is(err, ErrClosed) {
 		t.Errorf("Subscribe after Close = %v, want ErrClosed", err)
 	}
 	other := newNode(t, prefix)

@@ -92,7 +92,7 @@ func subscribe(t testing.TB, b *Broker, room string) *sink {
 		case s.more <- struct{}{}:
 		default:
 		}
-	})
+	}, nil)
 	if err != nil {
 		t.Fatalf("Subscribe(%q): %v", room, err)
 	}

@@ -56,7 +56,7 @@ func BenchmarkCrossNodeLatency(b *testing.B) {
 	sub, pub := newBroker(b), newBroker(b, WithMaxAge(time.Minute))
 	room := roomName(b)
 	got := make(chan wsroom.Message, 1)
-	unsub, err := sub.Subscribe(b.Context(), room, func(m wsroom.Message) { got <- m })
+	unsub, err := sub.Subscribe(b.Context(), room, func(m wsroom.Message) { got <- m }, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -173,7 +173,7 @@ func (b *Broker) Publish(ctx context.Context, room string, m wsroom.Message) err
 // of a room ends, the Broker unsubscribes from its channel. It may be called
 // more than once, and from within deliver. Once it returns, deliver is not
 // called again, though a call already under way may still be running.
-func (b *Broker) Subscribe(ctx context.Context, room string, deliver func(wsroom.Message)) (func(), error) {
+func (b *Broker) Subscribe(ctx context.Context, room string, deliver func(wsroom.Message), lost func(error)) (func(), error) {
 	if b.err != nil {
 		return nil, b.err
 	}

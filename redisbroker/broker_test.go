@@ -135,7 +135,7 @@ func TestManyRooms(t *testing.T) {
 	}
 	target := rooms[500]
 	s := newSink()
-	unsub, err := a.Subscribe(t.Context(), target, s.deliver)
+	unsub, err := a.Subscribe(t.Context(), target, s.deliver, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +185,7 @@ func TestSubscribeIsReady(t *testing.T) {
 	for i := range 10 {
 		room := roomName(t)
 		if i%2 == 1 {
-			unsub, err := a.Subscribe(t.Context(), room, func(wsroom.Message) {})
+			unsub, err := a.Subscribe(t.Context(), room, func(wsroom.Message) {}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -209,7 +209,7 @@ func TestUnsubscribeInsideDeliver(t *testing.T) {
 		<-ready
 		got <- m
 		unsub()
-	})
+	}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,7 +253,7 @@ func TestClose(t *testing.T) {
 	b := New(client, WithMaxAge(testMaxAge))
 	room := roomName(t)
 	s := newSink()
-	unsub, err := b.Subscribe(t.Context(), room, s.deliver)
+	unsub, err := b.Subscribe(t.Context(), room, s.deliver, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,7 +278,7 @@ func TestClose(t *testing.T) {
 	if err := b.Publish(t.Context(), room, wsroom.Message{}); !errors.Is(err, ErrClosed) {
 		t.Errorf("Publish after Close error = %v, want ErrClosed", err)
 	}
-	if _, err := b.Subscribe(t.Context(), room, s.deliver); !errors.Is(err, ErrClosed) {
+	if _, err := b.Subscribe(t.Context(), room, s.deliver, nil); !errors.Is(err, ErrClosed) {
 		t.Errorf("Subscribe after Close error = %v, want ErrClosed", err)
 	}
 	if got, err := b.Last(t.Context(), room, 10); err != nil || len(got) != 2 {
@@ -294,7 +294,7 @@ func TestRedisDown(t *testing.T) {
 	b := New(c, WithErrorHandler(errs.add))
 	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
 	defer cancel()
-	if _, err := b.Subscribe(ctx, "r", func(wsroom.Message) {}); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := b.Subscribe(ctx, "r", func(wsroom.Message) {}, nil); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Subscribe error = %v, want one wrapping context.DeadlineExceeded", err)
 	}
 	if err := b.Publish(t.Context(), "r", wsroom.Message{}); err == nil || !strings.HasPrefix(err.Error(), "redisbroker: ") {
@@ -321,7 +321,7 @@ func TestRingRejected(t *testing.T) {
 	if err := b.Publish(t.Context(), "r", wsroom.Message{Ephemeral: true}); !errors.Is(err, errRing) {
 		t.Errorf("Publish error = %v, want errRing", err)
 	}
-	if _, err := b.Subscribe(t.Context(), "r", func(wsroom.Message) {}); !errors.Is(err, errRing) {
+	if _, err := b.Subscribe(t.Context(), "r", func(wsroom.Message) {}, nil); !errors.Is(err, errRing) {
 		t.Errorf("Subscribe error = %v, want errRing", err)
 	}
 }

@@ -136,7 +136,7 @@ func (s *sink) waitN(t testing.TB, n int) []wsroom.Message {
 func subscribe(t testing.TB, b *Broker, room string) *sink {
 	t.Helper()
 	s := newSink()
-	unsub, err := b.Subscribe(t.Context(), room, s.deliver)
+	unsub, err := b.Subscribe(t.Context(), room, s.deliver, nil)
 	if err != nil {
 		t.Fatalf("Subscribe(%q) error: %v", room, err)
 	}
