@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -18,21 +19,23 @@ type Client struct {
 	identity any
 	room     *Room
 	conn     *websocket.Conn
+	fc       *frameConn
 	resume   *position
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
-	wake       chan struct{} // a frame or a close request is waiting
-	writerDone chan struct{}
-	pinging    chan struct{} // holds a token while a ping is in flight
+	mu        sync.Mutex
+	queue     []outFrame    // frames waiting for the writer
+	closeReq  *closeRequest // set once: how the connection ends
+	closing   chan struct{} // closed when closeReq is set
+	writing   bool          // a writer goroutine is running (or has finished the connection)
+	replaying bool          // history is being written: live frames wait
+	stopped   bool          // the client is gone: start no goroutine
+	pingTimer *time.Timer
+	wg        sync.WaitGroup // writers and pings
 
-	mu       sync.Mutex
-	queue    []outFrame
-	closeReq *closeRequest
-
-	// Writer goroutine only.
-	spare     []outFrame
+	// Written by one writer at a time (writing is the token).
 	lastEpoch string
 	lastSeq   uint64
 }
@@ -60,16 +63,16 @@ type closeRequest struct {
 	err    error // why the client leaves, for the leave hook
 }
 
-func newClient(r *Room, conn *websocket.Conn, identity any, resume *position) *Client {
+func newClient(r *Room, conn *websocket.Conn, fc *frameConn, identity any, resume *position) *Client {
 	c := &Client{
-		id:         newID(),
-		identity:   identity,
-		room:       r,
-		conn:       conn,
-		resume:     resume,
-		wake:       make(chan struct{}, 1),
-		writerDone: make(chan struct{}),
-		pinging:    make(chan struct{}, 1),
+		id:        newID(),
+		identity:  identity,
+		room:      r,
+		conn:      conn,
+		fc:        fc,
+		resume:    resume,
+		closing:   make(chan struct{}),
+		replaying: true,
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
 	return c
@@ -98,15 +101,15 @@ func (c *Client) Send(ctx context.Context, data []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	codec := c.room.cfg.codec
-	if _, err := codec.Decode(data); err != nil {
+	r := c.room
+	if _, err := r.cfg.codec.Decode(data); err != nil {
 		return err
 	}
-	frame, err := codec.Encode(Message{Time: time.Now(), Ephemeral: true, Data: data})
+	payload, err := r.cfg.codec.Encode(Message{Time: time.Now(), Ephemeral: true, Data: data})
 	if err != nil {
 		return err
 	}
-	if !c.enqueue(outFrame{data: frame}) {
+	if !c.enqueue(outFrame{data: r.newFrame(payload)}) {
 		return ErrClosed
 	}
 	return nil
@@ -116,41 +119,8 @@ func (c *Client) Send(ctx context.Context, data []byte) error {
 // connection with code and reason (at most 123 bytes). It returns at once;
 // the leave hook runs when the client has gone.
 func (c *Client) Close(code websocket.StatusCode, reason string) error {
-	c.requestClose(code, reason, closeDrain)
+	c.fail(&closeRequest{code: code, reason: reason, mode: closeDrain})
 	return nil
-}
-
-// enqueue queues f for writing, applying the slow-client policy when the
-// queue is full. It never blocks and reports whether f was queued.
-func (c *Client) enqueue(f outFrame) bool {
-	r := c.room
-	c.mu.Lock()
-	if c.closeReq != nil {
-		c.mu.Unlock()
-		return false
-	}
-	if len(c.queue) >= r.cfg.sendBuffer {
-		switch r.cfg.slowPolicy {
-		case DropNewest:
-			c.mu.Unlock()
-			r.stats.dropped.Add(1)
-			return false
-		case DropOldest:
-			n := copy(c.queue, c.queue[1:])
-			c.queue = c.queue[:n]
-			r.stats.dropped.Add(1)
-		default:
-			c.closeReq = &closeRequest{code: websocket.StatusPolicyViolation, reason: "wsroom: send buffer full", mode: closeDiscard, err: ErrSlow}
-			c.mu.Unlock()
-			r.stats.closedSlow.Add(1)
-			c.signal()
-			return false
-		}
-	}
-	c.queue = append(c.queue, f)
-	c.mu.Unlock()
-	c.signal()
-	return true
 }
 
 // ErrSlow is the leave reason of a client closed because its send buffer
@@ -161,38 +131,86 @@ var ErrSlow = errors.New("wsroom: send buffer full")
 // in time.
 var ErrPongTimeout = errors.New("wsroom: no pong in time")
 
-func (c *Client) signal() {
-	select {
-	case c.wake <- struct{}{}:
-	default:
+// queuePool recycles queues, so an idle client holds none.
+var queuePool = sync.Pool{New: func() any { return new([]outFrame) }}
+
+// enqueue queues f for writing, applying the slow-client policy when the
+// queue is full. It never blocks and reports whether f was queued.
+func (c *Client) enqueue(f outFrame) bool {
+	r := c.room
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closeReq != nil {
+		return false
 	}
+	if len(c.queue) >= r.cfg.sendBuffer {
+		switch r.cfg.slowPolicy {
+		case DropNewest:
+			r.stats.dropped.Add(1)
+			return false
+		case DropOldest:
+			n := copy(c.queue, c.queue[1:])
+			c.queue[n] = outFrame{}
+			c.queue = c.queue[:n]
+			r.stats.dropped.Add(1)
+		default:
+			r.stats.closedSlow.Add(1)
+			c.setCloseLocked(&closeRequest{code: websocket.StatusPolicyViolation, reason: "wsroom: send buffer full", mode: closeDiscard, err: ErrSlow})
+			return false
+		}
+	}
+	if c.queue == nil {
+		c.queue = (*queuePool.Get().(*[]outFrame))[:0]
+	}
+	c.queue = append(c.queue, f)
+	c.startWriterLocked()
+	return true
 }
 
-// requestClose asks the writer to close the connection; the first request
-// wins.
+// requestClose asks for the connection to be closed with code and reason.
 func (c *Client) requestClose(code websocket.StatusCode, reason string, mode closeMode) {
 	c.fail(&closeRequest{code: code, reason: reason, mode: mode})
 }
 
+// fail sets how the connection ends, unless that is set already. An abort
+// closes the connection at once, from any goroutine; other requests are
+// carried out by the writer after (or instead of) what is queued.
 func (c *Client) fail(req *closeRequest) {
 	c.mu.Lock()
-	if c.closeReq == nil {
-		c.closeReq = req
-	}
+	set := c.setCloseLocked(req)
 	c.mu.Unlock()
-	c.signal()
+	if set && req.mode == closeAbort {
+		c.conn.CloseNow()
+	}
 }
 
-// take returns what is queued and any close request.
-func (c *Client) take() ([]outFrame, *closeRequest) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	batch := c.queue
-	c.queue, c.spare = c.spare[:0], nil
-	return batch, c.closeReq
+// setCloseLocked records req if no close request is set yet, and makes sure
+// a writer will carry it out.
+func (c *Client) setCloseLocked(req *closeRequest) bool {
+	if c.closeReq != nil {
+		return false
+	}
+	c.closeReq = req
+	close(c.closing)
+	if req.mode != closeAbort {
+		c.startWriterLocked()
+	}
+	return true
 }
 
-// serve runs the client from join to leave, on the handler's goroutine.
+// startWriterLocked starts a writer unless one runs, history is being
+// replayed, or the client is gone. Writers exit when the queue is empty, so
+// an idle client has no writer goroutine.
+func (c *Client) startWriterLocked() {
+	if c.writing || c.replaying || c.stopped {
+		return
+	}
+	c.writing = true
+	c.wg.Add(1)
+	go c.writeLoop()
+}
+
+// serve runs the client from join to leave, on a goroutine of its own.
 func (c *Client) serve() {
 	r := c.room
 	defer r.release()
@@ -223,16 +241,34 @@ func (c *Client) serve() {
 		r.cfg.onJoin(c)
 	}
 	c.conn.SetReadLimit(r.cfg.readLimit)
-	r.wg.Go(c.writeLoop)
+
+	req := c.replay()
+	c.mu.Lock()
+	c.replaying = false
+	if req != nil {
+		c.setCloseLocked(req)
+	}
+	c.startWriterLocked()
+	if req == nil && r.cfg.pingInterval > 0 {
+		c.pingTimer = time.AfterFunc(r.cfg.pingInterval, c.ping)
+	}
+	c.mu.Unlock()
+	if req != nil && req.mode == closeAbort {
+		c.conn.CloseNow()
+	}
 
 	err := c.readLoop()
 	c.fail(&closeRequest{mode: closeAbort, err: err})
-	<-c.writerDone
-	r.leave(c)
-
 	c.mu.Lock()
+	c.stopped = true
+	if c.pingTimer != nil {
+		c.pingTimer.Stop()
+	}
 	reason := c.closeReq.err
 	c.mu.Unlock()
+	c.wg.Wait()
+	r.leave(c)
+
 	if reason == nil {
 		reason = err
 	}
@@ -302,7 +338,7 @@ func (c *Client) readLoop() error {
 				t := time.NewTimer(wait)
 				select {
 				case <-t.C:
-				case <-c.writerDone:
+				case <-c.closing:
 					t.Stop()
 					return ErrClosed
 				}
@@ -349,45 +385,46 @@ func truncate(s string, n int) string {
 	return s[:n]
 }
 
-// writeLoop writes the client's queue until a close request, on its own
-// goroutine. It sends history first when the client resumes or the room
-// replays history to newcomers.
+// writeLoop writes what is queued until the queue is empty or the
+// connection ends. One writer runs at a time.
 func (c *Client) writeLoop() {
-	defer close(c.writerDone)
-	r := c.room
-	if err := c.replay(); err != nil {
-		c.finish(err)
-		return
-	}
-	var tick <-chan time.Time
-	if r.cfg.pingInterval > 0 {
-		t := time.NewTicker(r.cfg.pingInterval)
-		defer t.Stop()
-		tick = t.C
-	}
+	defer c.wg.Done()
 	for {
-		select {
-		case <-c.wake:
-		case <-tick:
-			c.ping()
-			continue
+		c.mu.Lock()
+		batch, req := c.queue, c.closeReq
+		c.queue = nil
+		if len(batch) == 0 && req == nil {
+			c.writing = false
+			c.mu.Unlock()
+			return
 		}
-		batch, req := c.take()
+		c.mu.Unlock()
 		if req != nil && req.mode != closeDrain {
 			batch = batch[:0]
 		}
-		if err := c.write(batch); err != nil {
-			c.finish(&closeRequest{mode: closeAbort, err: err})
-			return
+		err := c.write(batch)
+		if batch != nil {
+			clear(batch)
+			batch = batch[:0]
+			queuePool.Put(&batch)
 		}
-		clear(batch)
-		c.spare = batch[:0]
+		if err != nil {
+			c.fail(&closeRequest{mode: closeAbort, err: err})
+			return // writing stays set: the connection is finished
+		}
 		if req != nil {
-			c.finish(req)
+			if req.mode == closeAbort {
+				c.conn.CloseNow()
+			} else {
+				c.conn.Close(req.code, req.reason)
+			}
 			return
 		}
 	}
 }
+
+// iovPool recycles the lists of frames handed to writev.
+var iovPool = sync.Pool{New: func() any { return new(net.Buffers) }}
 
 // write writes a batch of frames, skipping messages the client already has.
 func (c *Client) write(batch []outFrame) error {
@@ -395,10 +432,9 @@ func (c *Client) write(batch []outFrame) error {
 		return nil
 	}
 	r := c.room
-	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.writeTimeout)
-	defer cancel()
-	typ := r.cfg.codec.MessageType()
-	var n, bytes uint64
+	iovp := iovPool.Get().(*net.Buffers)
+	iov := (*iovp)[:0]
+	var bytes uint64
 	for _, f := range batch {
 		if f.seq != 0 {
 			if f.epoch == c.lastEpoch && f.seq <= c.lastSeq {
@@ -406,57 +442,68 @@ func (c *Client) write(batch []outFrame) error {
 			}
 			c.lastEpoch, c.lastSeq = f.epoch, f.seq
 		}
-		if err := c.conn.Write(ctx, typ, f.data); err != nil {
-			return err
-		}
-		n++
+		iov = append(iov, f.data)
 		bytes += uint64(len(f.data))
 	}
-	r.stats.messagesOut.Add(n)
+	n := len(iov)
+	var err error
+	if r.rawFrames {
+		err = c.fc.writeFrames(iov, r.cfg.writeTimeout)
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.writeTimeout)
+		for _, f := range iov {
+			if err = c.conn.Write(ctx, r.cfg.codec.MessageType(), f); err != nil {
+				break
+			}
+		}
+		cancel()
+	}
+	clear(iov[:n])
+	*iovp = iov[:0]
+	iovPool.Put(iovp)
+	if err != nil {
+		return err
+	}
+	r.stats.messagesOut.Add(uint64(n))
 	r.stats.bytesOut.Add(bytes)
 	return nil
 }
 
-// finish closes the connection as req says; the reader then ends.
-func (c *Client) finish(req *closeRequest) {
-	c.mu.Lock()
-	if c.closeReq == nil {
-		c.closeReq = req
-	}
-	c.mu.Unlock()
-	if req.mode == closeAbort {
-		c.conn.CloseNow()
-		return
-	}
-	c.conn.Close(req.code, req.reason)
-}
-
-// ping sends a ping on a goroutine of its own, unless one is in flight, and
-// closes the client if no pong comes back in time.
+// ping pings the client from the ping timer's goroutine and drops it if no
+// pong comes back in time; then it sets the timer for the next ping.
 func (c *Client) ping() {
-	select {
-	case c.pinging <- struct{}{}:
-	default:
+	r := c.room
+	c.mu.Lock()
+	if c.stopped || c.closeReq != nil {
+		c.mu.Unlock()
 		return
 	}
-	r := c.room
-	r.wg.Go(func() {
-		defer func() { <-c.pinging }()
-		ctx, cancel := context.WithCancel(c.ctx)
-		defer cancel()
-		// The timer records the reason before the connection fails.
-		timer := time.AfterFunc(r.cfg.pongTimeout, func() {
-			r.stats.closedPing.Add(1)
-			c.fail(&closeRequest{mode: closeAbort, err: ErrPongTimeout})
-			cancel()
-		})
-		c.conn.Ping(ctx)
-		timer.Stop()
+	c.wg.Add(1)
+	c.mu.Unlock()
+	defer c.wg.Done()
+
+	ctx, cancel := context.WithCancel(c.ctx)
+	defer cancel()
+	// The timer records the reason before the connection fails.
+	timeout := time.AfterFunc(r.cfg.pongTimeout, func() {
+		r.stats.closedPing.Add(1)
+		c.fail(&closeRequest{mode: closeAbort, err: ErrPongTimeout})
+		cancel()
 	})
+	err := c.conn.Ping(ctx)
+	timeout.Stop()
+	if err == nil {
+		c.mu.Lock()
+		if !c.stopped {
+			c.pingTimer.Reset(r.cfg.pingInterval)
+		}
+		c.mu.Unlock()
+	}
 }
 
 // replay writes the history the client is owed before live messages: what
-// it missed, when it resumes, or the room's recent history.
+// it missed, when it resumes, or the room's recent history. It runs before
+// any writer, and returns how to close the client if it cannot be served.
 func (c *Client) replay() *closeRequest {
 	r := c.room
 	if c.resume == nil && r.cfg.history == 0 {
@@ -482,12 +529,12 @@ func (c *Client) replay() *closeRequest {
 	}
 	batch := make([]outFrame, 0, len(msgs))
 	for _, m := range msgs {
-		frame, err := r.cfg.codec.Encode(m)
+		payload, err := r.cfg.codec.Encode(m)
 		if err != nil {
 			r.reportError(c, err)
 			continue
 		}
-		batch = append(batch, outFrame{seq: m.Seq, epoch: m.Epoch, data: frame})
+		batch = append(batch, outFrame{seq: m.Seq, epoch: m.Epoch, data: r.newFrame(payload)})
 	}
 	if err := c.write(batch); err != nil {
 		return &closeRequest{mode: closeAbort, err: err}

@@ -17,7 +17,7 @@
 //
 // # The path of a message
 //
-//  1. A client's reading goroutine (the handler's own) reads a frame, checks
+//  1. A client's reading goroutine reads a frame, checks
 //     its size (WithReadLimit) and rate (WithRateLimit), and lets the Codec
 //     decode it. With a message hook the hook decides what to publish;
 //     without one the payload is published as it is.
@@ -26,10 +26,14 @@
 //     within an epoch), stores it, and delivers it to the room's loop.
 //     Other Brokers do the same across server nodes.
 //  3. The room's loop, the only owner of the set of clients, encodes the
-//     message once and appends the same bytes to every client's queue,
-//     without ever waiting for a client.
-//  4. Each client's writing goroutine drains its queue and writes the frames,
-//     each write bounded by WithWriteTimeout.
+//     message once into a whole WebSocket frame (server frames are not
+//     masked, so the bytes are the same for every client) and appends it to
+//     every client's queue, without ever waiting for a client.
+//  4. A client's writer, started when its queue gets a frame, hands all its
+//     queued frames to the kernel in one system call (writev), each frame
+//     still one message, bounded by WithWriteTimeout; it exits when the
+//     queue is empty. With compression on, coder/websocket frames and
+//     compresses each message per connection instead.
 //
 // A client whose queue is full (WithSendBuffer) gets the SlowPolicy: closed
 // with 1008 by default, so it reconnects and resumes; DropOldest and
@@ -57,9 +61,10 @@
 // # Concurrency
 //
 // Room, Registry, Client, MemoryStore and LocalBroker are safe for concurrent
-// use. Each client has two goroutines while connected: the handler's, which
-// reads, and one that writes; a third lives for the length of each ping.
-// Each room has one loop goroutine. Hooks run on the goroutine of the client
+// use. Each client has one goroutine that reads for as long as it is
+// connected (the handler returns once the connection is upgraded), a writer
+// only while it has messages queued, and the ping timer's goroutine for the
+// length of each ping. Each room has one loop goroutine. Hooks run on the goroutine of the client
 // they concern and never on the room's loop, so a slow hook slows only its
 // own client. No lock is held while a hook runs.
 //

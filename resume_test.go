@@ -19,7 +19,7 @@ import (
 func TestResumeWhilePublishing(t *testing.T) {
 	// A buffer large enough for the unpaced publisher below: this test is
 	// about order across the replay, not about slow clients.
-	f := newFixture(t, wsroom.WithCodec(wsroom.JSON()), wsroom.WithSendBuffer(1<<16))
+	f := newFixture(t, wsroom.WithCodec(wsroom.JSON()), wsroom.WithSendBuffer(1<<16), wsroom.WithStore(wsroom.NewMemoryStore(1<<16, 0)))
 	a := f.dial(t, "")
 	for i := range 3 {
 		if err := f.room.Publish(t.Context(), fmt.Appendf(nil, "%d", i)); err != nil {

@@ -54,8 +54,9 @@ func (e *HTTPError) text() string {
 // Room is safe for concurrent use by multiple goroutines. Call Close or
 // Shutdown to release its goroutines and connections.
 type Room struct {
-	name string
-	cfg  config
+	name      string
+	cfg       config
+	rawFrames bool // the room frames messages itself (no compression)
 
 	joinc   chan *Client
 	leavec  chan *Client
@@ -95,15 +96,16 @@ func New(opts ...Option) *Room {
 
 func newRoom(name string, cfg config) *Room {
 	r := &Room{
-		name:    name,
-		cfg:     cfg,
-		joinc:   make(chan *Client),
-		leavec:  make(chan *Client),
-		inbox:   make(chan Message, 256),
-		queryc:  make(chan chan []*Client),
-		catchup: make(chan struct{}, 1),
-		quit:    make(chan struct{}),
-		done:    make(chan struct{}),
+		name:      name,
+		cfg:       cfg,
+		rawFrames: cfg.compression == websocket.CompressionDisabled,
+		joinc:     make(chan *Client),
+		leavec:    make(chan *Client),
+		inbox:     make(chan Message, 256),
+		queryc:    make(chan chan []*Client),
+		catchup:   make(chan struct{}, 1),
+		quit:      make(chan struct{}),
+		done:      make(chan struct{}),
 	}
 	r.wg.Go(r.run)
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.writeTimeout)
@@ -278,7 +280,7 @@ func (r *Room) fanout(clients map[*Client]struct{}, m Message) {
 		r.reportError(nil, fmt.Errorf("wsroom: encode message %d: %w", m.Seq, err))
 		return
 	}
-	f := outFrame{seq: m.Seq, epoch: m.Epoch, data: frame}
+	f := outFrame{seq: m.Seq, epoch: m.Epoch, data: r.newFrame(frame)}
 	for c := range clients {
 		if m.Except != "" && c.id == m.Except {
 			continue
@@ -359,10 +361,11 @@ func (r *Room) publishLocal(m Message, keep func(*Client) bool) error {
 	if !r.isOpen() {
 		return ErrClosed
 	}
-	frame, err := r.cfg.codec.Encode(m)
+	payload, err := r.cfg.codec.Encode(m)
 	if err != nil {
 		return err
 	}
+	frame := r.newFrame(payload)
 	for _, c := range r.Clients() {
 		if keep(c) {
 			c.enqueue(outFrame{data: frame})
@@ -457,7 +460,8 @@ func serveClient(cfg *config, w http.ResponseWriter, req *http.Request, acquire 
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
-	conn, err := websocket.Accept(w, req, &websocket.AcceptOptions{
+	hw := &hijackWriter{ResponseWriter: w}
+	conn, err := websocket.Accept(hw, req, &websocket.AcceptOptions{
 		OriginPatterns:  cfg.origins,
 		CompressionMode: cfg.compression,
 	})
@@ -466,7 +470,9 @@ func serveClient(cfg *config, w http.ResponseWriter, req *http.Request, acquire 
 		r.cfg.logger.Debug("wsroom: handshake failed", "room", r.name, "err", err)
 		return
 	}
-	newClient(r, conn, identity, resume).serve()
+	// The client runs on its own goroutine, so that the handler returns and
+	// net/http lets go of the request and its buffers.
+	go newClient(r, conn, hw.conn, identity, resume).serve()
 }
 
 func headerHas(h http.Header, key, token string) bool {

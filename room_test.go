@@ -550,23 +550,56 @@ func TestPublishOptions(t *testing.T) {
 
 func TestHistoryOnJoin(t *testing.T) {
 	f := newFixture(t, wsroom.WithHistory(3))
-	for i := range 5 {
-		if err := f.room.Publish(t.Context(), fmt.Appendf(nil, "m%d", i)); err != nil {
+	observer := f.dial(t, "")
+	for _, m := range []string{"m0", "m1", "m2", "eph", "m3", "m4"} {
+		var opts []wsroom.PublishOption
+		if m == "eph" {
+			opts = append(opts, wsroom.Ephemeral())
+		}
+		if err := f.room.Publish(t.Context(), []byte(m), opts...); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := f.room.Publish(t.Context(), []byte("eph"), wsroom.Ephemeral()); err != nil {
-		t.Fatal(err)
+	// Once the observer has m4, the room has handed out everything before it.
+	for read(t, observer) != "m4" {
 	}
 	c := f.dial(t, "")
+	var got []string
+	for range 3 {
+		got = append(got, read(t, c))
+	}
 	if err := f.room.Publish(t.Context(), []byte("live")); err != nil {
 		t.Fatal(err)
 	}
-	var got []string
-	for range 4 {
-		got = append(got, read(t, c))
-	}
+	got = append(got, read(t, c))
 	if diff := cmp.Diff([]string{"m2", "m3", "m4", "live"}, got); diff != "" {
 		t.Errorf("newcomer received (-want +got):\n%s", diff)
+	}
+}
+
+// With compression the room hands payloads to coder/websocket, which frames
+// and compresses them per connection.
+func TestCompression(t *testing.T) {
+	f := newFixture(t, wsroom.WithCompression(websocket.CompressionContextTakeover), wsroom.WithHistory(1))
+	publishAll(t, f.room, "history "+strings.Repeat("abc", 100))
+	var conns []*websocket.Conn
+	for _, mode := range []websocket.CompressionMode{websocket.CompressionContextTakeover, websocket.CompressionDisabled} {
+		c, _, err := websocket.Dial(t.Context(), f.url, &websocket.DialOptions{CompressionMode: mode})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.CloseNow() })
+		conns = append(conns, c)
+	}
+	waitUntil(t, "2 clients", func() bool { return f.room.Len() == 2 })
+	big := strings.Repeat("compress me ", 200)
+	write(t, conns[0], big)
+	for i, c := range conns {
+		if got := read(t, c); !strings.HasPrefix(got, "history ") {
+			t.Errorf("client %d first read %.20q, want the history message", i, got)
+		}
+		if got := read(t, c); got != big {
+			t.Errorf("client %d read %d bytes, want the %d bytes sent", i, len(got), len(big))
+		}
 	}
 }

@@ -38,14 +38,18 @@ func (t transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	}()
 	select {
 	case <-w.hijacked:
-		resp := w.Result()
-		resp.Body = client
-		return resp, nil
 	case <-done:
-		client.Close()
-		server.Close()
-		return w.Result(), nil
+		select {
+		case <-w.hijacked: // hijacked, then returned at once
+		default:
+			client.Close()
+			server.Close()
+			return w.Result(), nil
+		}
 	}
+	resp := w.Result()
+	resp.Body = client
+	return resp, nil
 }
 
 type hijacker struct {
