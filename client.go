@@ -492,13 +492,16 @@ func (c *Client) ping() {
 	})
 	err := c.conn.Ping(ctx)
 	timeout.Stop()
-	if err == nil {
-		c.mu.Lock()
-		if !c.stopped {
-			c.pingTimer.Reset(r.cfg.pingInterval)
-		}
-		c.mu.Unlock()
+	if err != nil {
+		// No pong (the timer set the reason), or the connection failed.
+		c.fail(&closeRequest{mode: closeAbort, err: err})
+		return
 	}
+	c.mu.Lock()
+	if !c.stopped {
+		c.pingTimer.Reset(r.cfg.pingInterval)
+	}
+	c.mu.Unlock()
 }
 
 // replay writes the history the client is owed before live messages: what

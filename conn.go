@@ -93,6 +93,8 @@ func (fc *frameConn) writeFrames(frames net.Buffers, timeout time.Duration) erro
 	if err := fc.Conn.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
 		return err
 	}
+	// coder/websocket bounds its own writes with contexts: leave it none.
+	defer fc.Conn.SetWriteDeadline(time.Time{})
 	var err error
 	if _, ok := fc.Conn.(*net.TCPConn); ok || len(frames) == 1 {
 		_, err = frames.WriteTo(fc.Conn) // writev

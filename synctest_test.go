@@ -249,3 +249,31 @@ func names(reg *wsroom.Registry) []string {
 	}
 	return out
 }
+
+// The deadline of a message write must not outlive it: later writes, such as
+// pings long after, go through.
+func TestWriteDeadlineDoesNotLinger(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		room := wsroom.New(wsroom.WithWriteTimeout(time.Second), wsroom.WithPing(5*time.Second, time.Second))
+		defer room.Close()
+		c := pipeDial(t, room.Handler())
+		got := make(chan []string, 1)
+		go func() {
+			msgs, _ := readAll(c)
+			got <- msgs
+		}()
+		synctest.Wait()
+		publishAll(t, room, "m1")
+		time.Sleep(time.Minute) // many pings, each long after the write's deadline
+		synctest.Wait()
+		if n := room.Len(); n != 1 {
+			t.Errorf("Len() = %d a minute after a write, want the client still there", n)
+		}
+		publishAll(t, room, "m2")
+		synctest.Wait()
+		room.Close()
+		if diff := cmp.Diff([]string{"m1", "m2"}, <-got); diff != "" {
+			t.Errorf("client received (-want +got):\n%s", diff)
+		}
+	})
+}
