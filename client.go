@@ -448,7 +448,7 @@ func (c *Client) write(batch []outFrame) error {
 	n := len(iov)
 	var err error
 	if r.rawFrames {
-		err = c.fc.writeFrames(iov, r.cfg.writeTimeout)
+		err = c.fc.writeFrames(iov)
 	} else {
 		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.writeTimeout)
 		for _, f := range iov {

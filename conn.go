@@ -32,7 +32,8 @@ const (
 // hijacked connection is a frameConn with small buffers.
 type hijackWriter struct {
 	http.ResponseWriter
-	conn *frameConn
+	timeout time.Duration // the room's write timeout
+	conn    *frameConn
 }
 
 func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -40,7 +41,7 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	fc := &frameConn{Conn: nc}
+	fc := &frameConn{Conn: nc, timeout: h.timeout}
 	h.conn = fc
 	// Keep what the client sent right after its handshake.
 	var r io.Reader = fc
@@ -65,8 +66,11 @@ func (h *hijackWriter) Unwrap() http.ResponseWriter { return h.ResponseWriter }
 // control frames through Write, and the client's writer, which writes
 // message frames through writeFrames. Each call writes whole frames, under
 // one lock, so frames never interleave.
+//
+// Every write sets its own deadline, so none lingers from an earlier one.
 type frameConn struct {
 	net.Conn
+	timeout    time.Duration // bound on each write
 	mu         sync.Mutex
 	closeFrame bool // a close frame went out: no message frame may follow
 }
@@ -79,22 +83,22 @@ func (fc *frameConn) Write(p []byte) (int, error) {
 	if len(p) > 0 && p[0]&0x0f == 0x8 {
 		fc.closeFrame = true
 	}
+	if err := fc.Conn.SetWriteDeadline(time.Now().Add(fc.timeout)); err != nil {
+		return 0, err
+	}
 	return fc.Conn.Write(p)
 }
 
-// writeFrames writes frames in as few system calls as the connection allows,
-// within timeout.
-func (fc *frameConn) writeFrames(frames net.Buffers, timeout time.Duration) error {
+// writeFrames writes frames in as few system calls as the connection allows.
+func (fc *frameConn) writeFrames(frames net.Buffers) error {
 	fc.mu.Lock()
 	defer fc.mu.Unlock()
 	if fc.closeFrame {
 		return net.ErrClosed
 	}
-	if err := fc.Conn.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
+	if err := fc.Conn.SetWriteDeadline(time.Now().Add(fc.timeout)); err != nil {
 		return err
 	}
-	// coder/websocket bounds its own writes with contexts: leave it none.
-	defer fc.Conn.SetWriteDeadline(time.Time{})
 	var err error
 	if _, ok := fc.Conn.(*net.TCPConn); ok || len(frames) == 1 {
 		_, err = frames.WriteTo(fc.Conn) // writev

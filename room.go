@@ -460,7 +460,7 @@ func serveClient(cfg *config, w http.ResponseWriter, req *http.Request, acquire 
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
-	hw := &hijackWriter{ResponseWriter: w}
+	hw := &hijackWriter{ResponseWriter: w, timeout: r.cfg.writeTimeout}
 	conn, err := websocket.Accept(hw, req, &websocket.AcceptOptions{
 		OriginPatterns:  cfg.origins,
 		CompressionMode: cfg.compression,
