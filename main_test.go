@@ -12,7 +12,10 @@ import (
 // TestMain fails the run if goroutines are left behind once every test has
 // closed its rooms and servers.
 func TestMain(m *testing.M) {
-	before := runtime.NumGoroutine()
+	if os.Getenv("WSROOM_BENCH_DIAL") != "" {
+		benchClients()
+	}
+	before := ours()
 	code := m.Run()
 	if code == 0 {
 		if err := checkGoroutines(before); err != nil {
@@ -23,27 +26,51 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func checkGoroutines(want int) error {
+// ours returns the stacks of running goroutines that belong to the code
+// under test: the room, its clients and the connections they hold.
+func ours() []string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "wsroom_test.ours(") {
+			continue // this goroutine
+		}
+		if strings.Contains(g, "github.com/wsroom/wsroom.") || strings.Contains(g, "github.com/coder/websocket") || strings.Contains(g, "net/http.") {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+// checkGoroutines waits up to 5 seconds for no more of our goroutines to
+// run than before, the stacks from a moment earlier.
+func checkGoroutines(before []string) error {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		n := runtime.NumGoroutine()
-		if n <= want {
+		now := ours()
+		if len(now) <= len(before) {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			buf = buf[:runtime.Stack(buf, true)]
-			return fmt.Errorf("leaked goroutines: %d running, want at most %d:\n%s", n, want, buf)
+			return fmt.Errorf("leaked goroutines: %d running, want at most %d:\n%s", len(now), len(before), strings.Join(now, "\n\n"))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 }
 
-// leakCheck returns a function that fails t if more goroutines run than
-// when leakCheck was called.
+// leakCheck returns a function that fails t if more of our goroutines run
+// than when leakCheck was called.
 func leakCheck(t *testing.T) func() {
 	t.Helper()
-	before := runtime.NumGoroutine()
+	before := ours()
 	return func() {
 		t.Helper()
 		if err := checkGoroutines(before); err != nil {

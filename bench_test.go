@@ -1,0 +1,164 @@
+package wsroom_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/wsroom/wsroom"
+)
+
+// BenchmarkBroadcast publishes 64-byte messages to a room of N clients over
+// real loopback connections and reports deliveries per second and
+// allocations per delivery. The clients run in the same process, so the
+// figures include the cost of reading on the client side. At most 64
+// messages per client are in flight, so no client is ever evicted.
+func BenchmarkBroadcast(b *testing.B) {
+	for _, n := range []int{1, 100, 1000} {
+		b.Run(fmt.Sprintf("clients=%d", n), func(b *testing.B) {
+			room := wsroom.New(wsroom.WithPing(0, 0))
+			srv := httptest.NewServer(room.Handler())
+			defer srv.Close()
+			defer room.Close()
+			url := "ws" + strings.TrimPrefix(srv.URL, "http")
+
+			var delivered atomic.Int64
+			var wg sync.WaitGroup
+			for range n {
+				c, _, err := websocket.Dial(context.Background(), url, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				c.SetReadLimit(-1)
+				wg.Go(func() {
+					for {
+						if _, _, err := c.Read(context.Background()); err != nil {
+							return
+						}
+						delivered.Add(1)
+					}
+				})
+			}
+			for room.Len() < n {
+				time.Sleep(time.Millisecond)
+			}
+			msg := make([]byte, 64)
+			for i := range msg {
+				msg[i] = 'a' + byte(i%26)
+			}
+			ctx := context.Background()
+			var published int64
+			b.ReportAllocs()
+			b.ResetTimer()
+			start := time.Now()
+			for b.Loop() {
+				for published*int64(n)-delivered.Load() > 64*int64(n) {
+					runtime.Gosched()
+				}
+				if err := room.Publish(ctx, msg); err != nil {
+					b.Fatal(err)
+				}
+				published++
+			}
+			for delivered.Load() < published*int64(n) {
+				runtime.Gosched()
+			}
+			elapsed := time.Since(start)
+			b.StopTimer()
+			b.ReportMetric(float64(published*int64(n))/elapsed.Seconds(), "deliveries/s")
+			if s := room.Stats(); s.ClosedSlow != 0 || s.Dropped != 0 {
+				b.Fatalf("clients were evicted or messages dropped: %+v", s)
+			}
+			room.Close()
+			wg.Wait()
+		})
+	}
+}
+
+// BenchmarkIdleClientMemory reports the memory the server holds per idle
+// client (heap and goroutine stacks); the clients run in a child process.
+func BenchmarkIdleClientMemory(b *testing.B) {
+	for _, n := range []int{1000} {
+		b.Run(fmt.Sprintf("clients=%d", n), func(b *testing.B) {
+			perClient := idleClientMemory(b, n) // measured once, whatever b.N
+			for b.Loop() {
+			}
+			b.ReportMetric(perClient, "B/client")
+		})
+	}
+}
+
+// idleClientMemory serves n idle clients, dialled from a child process so
+// that only the server's memory is counted, and returns the heap and stack
+// bytes each client costs the server.
+func idleClientMemory(b *testing.B, n int) float64 {
+	room := wsroom.New()
+	srv := httptest.NewServer(room.Handler())
+	defer srv.Close()
+	defer room.Close()
+
+	before := serverMemory()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "WSROOM_BENCH_DIAL="+"ws"+strings.TrimPrefix(srv.URL, "http"), "WSROOM_BENCH_N="+strconv.Itoa(n))
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		stdin.Close()
+		cmd.Wait()
+	}()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "ready" {
+		b.Fatalf("client process: %q, %v", line, err)
+	}
+	for room.Len() < n {
+		time.Sleep(time.Millisecond)
+	}
+	after := serverMemory()
+	return float64(after-before) / float64(n)
+}
+
+func serverMemory() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc + m.StackInuse
+}
+
+// benchClients, run in a child process of the benchmark, dials the clients
+// and holds them until its standard input closes.
+func benchClients() {
+	url, n := os.Getenv("WSROOM_BENCH_DIAL"), os.Getenv("WSROOM_BENCH_N")
+	count, _ := strconv.Atoi(n)
+	var conns []*websocket.Conn
+	for range count {
+		c, _, err := websocket.Dial(context.Background(), url, nil)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		go c.Read(context.Background()) // answer pings and closes
+		conns = append(conns, c)
+	}
+	fmt.Println("ready")
+	bufio.NewReader(os.Stdin).ReadString('\n')
+	for _, c := range conns {
+		c.CloseNow()
+	}
+	os.Exit(0)
+}
