@@ -172,8 +172,10 @@ func ExampleRegistry() {
 		}
 		defer c.CloseNow()
 	}
-	room, _ := rooms.Room("go")
-	waitClients(room, 2)
+	goRoom, _ := rooms.Room("go")
+	rustRoom, _ := rooms.Room("rust")
+	waitClients(goRoom, 2)
+	waitClients(rustRoom, 1)
 	for _, r := range rooms.Rooms() {
 		fmt.Printf("%s: %d\n", r.Name(), r.Len())
 	}
