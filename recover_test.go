@@ -155,3 +155,22 @@ func TestAdmitRefusesBeforeJoin(t *testing.T) {
 		t.Errorf("join hook ran %d times, want 1 (not for refused clients)", j)
 	}
 }
+
+// A loss before the room delivered its first message is recovered too: the
+// room starts from the last stored message.
+func TestRoomCatchesUpBeforeFirstDelivery(t *testing.T) {
+	store := wsroom.NewMemoryStore(0, 0)
+	if _, err := store.Append(t.Context(), "", wsroom.Message{Data: []byte(`"old"`)}); err != nil {
+		t.Fatal(err)
+	}
+	b := &lossyBroker{LocalBroker: wsroom.NewLocalBroker(store)}
+	f := newFixture(t, wsroom.WithStore(store), wsroom.WithBroker(b), wsroom.WithCodec(wsroom.JSON()))
+	c := f.dial(t, "")
+	b.dropping.Store(true)
+	publishAll(t, f.room, `2`, `3`)
+	b.dropping.Store(false)
+	b.reconnected()
+	if got := readSeqs(t, c, 2); !slices.Equal(got, []uint64{2, 3}) {
+		t.Errorf("client got seqs %v, want [2 3]", got)
+	}
+}

@@ -107,10 +107,16 @@ func newRoom(name string, cfg config) *Room {
 		quit:      make(chan struct{}),
 		done:      make(chan struct{}),
 	}
-	r.wg.Go(r.run)
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.writeTimeout)
 	defer cancel()
 	unsub, err := cfg.broker.Subscribe(ctx, name, r.deliver, r.lost)
+	// The loop starts from the last stored message, so that a loss before
+	// the room's first delivery is noticed too.
+	var start Message
+	if last, err := cfg.store.Last(ctx, name, 1); err == nil && len(last) == 1 {
+		start = last[0]
+	}
+	r.wg.Go(func() { r.run(start.Epoch, start.Seq) })
 	if err != nil {
 		r.reportError(nil, fmt.Errorf("wsroom: subscribe to room %q: %w", name, err))
 		r.wg.Go(r.subscribe)
@@ -181,15 +187,14 @@ func (r *Room) lost(err error) {
 	}
 }
 
-// run is the room's loop. It alone owns the set of clients.
-func (r *Room) run() {
+// run is the room's loop. It alone owns the set of clients. (epoch, last)
+// is the position of the last numbered message delivered.
+func (r *Room) run(epoch string, last uint64) {
 	clients := make(map[*Client]struct{})
 	defer func() {
 		r.final = slices.Collect(maps.Keys(clients))
 		close(r.done)
 	}()
-	var epoch string // position of the last numbered message delivered
-	var last uint64
 	handle := func(m Message) {
 		if !m.Ephemeral {
 			if m.Epoch == epoch && m.Seq <= last {
