@@ -30,25 +30,30 @@ const (
 )
 
 var (
-	_ wsroom.Broker = (*Broker)(nil)
-	_ wsroom.Store  = (*Broker)(nil)
+	_ wsroom.Broker   = (*Broker)(nil)
+	_ wsroom.Store    = (*Broker)(nil)
+	_ wsroom.Presence = (*Broker)(nil)
 )
 
-// Broker is a wsroom.Broker and a wsroom.Store that keeps rooms' history in
-// Redis and carries their messages between nodes through Redis pub/sub. See
-// the package documentation for how it orders, stores and delivers messages.
+// Broker is a wsroom.Broker, a wsroom.Store and a wsroom.Presence that keeps
+// rooms' history and members in Redis and carries their messages between
+// nodes through Redis pub/sub. See the package documentation for how it
+// orders, stores and delivers messages, and how it keeps presence.
 //
-// A Broker is safe for concurrent use by multiple goroutines. New starts one
-// goroutine, which reads the Broker's pub/sub connection and calls the
-// subscribers' deliver functions; call Close to stop it. Closing a Broker
-// does not close the go-redis client it was made with.
+// A Broker is safe for concurrent use by multiple goroutines. New starts two
+// goroutines: one reads the Broker's pub/sub connection and calls the
+// subscribers' deliver and lost functions, the other refreshes the presence
+// entries of the members joined through this Broker. Call Close to stop
+// them. Closing a Broker does not close the go-redis client it was made with.
 type Broker struct {
 	client redis.UniversalClient
 	cfg    config
 	err    error // set when client cannot serve the Broker's pub/sub
 
 	ps        *redis.PubSub
-	done      chan struct{} // closed by Close
+	done      chan struct{}      // closed by Close
+	ctx       context.Context    // ends at Close; bounds presence refreshes
+	cancel    context.CancelFunc // ends ctx
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
@@ -63,8 +68,17 @@ type Broker struct {
 	syncMu  sync.Mutex
 	synced  uint64        // number of the last barrier ping answered
 	syncCh  chan struct{} // closed and replaced when synced grows
+	// lostCause, when not nil, is why the subscriptions may have missed
+	// messages; they are told once the barrier ping lostAfter is answered.
+	lostCause error
+	lostAfter uint64
 
 	received atomic.Uint64 // messages read from the pub/sub connection
+
+	presMu     sync.Mutex
+	present    map[string]map[string]string // this node's members: room, ID, info
+	presLeft   uint64                       // number of Leave calls, to spot one during a refresh
+	presClosed bool                         // set by Close
 }
 
 type topic struct {
@@ -73,14 +87,16 @@ type topic struct {
 
 type subscription struct {
 	deliver func(wsroom.Message)
+	lost    func(error) // may be nil
 	dead    atomic.Bool
 }
 
 // New returns a Broker that uses client, which may be a *redis.Client, a
 // failover client or a *redis.ClusterClient (a *redis.Ring is not supported:
-// Publish and Subscribe then return an error). New starts the goroutine that
-// reads the Broker's pub/sub connection; call Close to stop it. The client
-// must stay open until then.
+// Publish, Subscribe and the Presence methods then return an error). New
+// starts the goroutines that read the Broker's pub/sub connection and
+// refresh its presence entries; call Close to stop them. The client must
+// stay open until then.
 func New(client redis.UniversalClient, opts ...Option) *Broker {
 	cfg := defaultConfig()
 	for _, o := range opts {
@@ -92,25 +108,34 @@ func New(client redis.UniversalClient, opts ...Option) *Broker {
 		done:   make(chan struct{}),
 		topics: make(map[string]*topic),
 		syncCh: make(chan struct{}),
+
+		present: make(map[string]map[string]string),
 	}
+	b.ctx, b.cancel = context.WithCancel(context.Background())
 	if _, ok := client.(*redis.Ring); ok {
 		b.err = errRing
 		return b
 	}
 	b.ps = client.Subscribe(context.Background())
 	b.wg.Go(b.run)
+	b.wg.Go(b.refreshLoop)
 	return b
 }
 
-// Close stops the Broker's goroutine, closes its pub/sub connection and ends
-// every subscription: no deliver function is called once Close returns.
-// Publish and Subscribe then return ErrClosed; the Store methods keep working
-// as long as the client does. Close does not close the client, and must not
-// be called from a deliver function. Calling Close again has no effect and
-// returns the first call's result.
+// Close stops the Broker's goroutines, closes its pub/sub connection and
+// ends every subscription: no deliver or lost function is called once Close
+// returns. It then removes from Redis the presence entries of the members
+// still joined through this Broker, so that other nodes stop listing them at
+// once; if it cannot, they expire after the presence TTL.
+//
+// Publish, Subscribe and Join then return ErrClosed; the Store methods, Leave
+// and Members keep working as long as the client does. Close does not close
+// the client, and must not be called from a deliver or lost function.
+// Calling Close again has no effect and returns the first call's result.
 func (b *Broker) Close() error {
 	b.closeOnce.Do(func() {
 		close(b.done)
+		b.cancel()
 		if b.ps != nil {
 			b.closeErr = b.ps.Close()
 		}
@@ -123,6 +148,9 @@ func (b *Broker) Close() error {
 		}
 		clear(b.topics)
 		b.mu.Unlock()
+		if b.err == nil {
+			b.closeErr = errors.Join(b.closeErr, b.removePresence())
+		}
 	})
 	return b.closeErr
 }
@@ -169,6 +197,14 @@ func (b *Broker) Publish(ctx context.Context, room string, m wsroom.Message) err
 // confirmed it, so every message published afterwards is delivered, or when
 // ctx ends.
 //
+// When the pub/sub connection fails (Redis restarted, the connection was
+// killed or went silent), the Broker reconnects and subscribes again to
+// every channel; once Redis has confirmed that, it calls the lost function
+// of every subscription, if not nil, once, with the error that broke the
+// connection: messages published in between were not delivered. lost is
+// called from the goroutine that calls deliver, before the deliveries that
+// follow the reconnection.
+//
 // The returned function ends the subscription; after the last subscription
 // of a room ends, the Broker unsubscribes from its channel. It may be called
 // more than once, and from within deliver. Once it returns, deliver is not
@@ -184,7 +220,7 @@ func (b *Broker) Subscribe(ctx context.Context, room string, deliver func(wsroom
 		return nil, ErrClosed
 	}
 	ch := b.channel(room)
-	s := &subscription{deliver: deliver}
+	s := &subscription{deliver: deliver, lost: lost}
 	b.subMu.Lock()
 	b.mu.Lock()
 	t := b.topics[ch]
@@ -196,10 +232,15 @@ func (b *Broker) Subscribe(ctx context.Context, room string, deliver func(wsroom
 	t.subs = append(slices.Clip(t.subs), s)
 	b.mu.Unlock()
 	if first {
-		// go-redis remembers the channel even if this write fails, and
-		// subscribes again on its next connection; sync waits for that.
 		if err := b.ps.Subscribe(context.Background(), ch); err != nil && !b.closed() {
-			b.report(fmt.Errorf("redisbroker: subscribe to room %q: %w", room, err))
+			err = fmt.Errorf("redisbroker: subscribe to room %q: %w", room, err)
+			b.report(err)
+			b.lose(err)
+			// go-redis adds the channel to the ones it subscribes each new
+			// connection to only after this write, so a connection it opened
+			// on the failure lacks it: send it again. If this write fails
+			// too, the next connection has it; sync waits for that.
+			_ = b.ps.Subscribe(context.Background(), ch)
 		}
 	}
 	b.subMu.Unlock()
@@ -230,7 +271,9 @@ func (b *Broker) unsubscribe(ch string, s *subscription) {
 	b.mu.Unlock()
 	if last && !b.closed() {
 		if err := b.ps.Unsubscribe(context.Background(), ch); err != nil && !b.closed() {
-			b.report(fmt.Errorf("redisbroker: unsubscribe from channel %q: %w", ch, err))
+			err = fmt.Errorf("redisbroker: unsubscribe from channel %q: %w", ch, err)
+			b.report(err)
+			b.lose(err)
 		}
 	}
 }
@@ -242,9 +285,11 @@ func (b *Broker) unsubscribe(ch string, s *subscription) {
 // between, go-redis subscribed the new one to every channel before the PING.
 func (b *Broker) sync(ctx context.Context) error {
 	for {
-		n := b.pingSeq.Add(1)
 		// A failed write makes go-redis reconnect; the retry pings again.
-		_ = b.ps.Ping(context.Background(), syncPrefix+strconv.FormatUint(n, 10))
+		n, err := b.ping()
+		if err != nil && !b.closed() {
+			b.lose(fmt.Errorf("redisbroker: pub/sub ping: %w", err))
+		}
 		retry := time.NewTimer(syncRetry)
 	wait:
 		for {
@@ -270,12 +315,37 @@ func (b *Broker) sync(ctx context.Context) error {
 	}
 }
 
+// ping sends a barrier ping, numbered n, on the pub/sub connection. Its
+// reply, read by run, tells that Redis has handled every command sent on the
+// connection before it.
+func (b *Broker) ping() (n uint64, err error) {
+	n = b.pingSeq.Add(1)
+	return n, b.ps.Ping(context.Background(), syncPrefix+strconv.FormatUint(n, 10))
+}
+
+// lose records that the subscriptions may miss messages because the pub/sub
+// connection failed with cause. When Redis answers a barrier ping sent after
+// this call, on a connection go-redis has subscribed again to every channel,
+// pong tells every subscription.
+func (b *Broker) lose(cause error) {
+	b.syncMu.Lock()
+	b.lostCause = cause
+	b.lostAfter = b.pingSeq.Load() + 1
+	b.syncMu.Unlock()
+}
+
 // run reads the pub/sub connection until Close.
 func (b *Broker) run() {
 	ctx := context.Background()
 	var backoff time.Duration
 	awaiting := false // a health-check ping is unanswered
+	barrier := false  // a barrier ping must follow a failure
 	for {
+		if barrier {
+			// A failed write reconnects; the next read tells how it went.
+			_, err := b.ping()
+			barrier = err != nil
+		}
 		var msg any
 		var err error
 		if awaiting {
@@ -293,9 +363,12 @@ func (b *Broker) run() {
 		if err != nil {
 			if !awaiting && isTimeout(err) {
 				awaiting = true
-				if err := b.ps.Ping(ctx); err != nil {
+				if _, err := b.ping(); err != nil {
 					awaiting = false
-					b.report(fmt.Errorf("redisbroker: pub/sub health check: %w", err))
+					err = fmt.Errorf("redisbroker: pub/sub health check: %w", err)
+					b.report(err)
+					b.lose(err)
+					barrier = true
 				}
 				continue
 			}
@@ -303,7 +376,10 @@ func (b *Broker) run() {
 				err = fmt.Errorf("no reply to ping within %v", b.cfg.pingTimeout)
 			}
 			awaiting = false
-			b.report(fmt.Errorf("redisbroker: pub/sub connection failed, reconnecting: %w", err))
+			err = fmt.Errorf("redisbroker: pub/sub connection failed, reconnecting: %w", err)
+			b.report(err)
+			b.lose(err)
+			barrier = true
 			if backoff > 0 {
 				select {
 				case <-time.After(backoff):
@@ -350,7 +426,8 @@ func (b *Broker) dispatch(msg *redis.Message) {
 	}
 }
 
-// pong records the reply to a barrier ping.
+// pong records the reply to a barrier ping, and tells the subscriptions
+// that they may have missed messages if the ping was sent after a failure.
 func (b *Broker) pong(payload string) {
 	s, ok := strings.CutPrefix(payload, syncPrefix)
 	if !ok {
@@ -366,7 +443,27 @@ func (b *Broker) pong(payload string) {
 		close(b.syncCh)
 		b.syncCh = make(chan struct{})
 	}
+	cause := b.lostCause
+	if cause != nil && n >= b.lostAfter {
+		b.lostCause = nil
+	} else {
+		cause = nil
+	}
 	b.syncMu.Unlock()
+	if cause == nil {
+		return
+	}
+	b.mu.Lock()
+	var subs []*subscription
+	for _, t := range b.topics {
+		subs = append(subs, t.subs...)
+	}
+	b.mu.Unlock()
+	for _, s := range subs {
+		if s.lost != nil && !s.dead.Load() {
+			s.lost(cause)
+		}
+	}
 }
 
 // report passes an error the Broker recovered from to the error handler and

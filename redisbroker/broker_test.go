@@ -325,3 +325,81 @@ func TestRingRejected(t *testing.T) {
 		t.Errorf("Subscribe error = %v, want errRing", err)
 	}
 }
+
+// TestLostAfterReconnect checks that a Broker whose pub/sub connection was
+// killed, and could not come back while messages were published, calls the
+// lost function of every subscription once, after Redis has confirmed the
+// new subscriptions: the Broker's commands reach Redis late, through a slow
+// proxy, yet a message published as soon as lost is called is delivered.
+func TestLostAfterReconnect(t *testing.T) {
+	requireRedis(t)
+	p := newProxy(t, redisAddr(), 50*time.Millisecond)
+	g := newGatedClient(t, p.addr(), "wsroom-test-lost-"+newEpoch()[:8])
+	errs := &errorLog{}
+	a := New(g.client, WithMaxAge(testMaxAge), WithErrorHandler(errs.add))
+	t.Cleanup(func() { a.Close() })
+	pub := newBroker(t)
+	roomA, roomB, roomGone := roomName(t), roomName(t), roomName(t)
+	type call struct {
+		room string
+		err  error
+	}
+	lost := make(chan call, 10)
+	subs := map[string]*sink{}
+	for _, room := range []string{roomA, roomB, roomGone} {
+		s := newSink()
+		unsub, err := a.Subscribe(t.Context(), room, s.deliver, func(err error) { lost <- call{room, err} })
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(unsub)
+		if room == roomGone {
+			unsub()
+		}
+		subs[room] = s
+	}
+	quiet := subscribe(t, a, roomA) // no lost function: must be harmless
+	publish(t, pub, roomA, "before")
+	subs[roomA].waitN(t, 1)
+
+	g.hold()
+	g.killPubSub(t)
+	publish(t, pub, roomA, "missed")
+	select {
+	case c := <-lost:
+		t.Fatalf("lost(%v) called for room %s while the Broker could not reconnect", c.err, c.room)
+	case <-time.After(300 * time.Millisecond):
+	}
+	g.release()
+
+	got := map[string]int{}
+	deadline := time.After(wait)
+	for len(got) < 2 {
+		select {
+		case c := <-lost:
+			got[c.room]++
+			if c.err == nil || !strings.HasPrefix(c.err.Error(), "redisbroker: pub/sub connection failed") {
+				t.Errorf("lost(%v) for room %s, want the connection's failure", c.err, c.room)
+			}
+			if c.room == roomA {
+				// Subscribed again: this one must arrive.
+				publish(t, pub, roomA, "after")
+			}
+		case <-deadline:
+			t.Fatalf("lost called for %v within %v, want rooms A and B", got, wait)
+		}
+	}
+	for _, s := range []*sink{subs[roomA], quiet} {
+		if ms := s.waitFor(t, hasData("after")); len(ms) != 2 || ms[0].Seq != 1 || ms[1].Seq != 3 {
+			t.Errorf("deliveries %v, want seqs [1 3]: the missed message is for the room to fetch", seqs(ms))
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // let a second call, if any, come
+	close(lost)
+	for c := range lost {
+		got[c.room]++
+	}
+	if got[roomA] != 1 || got[roomB] != 1 || got[roomGone] != 0 {
+		t.Errorf("lost calls per room: A %d, B %d, unsubscribed %d; want 1, 1, 0", got[roomA], got[roomB], got[roomGone])
+	}
+}

@@ -2,9 +2,9 @@
 // nodes through Redis, and keeps the rooms' history there, so that a client
 // can resume on any node.
 //
-// A [Broker], made by [New] from a go-redis client, is both a [wsroom.Broker]
-// and a [wsroom.Store]; give the same Broker to every room of a node, and one
-// Broker per node, all on the same Redis:
+// A [Broker], made by [New] from a go-redis client, is a [wsroom.Broker], a
+// [wsroom.Store] and a [wsroom.Presence]; give the same Broker to every room
+// of a node, and one Broker per node, all on the same Redis:
 //
 //	b := redisbroker.New(redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"}))
 //	defer b.Close()
@@ -28,8 +28,10 @@
 //
 // For a room named R and the prefix P ("wsroom:" unless [WithPrefix] says
 // otherwise), the Broker uses the hash "P{R}:meta" (the epoch and the last
-// sequence number), the stream "P{R}:log" (the history) and the channel
-// "P{R}". The braces make both keys of a room hash to one Redis Cluster slot.
+// sequence number), the stream "P{R}:log" (the history), the channel "P{R}",
+// and, while the room has members, the sorted set "P{R}:presence" and the
+// hash "P{R}:presence:info" (see Presence). The braces make every key of a
+// room hash to one Redis Cluster slot.
 //
 // # Retention
 //
@@ -47,9 +49,41 @@
 // it serves. One goroutine, started by New and ended by [Broker.Close], reads
 // the connection and calls the subscribers, in order.
 //
-// When the connection fails or Redis stops answering, the Broker reports the
-// error to [WithErrorHandler] and [WithLogger], reconnects and subscribes
-// again. Messages published while it was disconnected are not delivered
-// late: a room notices the missing sequence numbers on the next message and
-// reads them from the history with [Broker.After].
+// When the connection fails or Redis stops answering (a restart, a killed
+// connection, a network path that went silent, found by a ping after
+// three seconds without traffic), the Broker reports the error to
+// [WithErrorHandler] and [WithLogger], reconnects and subscribes again to
+// every channel. Messages published while it was disconnected are not
+// delivered late: once Redis has confirmed the new subscriptions, the
+// Broker calls the lost function of every subscription with the error, and
+// each room at once reads what it missed from the history with
+// [Broker.After] and reports the error to its own error hook. (A room that
+// was not told would notice the missing sequence numbers at its next
+// message.)
+//
+// # Presence
+//
+// [Broker.Join], [Broker.Leave] and [Broker.Members] keep who is in each
+// room across every node, which [wsroom.Room.Members] returns. A room's
+// members are the sorted set "P{R}:presence", whose members are client IDs
+// scored by the time, in Unix milliseconds, at which the entry expires, and
+// the hash "P{R}:presence:info", which maps each client ID to its
+// [wsroom.Member] Info. Each Broker remembers the members joined through it
+// and, every third of the presence TTL ([WithPresenceTTL], 30 seconds
+// unless set otherwise), pushes their expiry one TTL ahead, adding them
+// again if they are gone. Members first drops the expired entries, then
+// reads the others, in one script run. Leave removes an entry, and Close
+// removes those of its Broker, so that the other nodes stop listing them at
+// once; the entries of a node that stops without Close (a crash, a lost
+// network) expire by themselves within one TTL. A room's presence keys
+// expire one TTL after their last write, so an abandoned room leaves
+// nothing behind. Expiry times come from the nodes' clocks, which should
+// agree to well within the TTL.
+//
+// Join and Leave cost one round trip and one script run each. Members costs
+// one round trip and a script run that reads the whole set, in time
+// proportional to the room's members, plus the expired ones it removes. The
+// refresh costs each node one pipelined round trip every TTL/3, with one
+// script run per room that has members on that node, proportional to those
+// members. Each member takes a sorted set entry and a hash field in Redis.
 package redisbroker

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -276,4 +277,83 @@ func (p *proxy) close() {
 	}
 	p.mu.Unlock()
 	p.wg.Wait()
+}
+
+// gatedClient is a client of Redis at addr whose new connections can be
+// held back, so that a connection killed from Redis' side cannot come back
+// until the test lets it.
+type gatedClient struct {
+	client *redis.Client
+	name   string // CLIENT SETNAME of its connections
+	admin  *redis.Client
+
+	mu   sync.Mutex
+	gate chan struct{} // while not nil, dialling waits for it to close
+}
+
+func newGatedClient(t testing.TB, addr, name string) *gatedClient {
+	t.Helper()
+	g := &gatedClient{name: name, admin: newClient(t)}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		g.mu.Lock()
+		gate := g.gate
+		g.mu.Unlock()
+		if gate != nil {
+			select {
+			case <-gate:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
+	g.client = redis.NewClient(&redis.Options{Addr: addr, ClientName: name, Dialer: dial})
+	t.Cleanup(func() { g.client.Close() })
+	t.Cleanup(g.release) // runs before the cleanups registered earlier
+	return g
+}
+
+// hold makes new connections wait until release.
+func (g *gatedClient) hold() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.gate == nil {
+		g.gate = make(chan struct{})
+	}
+}
+
+// release lets new connections through.
+func (g *gatedClient) release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.gate != nil {
+		close(g.gate)
+		g.gate = nil
+	}
+}
+
+// killPubSub kills the client's pub/sub connection from Redis' side.
+func (g *gatedClient) killPubSub(t testing.TB) {
+	t.Helper()
+	list, err := g.admin.ClientList(t.Context()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id string
+	for line := range strings.Lines(list) {
+		if strings.Contains(line, " name="+g.name+" ") && !strings.Contains(line, " sub=0 ") {
+			for f := range strings.FieldsSeq(line) {
+				if v, ok := strings.CutPrefix(f, "id="); ok {
+					id = v
+				}
+			}
+		}
+	}
+	if id == "" {
+		t.Fatalf("no pub/sub connection named %s in CLIENT LIST:\n%s", g.name, list)
+	}
+	if err := g.admin.Do(t.Context(), "CLIENT", "KILL", "ID", id).Err(); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -17,6 +17,8 @@ type config struct {
 	onError func(error)
 	logger  *slog.Logger
 
+	presenceTTL time.Duration
+
 	healthInterval time.Duration // ping when nothing arrived for this long
 	pingTimeout    time.Duration // reconnect when a ping is unanswered for this long
 }
@@ -29,12 +31,18 @@ const DefaultPrefix = "wsroom:"
 // otherwise.
 const DefaultMaxAge = 24 * time.Hour
 
+// DefaultPresenceTTL is how long a presence entry outlives the last refresh
+// by its Broker unless WithPresenceTTL says otherwise.
+const DefaultPresenceTTL = 30 * time.Second
+
 func defaultConfig() config {
 	return config{
 		prefix: DefaultPrefix,
 		limit:  wsroom.DefaultHistoryLimit,
 		maxAge: DefaultMaxAge,
 		logger: slog.New(slog.DiscardHandler),
+
+		presenceTTL: DefaultPresenceTTL,
 
 		healthInterval: 3 * time.Second,
 		pingTimeout:    5 * time.Second,
@@ -97,5 +105,23 @@ func WithLogger(l *slog.Logger) Option {
 			l = slog.New(slog.DiscardHandler)
 		}
 		c.logger = l
+	}
+}
+
+// WithPresenceTTL sets how long the presence entry of a member joined
+// through the Broker lasts without being refreshed: the Broker refreshes its
+// entries every d/3, so a node that stops without Close (a crash, a lost
+// network) leaves its members listed by the other nodes for at most d.
+// A room's presence keys also expire d after their last write. A shorter d
+// forgets dead nodes sooner at the cost of more frequent refreshes. Every
+// Broker of a cluster should use the same d, and the nodes' clocks should
+// agree to well within d. d <= 0 selects DefaultPresenceTTL, the default. If
+// given more than once, the last one wins.
+func WithPresenceTTL(d time.Duration) Option {
+	return func(c *config) {
+		if d <= 0 {
+			d = DefaultPresenceTTL
+		}
+		c.presenceTTL = d
 	}
 }

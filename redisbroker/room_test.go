@@ -4,9 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -24,9 +24,10 @@ type node struct {
 	url string // of the room under test
 }
 
-func newNode(t *testing.T, room string, b *Broker) node {
+func newNode(t *testing.T, room string, b *Broker, opts ...wsroom.Option) node {
 	t.Helper()
-	reg := wsroom.NewRegistry(wsroom.WithBroker(b), wsroom.WithCodec(wsroom.JSON()), wsroom.WithSendBuffer(1<<14))
+	opts = append([]wsroom.Option{wsroom.WithBroker(b), wsroom.WithCodec(wsroom.JSON()), wsroom.WithSendBuffer(1 << 14)}, opts...)
+	reg := wsroom.NewRegistry(opts...)
 	mux := http.NewServeMux()
 	mux.Handle("GET /rooms/{name}", reg.Handler(nil))
 	srv := httptest.NewServer(mux)
@@ -184,38 +185,134 @@ func TestRoomsAcrossNodes(t *testing.T) {
 	pubs.Wait()
 }
 
-// TestRoomFillsGapAfterReconnect cuts one node's pub/sub connection and
-// keeps it from reconnecting while another node publishes: the messages it
-// missed are never re-sent on the channel, so its room must notice the gap
-// and read them from the history, and its clients must see no hole.
-func TestRoomFillsGapAfterReconnect(t *testing.T) {
-	admin := newClient(t)
-	name := "gap-" + newEpoch()[:10]
-	clientName := "wsroom-test-" + name
-
-	var mu sync.Mutex
-	var gate chan struct{} // while not nil, dialling waits for it to close
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		mu.Lock()
-		g := gate
-		mu.Unlock()
-		if g != nil {
-			select {
-			case <-g:
-			case <-ctx.Done():
-				return nil, ctx.Err()
+// TestKillNode runs one room on three nodes and kills one of them
+// mid-stream: its connections to Redis are cut for good, then its Registry
+// and Broker are closed, so its clients cannot leave cleanly. The clients of
+// the other two nodes keep receiving every message, in order, and the
+// dead node's clients vanish from the room's members once their presence
+// entries expire.
+func TestKillNode(t *testing.T) {
+	const ttl = 1500 * time.Millisecond
+	requireRedis(t)
+	name := "kill-" + newEpoch()[:10]
+	p := newProxy(t, redisAddr(), 0)
+	deadClient := redis.NewClient(&redis.Options{Addr: p.addr(), MaxRetries: -1})
+	t.Cleanup(func() { deadClient.Close() })
+	dead := New(deadClient, WithMaxAge(testMaxAge), WithPresenceTTL(ttl))
+	t.Cleanup(func() { dead.Close() })
+	nodes := []node{
+		newNode(t, name, newBroker(t, WithPresenceTTL(ttl))),
+		newNode(t, name, newBroker(t, WithPresenceTTL(ttl))),
+		newNode(t, name, dead),
+	}
+	const perNode = 2
+	var conns []*websocket.Conn
+	for _, n := range nodes {
+		for range perNode {
+			conns = append(conns, dialWS(t, n.url))
+		}
+	}
+	rooms := make([]*wsroom.Room, len(nodes))
+	for i, n := range nodes {
+		rooms[i] = n.room(t, name)
+		waitUntil(t, fmt.Sprintf("%d clients on node %d", perNode, i), func() bool { return rooms[i].Len() == perNode })
+	}
+	ids := func(rs ...*wsroom.Room) []string {
+		var out []string
+		for _, r := range rs {
+			for _, c := range r.Clients() {
+				out = append(out, c.ID())
 			}
 		}
-		var d net.Dialer
-		return d.DialContext(ctx, network, addr)
+		slices.Sort(out)
+		return out
 	}
-	gated := redis.NewClient(&redis.Options{Addr: redisAddr(), ClientName: clientName, Dialer: dial})
-	t.Cleanup(func() { gated.Close() })
-	errs := &errorLog{}
-	b := New(gated, WithMaxAge(testMaxAge), WithErrorHandler(errs.add))
-	t.Cleanup(func() { b.Close() })
+	memberIDs := func() []string {
+		ms, err := rooms[0].Members(t.Context())
+		if err != nil {
+			t.Fatalf("Members error: %v", err)
+		}
+		var out []string
+		for _, m := range ms {
+			out = append(out, m.ID)
+		}
+		slices.Sort(out)
+		return out
+	}
+	all, survivors := ids(rooms...), ids(rooms[0], rooms[1])
+	waitUntil(t, "every node's clients listed as members", func() bool { return slices.Equal(memberIDs(), all) })
 
-	pubNode, gapNode := newNode(t, name, newBroker(t)), newNode(t, name, b)
+	// Node 1 publishes a stream; node 2 dies a third of the way through.
+	const total = 300
+	var killed time.Time
+	for i := range total {
+		if i == total/3 {
+			p.close()
+			killed = time.Now()
+			nodes[2].reg.Close()
+			dead.Close()
+			if got := memberIDs(); !slices.Equal(got, all) {
+				t.Errorf("Members right after the kill = %v, want still %v until the dead node's entries expire", got, all)
+			}
+		}
+		if err := rooms[1].Publish(t.Context(), fmt.Appendf(nil, `"m%d"`, i)); err != nil {
+			t.Fatalf("Publish %d error: %v", i, err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+
+	for i, c := range conns[:2*perNode] {
+		var epoch string
+		for k := range total {
+			e := readEnvelope(t, c)
+			if k == 0 {
+				epoch = e.Epoch
+			}
+			if e.Seq != uint64(k+1) || e.Epoch != epoch || string(e.Data) != fmt.Sprintf(`"m%d"`, k) {
+				t.Fatalf("surviving client %d got message %d as %s:%d %s, want %s:%d \"m%d\"", i, k, e.Epoch, e.Seq, e.Data, epoch, k+1, k)
+			}
+		}
+	}
+	for i, c := range conns[2*perNode:] {
+		ctx, cancel := context.WithTimeout(t.Context(), wait)
+		for {
+			if _, _, err := c.Read(ctx); err != nil {
+				if ctx.Err() != nil {
+					t.Errorf("client %d of the dead node is still connected", i)
+				}
+				break
+			}
+		}
+		cancel()
+	}
+
+	for {
+		got := memberIDs()
+		if slices.Equal(got, survivors) {
+			break
+		}
+		if time.Since(killed) > ttl+time.Second {
+			t.Fatalf("Members %v after the node died, want the survivors' clients %v", got, survivors)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestRoomCatchesUpAfterReconnect cuts one node's pub/sub connection and
+// keeps it from reconnecting while another node publishes. The messages it
+// missed are never re-sent on the channel and nothing more is published:
+// its Broker must tell the room, through lost, once it is subscribed again,
+// and the room must read them from the history, so that its client gets
+// them without waiting for another message. The room's error hook is told
+// why.
+func TestRoomCatchesUpAfterReconnect(t *testing.T) {
+	name := "gap-" + newEpoch()[:10]
+	g := newGatedClient(t, redisAddr(), "wsroom-test-"+name)
+	b := New(g.client, WithMaxAge(testMaxAge))
+	t.Cleanup(func() { b.Close() })
+	roomErrs := &errorLog{}
+	pubNode := newNode(t, name, newBroker(t))
+	gapNode := newNode(t, name, b, wsroom.WithOnError(func(_ *wsroom.Client, err error) { roomErrs.add(err) }))
 	c := dialWS(t, gapNode.url)
 	r2 := gapNode.room(t, name)
 	waitUntil(t, "client joined", func() bool { return r2.Len() == 1 })
@@ -228,64 +325,40 @@ func TestRoomFillsGapAfterReconnect(t *testing.T) {
 	}
 
 	// Cut the gap node's pub/sub connection and hold its reconnection.
-	mu.Lock()
-	gate = make(chan struct{})
-	mu.Unlock()
-	list, err := admin.ClientList(t.Context()).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var id string
-	for line := range strings.Lines(list) {
-		if strings.Contains(line, " name="+clientName+" ") && strings.Contains(line, " sub=1 ") {
-			for f := range strings.FieldsSeq(line) {
-				if v, ok := strings.CutPrefix(f, "id="); ok {
-					id = v
-				}
-			}
-		}
-	}
-	if id == "" {
-		t.Fatalf("no pub/sub connection named %s in CLIENT LIST:\n%s", clientName, list)
-	}
-	if err := admin.Do(t.Context(), "CLIENT", "KILL", "ID", id).Err(); err != nil {
-		t.Fatal(err)
-	}
+	g.hold()
+	g.killPubSub(t)
 	const missed = 10
 	for i := range missed {
 		if err := r1.Publish(t.Context(), fmt.Appendf(nil, `"missed-%d"`, i)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	mu.Lock()
-	close(gate)
-	gate = nil
-	mu.Unlock()
+	g.release()
 
-	// Publish until the gap node is back; its client must read 2, 3, ...
-	// without a hole.
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	var pubs sync.WaitGroup
-	pubs.Go(func() {
-		for i := 0; ctx.Err() == nil && i < 1000; i++ {
-			if err := r1.Publish(ctx, fmt.Appendf(nil, `"after-%d"`, i)); err != nil {
-				return
-			}
-			time.Sleep(5 * time.Millisecond)
+	// Nothing more is published: the missed messages must come anyway.
+	for want := uint64(2); want <= missed+1; want++ {
+		if e := readEnvelope(t, c); e.Seq != want || string(e.Data) != fmt.Sprintf(`"missed-%d"`, want-2) {
+			t.Fatalf("client on the reconnected node got seq %d (%s), want %d", e.Seq, e.Data, want)
 		}
-	})
-	for want := uint64(2); want <= missed+5; want++ {
-		e := readEnvelope(t, c)
-		if e.Seq != want {
-			cancel()
-			pubs.Wait()
+	}
+	// Then live delivery goes on, without a duplicate.
+	for i := range 5 {
+		if err := r1.Publish(t.Context(), fmt.Appendf(nil, `"after-%d"`, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for want := uint64(missed + 2); want <= missed+6; want++ {
+		if e := readEnvelope(t, c); e.Seq != want {
 			t.Fatalf("client on the reconnected node got seq %d, want %d", e.Seq, want)
 		}
 	}
-	cancel()
-	pubs.Wait()
-	if len(errs.all()) == 0 {
-		t.Error("the gap node's error handler was not told of the lost connection")
+	var told bool
+	for _, err := range roomErrs.all() {
+		if strings.Contains(err.Error(), "may have missed messages") && strings.Contains(err.Error(), "redisbroker: pub/sub connection failed") {
+			told = true
+		}
+	}
+	if !told {
+		t.Errorf("room's error hook was told %v, want the broker's lost connection", roomErrs.all())
 	}
 }
