@@ -58,7 +58,23 @@ type MemoryStore struct {
 type memHistory struct {
 	epoch string
 	next  uint64    // sequence number of the next message
-	msgs  []Message // oldest first; msgs[i].Seq == msgs[0].Seq+i
+	buf   []Message // buf[off:] is kept, oldest first, with contiguous Seq
+	off   int
+}
+
+// msgs returns the kept messages, oldest first.
+func (h *memHistory) msgs() []Message { return h.buf[h.off:] }
+
+// drop forgets the n oldest messages; the buffer is compacted once as many
+// messages are dropped as are kept, so appending stays O(1) amortized.
+func (h *memHistory) drop(n int) {
+	clear(h.buf[h.off : h.off+n])
+	h.off += n
+	if h.off >= len(h.buf)-h.off {
+		k := copy(h.buf, h.buf[h.off:])
+		clear(h.buf[k:])
+		h.buf, h.off = h.buf[:k], 0
+	}
 }
 
 // DefaultHistoryLimit is the number of messages per room a MemoryStore keeps
@@ -95,11 +111,9 @@ func (s *MemoryStore) Append(ctx context.Context, room string, m Message) (Messa
 		m.Time = now
 	}
 	h.next++
-	if len(h.msgs) == s.limit {
-		copy(h.msgs, h.msgs[1:])
-		h.msgs[len(h.msgs)-1] = m
-	} else {
-		h.msgs = append(h.msgs, m)
+	h.buf = append(h.buf, m)
+	if n := len(h.buf) - h.off - s.limit; n > 0 {
+		h.drop(n)
 	}
 	return m, nil
 }
@@ -121,15 +135,16 @@ func (s *MemoryStore) After(ctx context.Context, room, epoch string, seq uint64,
 	if epoch == "" && seq == 0 {
 		epoch = h.epoch
 	}
+	msgs := h.msgs()
 	last := h.next - 1
 	first := last + 1
-	if len(h.msgs) > 0 {
-		first = h.msgs[0].Seq
+	if len(msgs) > 0 {
+		first = msgs[0].Seq
 	}
 	if epoch != h.epoch || seq > last || seq+1 < first {
 		return nil, ErrGap
 	}
-	out := h.msgs[seq+1-first:]
+	out := msgs[seq+1-first:]
 	if limit > 0 && len(out) > limit {
 		out = out[:limit]
 	}
@@ -147,7 +162,8 @@ func (s *MemoryStore) Last(ctx context.Context, room string, n int) ([]Message, 
 	if h == nil || n <= 0 {
 		return nil, nil
 	}
-	out := h.msgs[max(0, len(h.msgs)-n):]
+	msgs := h.msgs()
+	out := msgs[max(0, len(msgs)-n):]
 	return append([]Message(nil), out...), nil
 }
 
@@ -169,16 +185,15 @@ func (s *MemoryStore) trim(h *memHistory, now time.Time) bool {
 		return false
 	}
 	cut := now.Add(-s.maxAge)
+	msgs := h.msgs()
 	i := 0
-	for i < len(h.msgs) && h.msgs[i].Time.Before(cut) {
+	for i < len(msgs) && msgs[i].Time.Before(cut) {
 		i++
 	}
 	if i > 0 {
-		n := copy(h.msgs, h.msgs[i:])
-		clear(h.msgs[n:])
-		h.msgs = h.msgs[:n]
+		h.drop(i)
 	}
-	return len(h.msgs) == 0
+	return len(h.msgs()) == 0
 }
 
 // sweepLocked forgets expired rooms, at most twice per maxAge.

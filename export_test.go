@@ -1,0 +1,6 @@
+package wsroom
+
+import "time"
+
+// SetMemoryStoreClock sets the clock a MemoryStore reads, for tests.
+func SetMemoryStoreClock(s *MemoryStore, now func() time.Time) { s.now = now }
