@@ -215,7 +215,7 @@ func (c *Client) serve() {
 	r := c.room
 	defer r.release()
 	if r.cfg.admit != nil {
-		if err := r.cfg.admit(c); err != nil {
+		if err := r.hook(c, "admit", func() error { return r.cfg.admit(c) }); err != nil {
 			code, reason := websocket.StatusPolicyViolation, truncate(err.Error(), 123)
 			var ce websocket.CloseError
 			if errors.As(err, &ce) {
@@ -238,7 +238,7 @@ func (c *Client) serve() {
 		c.presence(func(ctx context.Context) error { return presence.Join(ctx, r.name, c.member()) })
 	}
 	if r.cfg.onJoin != nil {
-		r.cfg.onJoin(c)
+		r.hook(c, "join", func() error { r.cfg.onJoin(c); return nil })
 	}
 	c.conn.SetReadLimit(r.cfg.readLimit)
 
@@ -279,7 +279,7 @@ func (c *Client) serve() {
 	r.stats.leaves.Add(1)
 	r.cfg.logger.Debug("wsroom: leave", "room", r.name, "client", c.id, "reason", reason)
 	if r.cfg.onLeave != nil {
-		r.cfg.onLeave(c, reason)
+		r.hook(c, "leave", func() error { r.cfg.onLeave(c, reason); return nil })
 	}
 }
 
@@ -349,9 +349,14 @@ func (c *Client) readLoop() error {
 			return c.reject(websocket.StatusInvalidFramePayloadData, err)
 		}
 		if cfg.onMessage != nil {
-			if err := cfg.onMessage(c, payload); err != nil {
-				r.reportError(c, err)
-				c.requestClose(websocket.StatusPolicyViolation, truncate(err.Error(), 123), closeDiscard)
+			if err := r.hook(c, "message", func() error { return cfg.onMessage(c, payload) }); err != nil {
+				code := websocket.StatusPolicyViolation
+				if errors.As(err, new(*hookPanic)) {
+					code = websocket.StatusInternalError
+				} else {
+					r.reportError(c, err)
+				}
+				c.requestClose(code, truncate(err.Error(), 123), closeDiscard)
 				return err
 			}
 			continue

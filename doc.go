@@ -66,7 +66,9 @@
 // only while it has messages queued, and the ping timer's goroutine for the
 // length of each ping. Each room has one loop goroutine. Hooks run on the goroutine of the client
 // they concern and never on the room's loop, so a slow hook slows only its
-// own client. No lock is held while a hook runs.
+// own client. No lock is held while a hook runs. A hook that panics is
+// recovered, as net/http recovers handlers: the panic goes to the error hook,
+// and a message hook's panic closes its client with 1011.
 //
 // # Shutdown
 //

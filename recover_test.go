@@ -174,3 +174,36 @@ func TestRoomCatchesUpBeforeFirstDelivery(t *testing.T) {
 		t.Errorf("client got seqs %v, want [2 3]", got)
 	}
 }
+
+// A hook that panics costs its client, not the server.
+func TestHookPanicClosesOnlyItsClient(t *testing.T) {
+	var errs atomic.Int64
+	f := newFixture(t,
+		wsroom.WithOnMessage(func(c *wsroom.Client, data []byte) error {
+			if string(data) == "boom" {
+				panic("boom")
+			}
+			return c.Room().Publish(c.Context(), data)
+		}),
+		wsroom.WithOnJoin(func(c *wsroom.Client) {
+			if c.Identity() == "bad" {
+				panic("join")
+			}
+		}),
+		wsroom.WithAuthorize(func(r *http.Request) (any, error) { return r.URL.Query().Get("u"), nil }),
+		wsroom.WithOnError(func(*wsroom.Client, error) { errs.Add(1) }),
+	)
+	bad := f.dial(t, "?u=bad") // its join hook panics: reported, the client stays
+	good := f.dial(t, "?u=good")
+	write(t, bad, "boom")
+	if code, _ := closeStatus(t, bad); code != websocket.StatusInternalError {
+		t.Errorf("panicking client closed with %v, want 1011", code)
+	}
+	write(t, good, "still fine")
+	if got := read(t, good); got != "still fine" {
+		t.Errorf("good client read %q, want %q", got, "still fine")
+	}
+	if n := errs.Load(); n != 2 {
+		t.Errorf("error hook called %d times, want 2 (join and message panics)", n)
+	}
+}

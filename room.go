@@ -646,6 +646,32 @@ func (r *Room) reportError(c *Client, err error) {
 		r.cfg.logger.Warn("wsroom: room error", "room", r.name, "err", err)
 	}
 	if r.cfg.onError != nil {
+		defer func() {
+			if p := recover(); p != nil {
+				r.cfg.logger.Error("wsroom: error hook panicked", "room", r.name, "panic", p)
+			}
+		}()
 		r.cfg.onError(c, err)
 	}
+}
+
+// hookPanic is the error of a hook that panicked.
+type hookPanic struct {
+	name  string
+	value any
+}
+
+func (e *hookPanic) Error() string { return fmt.Sprintf("wsroom: %s hook panicked: %v", e.name, e.value) }
+
+// hook runs an application hook, turning a panic into an error that is
+// reported and returned, as net/http does for handlers: one client's bad
+// luck must not take the server down.
+func (r *Room) hook(c *Client, name string, fn func() error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = &hookPanic{name: name, value: p}
+			r.reportError(c, err)
+		}
+	}()
+	return fn()
 }
