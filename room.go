@@ -661,7 +661,9 @@ type hookPanic struct {
 	value any
 }
 
-func (e *hookPanic) Error() string { return fmt.Sprintf("wsroom: %s hook panicked: %v", e.name, e.value) }
+func (e *hookPanic) Error() string {
+	return fmt.Sprintf("wsroom: %s hook panicked: %v", e.name, e.value)
+}
 
 // hook runs an application hook, turning a panic into an error that is
 // reported and returned, as net/http does for handlers: one client's bad
