@@ -229,6 +229,10 @@ func (c *Client) serve() {
 	if !r.join(c) {
 		c.conn.Close(websocket.StatusGoingAway, "wsroom: room closed")
 		c.cancel(ErrClosed)
+		if r.cfg.admit != nil && r.cfg.onLeave != nil {
+			// Let the leave hook release what admit claimed.
+			r.hook(c, "leave", func() error { r.cfg.onLeave(c, ErrClosed); return nil })
+		}
 		return
 	}
 	r.stats.joins.Add(1)

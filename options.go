@@ -211,7 +211,9 @@ func WithAuthorize(fn func(r *http.Request) (identity any, err error)) Option {
 // the client: it is closed with the error's code and reason if the error is a
 // websocket.CloseError, else with websocket.StatusPolicyViolation and the
 // error's text; it receives no message, and neither the join nor the leave
-// hook runs for it. The hook runs on the client's own goroutine.
+// hook runs for it. For an admitted client the leave hook always runs once,
+// even if the room closes before the client could join. The hook runs on
+// the client's own goroutine.
 func WithAdmit(fn func(c *Client) error) Option {
 	return func(cfg *config) { cfg.admit = fn }
 }

@@ -36,8 +36,9 @@ const (
 // Close codes, in the range reserved for applications, that tell the page
 // why the server closed its connection.
 const (
-	// StatusNameTaken closes a client that joined with a name someone in the
-	// room already has. The page asks for another name.
+	// StatusNameTaken refuses a client whose name someone in the room took
+	// between its handshake and its admission. The client gets no message
+	// before it. The page asks for another name.
 	StatusNameTaken websocket.StatusCode = 4001
 	// StatusReplaced closes a client when the same browser tab joined the
 	// room again (its key matches), as happens when it reconnects before the
@@ -82,10 +83,14 @@ type Server struct {
 
 	mu      sync.Mutex
 	rosters map[string]*roster // room name → who is in it
+
+	// admitGate, if set (by tests, before serving), is called at the start
+	// of the admit hook, so that tests can line clients up there.
+	admitGate func(*wsroom.Client)
 }
 
 // roster is the set of names in one room. A name belongs to at most one
-// client at a time.
+// client at a time. The admit hook adds a client, the leave hook removes it.
 type roster struct {
 	members map[string]*member // folded name → member
 	version uint64             // bumped on every change, so pages can order presence updates
@@ -128,6 +133,7 @@ func NewServer(opts Options) (*Server, error) {
 		wsroom.WithCodec(wsroom.JSON()),
 		wsroom.WithHistory(HistoryLen),
 		wsroom.WithAuthorize(s.authorize),
+		wsroom.WithAdmit(s.admit),
 		wsroom.WithOnJoin(s.onJoin),
 		wsroom.WithOnLeave(s.onLeave),
 		wsroom.WithOnMessage(s.onMessage),
@@ -238,21 +244,6 @@ func (s *Server) taken(room, name, key string) bool {
 	return m != nil && (key == "" || m.key != key)
 }
 
-// isMember reports whether c holds its name in its room. A client refused
-// for a taken name is connected for a moment, until its close goes out, but
-// is not a member.
-func (s *Server) isMember(c *wsroom.Client) bool {
-	id := c.Identity().(identity)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	r := s.rosters[c.Room().Name()]
-	if r == nil {
-		return false
-	}
-	m := r.members[foldName(id.Name)]
-	return m != nil && m.client == c
-}
-
 // memberByKey reports whether name is in room, connected from the browser
 // tab with key.
 func (s *Server) memberByKey(room, name, key string) bool {
@@ -318,7 +309,8 @@ func (r *roster) presence() presenceMsg {
 // authorize runs before the WebSocket upgrade. It checks the token and the
 // name and refuses a name that is already taken; the browser cannot read
 // these answers, so the page asks /api/check first, which applies the same
-// rules. The join hook makes the final call on names.
+// rules. This check is early, for a clear answer; the admit hook makes the
+// final call on names.
 func (s *Server) authorize(r *http.Request) (any, error) {
 	q := r.URL.Query()
 	if !s.tokenOK(q.Get("token")) {
@@ -338,41 +330,63 @@ func (s *Server) authorize(r *http.Request) (any, error) {
 	return identity{Name: name, Key: key}, nil
 }
 
-// onJoin claims the client's name in its room, or closes it with
-// StatusNameTaken if another client got the name first, and tells everyone
-// who is in the room now.
-func (s *Server) onJoin(c *wsroom.Client) {
+// admit claims the client's name in its room, after the upgrade and before
+// the client joins. If another client got the name since the handshake was
+// authorized, it refuses the client with StatusNameTaken: the client gets no
+// message (no history, no presence), and neither the join nor the leave hook
+// runs for it. If the name is held by the same browser tab (same key), the
+// new connection takes it over and the old one is closed with
+// StatusReplaced.
+func (s *Server) admit(c *wsroom.Client) error {
+	if s.admitGate != nil {
+		s.admitGate(c)
+	}
 	id := c.Identity().(identity)
-	room := c.Room()
+	room := c.Room().Name()
 	fold := foldName(id.Name)
 
 	s.mu.Lock()
-	r := s.rosters[room.Name()]
+	r := s.rosters[room]
 	var old *member
 	if r != nil {
 		old = r.members[fold]
 	}
 	if old != nil && (id.Key == "" || old.key != id.Key) {
 		s.mu.Unlock()
-		c.Close(StatusNameTaken, "name taken")
-		return
+		return websocket.CloseError{Code: StatusNameTaken, Reason: "name taken"}
 	}
 	if r == nil {
 		r = &roster{members: make(map[string]*member)}
-		s.rosters[room.Name()] = r
+		s.rosters[room] = r
 	}
 	r.members[fold] = &member{client: c, name: id.Name, key: id.Key}
 	r.version++
-	p := r.presence()
 	s.mu.Unlock()
 
 	if old != nil {
 		old.client.Close(StatusReplaced, "joined again from the same tab")
 	}
+	return nil
+}
+
+// onJoin tells everyone, the newcomer included, who is in the room now.
+// admit put the newcomer in the roster; the roster is published here, once
+// the newcomer is in the room to receive it.
+func (s *Server) onJoin(c *wsroom.Client) {
+	room := c.Room()
+	s.mu.Lock()
+	r := s.rosters[room.Name()]
+	if r == nil {
+		s.mu.Unlock()
+		return // replaced, and its successor is gone already
+	}
+	p := r.presence()
+	s.mu.Unlock()
 	s.publish(c.Context(), room, p, wsroom.Ephemeral())
 }
 
-// onLeave releases the client's name and tells the others.
+// onLeave releases the client's name, which admit claimed, and tells the
+// others. It runs only for admitted clients: a refused client holds nothing.
 func (s *Server) onLeave(c *wsroom.Client, _ error) {
 	id := c.Identity().(identity)
 	room := c.Room()
@@ -382,7 +396,7 @@ func (s *Server) onLeave(c *wsroom.Client, _ error) {
 	r := s.rosters[room.Name()]
 	if r == nil || r.members[fold] == nil || r.members[fold].client != c {
 		s.mu.Unlock()
-		return // refused or replaced: the name is not this client's
+		return // replaced: the name is its successor's now
 	}
 	delete(r.members, fold)
 	r.version++
@@ -406,9 +420,6 @@ var errProtocol = errors.New(`chat: want {"type":"msg"|"typing"|"file", ...}`)
 // with an error object; anything that is not the chat protocol closes the
 // client (1008, policy violation).
 func (s *Server) onMessage(c *wsroom.Client, data []byte) error {
-	if !s.isMember(c) {
-		return nil // refused for its name, and closing
-	}
 	var in struct {
 		Type string `json:"type"`
 		Text string `json:"text"`

@@ -328,82 +328,154 @@ func TestNameTaken(t *testing.T) {
 	again.waitPresence("ana")
 }
 
-// Clients racing for one name: exactly one gets it; the other is refused
-// at the handshake (409) or, if both passed it, closed by the join hook
-// with StatusNameTaken.
+// Clients racing for one name: exactly one gets it. The other is refused
+// at the handshake (409) or, if both passed it, by the admit hook with
+// StatusNameTaken before it receives any message: no history, no presence,
+// and no leave that would free the holder's name. In the first rounds both
+// clients are held at the admit hook until both are there, so the admit hook
+// decides; in the others they race freely.
 func TestNameRace(t *testing.T) {
-	_, ts := newTestServer(t, Options{})
-	joinHook := 0 // rounds decided by the join hook rather than the handshake
-	defer func() { t.Logf("%d of 10 rounds decided by the join hook", joinHook) }()
-	for round := range 10 {
+	s, err := NewServer(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gatesMu sync.Mutex
+	gates := make(map[string]*sync.WaitGroup) // room → clients to line up at admit
+	s.admitGate = func(c *wsroom.Client) {
+		gatesMu.Lock()
+		g := gates[c.Room().Name()]
+		gatesMu.Unlock()
+		if g != nil {
+			g.Done()
+			g.Wait()
+		}
+	}
+	ts := httptest.NewServer(s)
+	t.Cleanup(ts.Close)
+	t.Cleanup(func() { s.Close() })
+
+	const gatedRounds, rounds = 10, 20
+	admitted := 0 // rounds decided by the admit hook rather than the handshake
+	defer func() { t.Logf("%d of %d rounds decided by the admit hook", admitted, rounds) }()
+	for round := range rounds {
 		room := fmt.Sprintf("race%d", round)
+		host := dial(t, ts, room, "Host")
+		host.waitPresence("Host")
+		host.say("before the race")
+		host.next("msg")
+		gated := round < gatedRounds
+		if gated {
+			g := new(sync.WaitGroup)
+			g.Add(2)
+			gatesMu.Lock()
+			gates[room] = g
+			gatesMu.Unlock()
+		}
+
 		var wg sync.WaitGroup
 		conns := make([]*websocket.Conn, 2)
+		statuses := make([]int, 2)
 		for i := range conns {
 			wg.Go(func() {
-				c, _, err := tryDial(ts, room, "Ana", "key", fmt.Sprintf("key-of-%d", i))
+				c, resp, err := tryDial(ts, room, "Ana", "key", fmt.Sprintf("key-of-%d", i))
 				if err == nil {
 					conns[i] = c
+				} else if resp != nil {
+					statuses[i] = resp.StatusCode
 				}
 			})
 		}
 		wg.Wait()
-		if conns[0] == nil && conns[1] == nil {
-			t.Fatalf("round %d: both refused at the handshake", round)
-		}
-		if conns[0] == nil || conns[1] == nil {
-			// One was refused with 409: the other holds the name.
-			c := conns[0]
-			if c == nil {
-				c = conns[1]
+		for _, c := range conns {
+			if c != nil {
+				t.Cleanup(func() { c.CloseNow() })
 			}
-			tc := &testClient{t: t, conn: c, name: "Ana"}
-			tc.waitPresence("Ana")
-			c.CloseNow()
-			continue
 		}
-		// Both passed the handshake: the join hook must close one of them
-		// with StatusNameTaken and keep the other.
-		joinHook++
-		type event struct {
-			i        int
-			code     websocket.StatusCode // when closed
-			presence bool                 // it saw itself in the room
+
+		// Each connected client's first message, or how it was closed.
+		type first struct {
+			i    int
+			msg  message
+			code websocket.StatusCode // -1 if it got a message
 		}
-		events := make(chan event, 8)
+		firsts := make(chan first, 2)
+		connected := 0
 		for i, c := range conns {
-			go func() {
-				tc := &testClient{t: t, conn: c, name: "Ana"}
-				for {
-					m, err := tc.tryRead(5 * time.Second)
-					if err != nil {
-						events <- event{i: i, code: websocket.CloseStatus(err)}
-						return
-					}
-					if slices.Equal(m.p.Names, []string{"Ana"}) {
-						events <- event{i: i, presence: true}
-					}
+			if c == nil {
+				if statuses[i] != http.StatusConflict {
+					t.Fatalf("round %d: client %d refused with HTTP %d, want 409", round, i, statuses[i])
 				}
+				continue
+			}
+			connected++
+			go func() {
+				m, err := (&testClient{t: t, conn: c, name: "Ana"}).tryRead(5 * time.Second)
+				code := websocket.StatusCode(-1)
+				if err != nil {
+					code = websocket.CloseStatus(err)
+				}
+				firsts <- first{i: i, msg: m, code: code}
 			}()
 		}
-		refused := -1
-		var saw [2]bool // saw itself alone in the room
-		for refused < 0 || !saw[1-refused] {
-			e := <-events
+		switch {
+		case connected == 0:
+			t.Fatalf("round %d: both refused at the handshake", round)
+		case connected == 1 && gated:
+			t.Fatalf("round %d: one refused at the handshake although both were held at the admit hook", round)
+		case connected == 2:
+			admitted++
+		}
+
+		holder := -1
+		for range connected {
+			f := <-firsts
 			switch {
-			case e.presence:
-				saw[e.i] = true // the refused one may see the holder's presence too
-			case e.code == StatusNameTaken && refused < 0:
-				refused = e.i
+			case f.code == StatusNameTaken && connected == 2:
+				// Refused before any message: no history, no presence.
+			case f.code == -1 && holder < 0:
+				holder = f.i
+				if f.msg.p.Type != "msg" || f.msg.p.Text != "before the race" || f.msg.env.Seq != 1 {
+					t.Fatalf("round %d: the holder's first message is %+v, want the history", round, f.msg.p)
+				}
+			case f.code == -1:
+				t.Fatalf("round %d: both clients got a message: client %d got %+v", round, f.i, f.msg.p)
 			default:
-				t.Fatalf("round %d: client %d closed with %v; refused %d", round, e.i, e.code, refused)
+				t.Fatalf("round %d: client %d closed with %v before any message, want %v for the loser only", round, f.i, f.code, StatusNameTaken)
 			}
 		}
-		holder := 1 - refused
-		conns[holder].CloseNow()
-		if e := <-events; e.i != holder || e.code == StatusNameTaken {
-			t.Fatalf("round %d: %+v after the holder was decided", round, e)
+		if holder < 0 {
+			t.Fatalf("round %d: nobody holds the name", round)
 		}
+
+		// Exactly one keeps the name: the holder is in the room, once, and
+		// the loser's refusal did not free the name.
+		win := &testClient{t: t, conn: conns[holder], name: "Ana"}
+		win.waitPresence("Ana", "Host")
+		if _, resp, err := tryDial(ts, room, "ana", "key", "key-of-3"); err == nil || resp == nil || resp.StatusCode != http.StatusConflict {
+			t.Fatalf("round %d: a third Ana after the race: %v, %v; want 409", round, err, resp)
+		}
+		win.say("won")
+		sawAna := false
+		for {
+			m := host.read()
+			if m.p.Type == "presence" {
+				if !slices.Equal(m.p.Names, []string{"Ana", "Host"}) {
+					t.Fatalf("round %d: the host saw presence %v, want [Ana Host]", round, m.p.Names)
+				}
+				sawAna = true
+				continue
+			}
+			if m.p.Type != "msg" || m.p.Name != "Ana" || m.p.Text != "won" {
+				t.Fatalf("round %d: the host got %+v, want Ana's message", round, m.p)
+			}
+			break
+		}
+		if !sawAna {
+			t.Fatalf("round %d: the host got Ana's message before her presence", round)
+		}
+		conns[holder].CloseNow()
+		host.waitPresence("Host")
+		host.conn.CloseNow()
 	}
 }
 
