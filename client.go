@@ -227,7 +227,11 @@ func (c *Client) serve() {
 		}
 	}
 	if !r.join(c) {
-		c.conn.Close(websocket.StatusGoingAway, "wsroom: room closed")
+		if r.isClosedNow() {
+			c.conn.CloseNow() // Close is immediate
+		} else {
+			c.conn.Close(websocket.StatusGoingAway, "wsroom: room shutting down")
+		}
 		c.cancel(ErrClosed)
 		if r.cfg.admit != nil && r.cfg.onLeave != nil {
 			// Let the leave hook release what admit claimed.

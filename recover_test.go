@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -205,5 +207,35 @@ func TestHookPanicClosesOnlyItsClient(t *testing.T) {
 	}
 	if n := errs.Load(); n != 2 {
 		t.Errorf("error hook called %d times, want 2 (join and message panics)", n)
+	}
+}
+
+// An admitted client gets its leave hook once, even when the room closes
+// between admit and join.
+func TestLeaveHookRunsForAdmittedClientWhenRoomCloses(t *testing.T) {
+	var room *wsroom.Room
+	var leaves atomic.Int64
+	admitted := make(chan struct{})
+	room = wsroom.New(
+		wsroom.WithAdmit(func(c *wsroom.Client) error {
+			go room.Close()
+			for room.Publish(context.Background(), []byte("x")) == nil { // until Close has begun
+			}
+			close(admitted)
+			return nil
+		}),
+		wsroom.WithOnLeave(func(*wsroom.Client, error) { leaves.Add(1) }),
+	)
+	srv := httptest.NewServer(room.Handler())
+	defer srv.Close()
+	c, _, err := websocket.Dial(t.Context(), "ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	<-admitted
+	room.Close() // returns once every client goroutine has ended
+	if n := leaves.Load(); n != 1 {
+		t.Errorf("leave hook ran %d times for the admitted client, want 1", n)
 	}
 }

@@ -379,6 +379,13 @@ func (r *Room) publishLocal(m Message, keep func(*Client) bool) error {
 	return nil
 }
 
+// isClosedNow reports whether Close (not Shutdown) has been called.
+func (r *Room) isClosedNow() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.state == closed
+}
+
 func (r *Room) isOpen() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
