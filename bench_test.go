@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -229,4 +230,32 @@ func BenchmarkResume(b *testing.B) {
 		c.CloseNow()
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/resume")
+}
+
+// BenchmarkLocalBroker measures publishing through the default single-node
+// broker, from Publish to delivery, for comparison with the adapters'
+// cross-node figures.
+func BenchmarkLocalBroker(b *testing.B) {
+	br := wsroom.NewLocalBroker(wsroom.NewMemoryStore(0, 0))
+	got := make(chan wsroom.Message, 1)
+	unsub, err := br.Subscribe(context.Background(), "room", func(m wsroom.Message) { got <- m }, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer unsub()
+	m := wsroom.Message{Data: make([]byte, 128)}
+	var lat []time.Duration
+	b.ReportAllocs()
+	for b.Loop() {
+		start := time.Now()
+		if err := br.Publish(context.Background(), "room", m); err != nil {
+			b.Fatal(err)
+		}
+		<-got
+		lat = append(lat, time.Since(start))
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1e3, "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
 }
