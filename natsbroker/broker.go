@@ -19,14 +19,16 @@ import (
 // ErrClosed is returned by the methods of a Broker after Close.
 var ErrClosed = errors.New("natsbroker: broker closed")
 
-// Broker is a wsroom.Broker and a wsroom.Store backed by NATS JetStream; see
-// the package documentation for how it orders and stores messages.
+// Broker is a wsroom.Broker, a wsroom.Store and a wsroom.Presence backed by
+// NATS JetStream; see the package documentation for how it orders and
+// stores messages and keeps track of members.
 //
 // A Broker is safe for concurrent use by multiple goroutines. For each room
-// with subscribers it runs one goroutine, which calls the deliver functions
-// of that room's subscriptions one at a time; a deliver function must not
-// block for long and must not call its own unsubscribe function. One more
-// goroutine watches the connection's status. Call Close to stop them all.
+// with subscribers it runs one goroutine, which calls the deliver and lost
+// functions of that room's subscriptions one at a time; they must not block
+// for long and must not call their own unsubscribe function. One more
+// goroutine watches the connection's status, and one rewrites the presence
+// entries of its members. Call Close to stop them all.
 type Broker struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
@@ -38,6 +40,7 @@ type Broker struct {
 
 	status      chan nats.Status
 	watcherDone chan struct{}
+	pres        *presence
 
 	mu        sync.Mutex
 	closed    bool
@@ -79,6 +82,7 @@ func New(ctx context.Context, nc *nats.Conn, opts ...Option) (*Broker, error) {
 		watcherDone: make(chan struct{}),
 		topics:      make(map[string]*topic),
 		appenders:   make(map[string]*appender),
+		pres:        newPresence(cfg.prefix, cfg.presenceTTL),
 	}
 	b.stream, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:              b.name,
@@ -96,14 +100,18 @@ func New(ctx context.Context, nc *nats.Conn, opts ...Option) (*Broker, error) {
 	}
 	b.status = nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CONNECTED, nats.CLOSED)
 	go b.watch()
+	go b.refresher()
 	return b, nil
 }
 
-// Close stops the Broker: it ends every subscription (their deliver
+// Close stops the Broker: it ends every subscription (their deliver and lost
 // functions are not called once Close returns), stops the goroutines the
-// Broker started and waits for them. Methods called afterwards return
+// Broker started and waits for them, and removes the presence entries of
+// this node's members (waiting at most 2 seconds for it; entries it cannot
+// remove expire after the presence TTL). Methods called afterwards return
 // ErrClosed; unsubscribe functions stay harmless. Close does not close the
-// connection and does not delete the stream. It always returns nil.
+// connection and does not delete the stream or the presence bucket. It
+// always returns nil.
 func (b *Broker) Close() error {
 	b.mu.Lock()
 	if b.closed {
@@ -119,6 +127,7 @@ func (b *Broker) Close() error {
 	for _, t := range topics {
 		t.stop()
 	}
+	b.closePresence()
 	return nil
 }
 
@@ -152,6 +161,14 @@ func (b *Broker) Publish(ctx context.Context, room string, m wsroom.Message) err
 // Subscribe implements wsroom.Broker. The first subscription to a room on
 // this Broker subscribes to the room's core NATS subject and starts the
 // room's goroutine; the last unsubscribe ends both.
+//
+// The room's goroutine calls lost, if not nil, after a reconnection, after a
+// read from the stream failed, after NATS dropped announcements of the room
+// because they were not consumed fast enough, and when messages were no
+// longer in the stream when they were found missing: each time once it has
+// read the stream again and delivered what it found, so that lost means
+// "look in the Store for anything still missing". See the package
+// documentation.
 func (b *Broker) Subscribe(ctx context.Context, room string, deliver func(wsroom.Message), lost func(error)) (func(), error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -184,7 +201,7 @@ func (b *Broker) Subscribe(ctx context.Context, room string, deliver func(wsroom
 		b.release(t)
 		return nil, t.err
 	}
-	s := &subscriber{deliver: deliver}
+	s := &subscriber{deliver: deliver, lost: lost}
 	t.mu.Lock()
 	if t.stopped {
 		t.mu.Unlock()
@@ -227,9 +244,9 @@ func (b *Broker) checkOpen() error {
 	return nil
 }
 
-// watch reports changes of the connection's status and makes every
-// subscribed room catch up after a reconnection. It ends when Close removes
-// the status listener.
+// watch reports changes of the connection's status and, after a
+// reconnection, makes every subscribed room catch up and the presence
+// entries be refreshed. It ends when Close removes the status listener.
 func (b *Broker) watch() {
 	defer close(b.watcherDone)
 	lost := false
@@ -244,11 +261,13 @@ func (b *Broker) watch() {
 			if lost {
 				lost = false
 				b.cfg.logger.Info("natsbroker: reconnected to NATS", "url", b.nc.ConnectedUrlRedacted())
+				cause := errors.New("natsbroker: connection to NATS was lost and is restored")
 				b.mu.Lock()
 				for _, t := range b.topics {
-					t.catchUp()
+					t.catchUp(cause)
 				}
 				b.mu.Unlock()
+				b.pres.refreshSoon()
 			}
 		case nats.CLOSED:
 			b.report(errors.New("natsbroker: connection to NATS closed"))

@@ -4,7 +4,8 @@
 // and history and resume work whichever node a client connects to.
 //
 // New returns a *Broker for a *nats.Conn; pass it to a Room as its Broker
-// (it is also the Room's Store). Close releases what the Broker started.
+// (it is also the Room's Store, and its wsroom.Presence, so Room.Members
+// lists the clients of every node). Close releases what the Broker started.
 //
 // # Subjects and stream
 //
@@ -55,6 +56,30 @@
 // Messages that the stream no longer holds are skipped; the Room sees the
 // jump in sequence numbers and falls back on its Store.
 //
+// # Lost messages
+//
+// A subscription's lost function (see wsroom.Broker) is called, from the
+// room's goroutine, whenever the room may have missed something the
+// Broker cannot vouch it has repaired:
+//
+//   - after each reconnection to NATS (ephemeral messages sent meanwhile
+//     are gone for good);
+//   - after a read from the stream failed, such as a catch-up while
+//     JetStream was unavailable;
+//   - after NATS dropped announcements of the room because the room's
+//     goroutine did not take them fast enough (a slow consumer: the
+//     subscription's pending limits were exceeded);
+//   - when missing messages were no longer in the stream.
+//
+// In each case the room's goroutine first reads the stream again and
+// delivers what it finds, and calls lost only once a read succeeds, that is
+// once it is receiving again; one episode (a reconnection and the failed
+// reads during it, say) gives one call, whose error tells the causes. A Room
+// then catches up from its Store, which is this Broker, and reports the
+// cause to its error hook; what the Broker recovered first is not
+// delivered twice, since the Room drops messages by sequence number. The
+// causes also reach WithErrorHandler and WithLogger when they happen.
+//
 // Ephemeral messages are not stored and take no sequence number; they travel
 // on the same core subject, so each subscriber receives a node's messages,
 // ephemeral or not, in the order that node published them. Like any core
@@ -73,5 +98,39 @@
 // The Broker does not own the connection. While nats.go reconnects, core
 // subscriptions are restored by nats.go, and each subscribed room then
 // catches up from the stream. Lost and restored connections and failed
-// catch-ups are reported through WithErrorHandler and WithLogger.
+// catch-ups are reported through WithErrorHandler and WithLogger, and to
+// the subscriptions' lost functions (see above). After a reconnection, the
+// Broker also rewrites its presence entries at once.
+//
+// # Presence
+//
+// Join, Leave and Members implement wsroom.Presence on a JetStream
+// key-value bucket shared by every node: "WSROOM_PRESENCE" with the default
+// prefix (the stream name followed by "_PRESENCE", any character a bucket
+// name cannot hold replaced by '_'), whose stream is "KV_WSROOM_PRESENCE".
+// It is created on first use, with the presence TTL (WithPresenceTTL,
+// DefaultPresenceTTL by default) as its MaxAge and one value per key. Each
+// member is one key, "<room>.<node>.<client>": the room token as above, a
+// random identifier of the Broker, and "c" followed by the client ID in
+// unpadded base64url; the value is the member's Info. The bucket's TTL
+// applies to every key alike, so this works on servers without per-message
+// TTL (before NATS 2.11).
+//
+// Join writes the member's key; Leave purges it. A goroutine of the Broker
+// rewrites every key of its members each third of the TTL, so a live node's
+// entries never expire, while a node that stops without Close (a crash, a
+// lost network) leaves entries that expire between 2/3 and 1 TTL after its
+// last rewrite. Close removes its node's entries at once, with one purge of
+// the stream filtered on its identifier. Members reads the room's keys
+// through a short-lived consumer that delivers the last value of each key
+// matching "<room>.>", so no other room's entries are read.
+//
+// The cost: each member takes one JetStream publish to join, one to leave,
+// and one per TTL/3 as long as it stays (a node with 3,000 members and the
+// default TTL of 30 seconds publishes 300 times a second; the rewrites of
+// one round are sent 16 at a time). Members costs four round trips or so
+// (the stream's state, then creating, reading and deleting the consumer)
+// and, on the server, a scan of the room's keys. A longer TTL means fewer rewrites, and a dead node's
+// members listed longer. Every node of a cluster must use the same TTL:
+// each one sets the bucket's TTL on first use, and the last one wins.
 package natsbroker

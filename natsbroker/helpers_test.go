@@ -2,8 +2,8 @@ package natsbroker
 
 import (
 	"context"
+	"errors"
 	"os"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -39,7 +39,7 @@ func connect(t testing.TB, opts ...nats.Option) *nats.Conn {
 }
 
 // testPrefix returns a subject prefix unique to this run and deletes its
-// stream when t ends.
+// stream and presence bucket when t ends.
 func testPrefix(t testing.TB) string {
 	t.Helper()
 	p := "wsroomtest.r" + newID()
@@ -51,8 +51,10 @@ func testPrefix(t testing.TB) string {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if err := js.DeleteStream(ctx, streamName(p)); err != nil && !strings.Contains(err.Error(), "not found") {
-			t.Errorf("deleting stream %s: %v", streamName(p), err)
+		for _, name := range []string{streamName(p), "KV_" + presenceBucket(p)} {
+			if err := js.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+				t.Errorf("deleting stream %s: %v", name, err)
+			}
 		}
 	})
 	return p

@@ -12,7 +12,7 @@ import (
 )
 
 // TestCloseLeavesNoGoroutines checks that Close ends every goroutine the
-// Broker started, while the connection stays open.
+// Broker started, presence included, while the connection stays open.
 func TestCloseLeavesNoGoroutines(t *testing.T) {
 	prefix := testPrefix(t)
 	nc := connect(t)
@@ -48,6 +48,13 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 	if _, err := b.Last(t.Context(), room+"-0", 10); err != nil {
 		t.Fatal(err)
 	}
+	if err := b.Join(t.Context(), room, wsroom.Member{ID: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Members(t.Context(), room); err != nil {
+		t.Fatal(err)
+	}
+	b.refresh()
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,8 @@ type config struct {
 	maxAge  time.Duration
 	onError func(error)
 	logger  *slog.Logger
+
+	presenceTTL time.Duration
 }
 
 // DefaultPrefix is the prefix of a Broker's subjects when WithPrefix is not
@@ -27,6 +29,8 @@ func defaultConfig() config {
 		prefix: DefaultPrefix,
 		limit:  wsroom.DefaultHistoryLimit,
 		logger: slog.New(slog.DiscardHandler),
+
+		presenceTTL: DefaultPresenceTTL,
 	}
 }
 
@@ -84,5 +88,25 @@ func WithLogger(l *slog.Logger) Option {
 			l = slog.New(slog.DiscardHandler)
 		}
 		c.logger = l
+	}
+}
+
+// WithPresenceTTL sets how long a member's presence entry outlives the last
+// refresh by its node: the TTL (MaxAge) of the presence bucket. A Broker
+// rewrites its members' entries every third of d, so the entries of a node
+// that stops without Close disappear between 2/3 d and d after it stopped.
+// d <= 0 selects DefaultPresenceTTL (30 seconds); d below MinPresenceTTL
+// (one second) is raised to it. Every node of a cluster must use the same
+// value: a node sets the bucket's TTL when it first uses presence. Later
+// values win.
+func WithPresenceTTL(d time.Duration) Option {
+	return func(c *config) {
+		switch {
+		case d <= 0:
+			d = DefaultPresenceTTL
+		case d < MinPresenceTTL:
+			d = MinPresenceTTL
+		}
+		c.presenceTTL = d
 	}
 }

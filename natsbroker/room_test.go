@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/nats-io/nats.go"
 	"github.com/wsroom/wsroom"
 )
 
@@ -19,19 +20,27 @@ import (
 // HTTP.
 type node struct {
 	room *wsroom.Room
+	b    *Broker
+	srv  *httptest.Server
 	url  string
 }
 
 func newRoomNode(t *testing.T, prefix string) *node {
 	t.Helper()
-	b := newNode(t, prefix)
-	room := wsroom.New(wsroom.WithBroker(b), wsroom.WithCodec(wsroom.JSON()))
+	return newRoomNodeOn(t, newNode(t, prefix))
+}
+
+// newRoomNodeOn serves a room on b, configured by opts.
+func newRoomNodeOn(t *testing.T, b *Broker, opts ...wsroom.Option) *node {
+	t.Helper()
+	opts = append([]wsroom.Option{wsroom.WithBroker(b), wsroom.WithCodec(wsroom.JSON())}, opts...)
+	room := wsroom.New(opts...)
 	srv := httptest.NewServer(room.Handler())
 	t.Cleanup(func() {
 		room.Close()
 		srv.Close()
 	})
-	return &node{room: room, url: "ws" + strings.TrimPrefix(srv.URL, "http")}
+	return &node{room: room, b: b, srv: srv, url: "ws" + strings.TrimPrefix(srv.URL, "http")}
 }
 
 func (n *node) dial(t *testing.T, query string) *websocket.Conn {
@@ -164,5 +173,215 @@ func TestRoomsAcrossNodes(t *testing.T) {
 	}
 	if !slices.EqualFunc(got[:4], first[total-4:], func(a, b envelope) bool { return a.Seq == b.Seq && string(a.Data) == string(b.Data) }) {
 		t.Errorf("resumed history differs from what the other clients saw")
+	}
+}
+
+// errorLog collects what a room reports to its error hook.
+type errorLog struct {
+	mu   sync.Mutex
+	errs []error
+}
+
+func (l *errorLog) hook(_ *wsroom.Client, err error) {
+	l.mu.Lock()
+	l.errs = append(l.errs, err)
+	l.mu.Unlock()
+}
+
+func (l *errorLog) has(s string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, err := range l.errs {
+		if strings.Contains(err.Error(), s) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestRoomAcrossReconnect drops a node's connection while another node
+// publishes: its client still gets every message once and in order, and the
+// room's error hook hears of the possible loss.
+func TestRoomAcrossReconnect(t *testing.T) {
+	prefix := testPrefix(t)
+	ncB := connect(t)
+	var errs errorLog
+	a := newRoomNode(t, prefix)
+	b := newRoomNodeOn(t, newNodeOn(t, ncB, prefix), wsroom.WithOnError(errs.hook))
+	c := b.dial(t, "")
+	const total = 40
+	for i := range total {
+		if i == 15 {
+			if err := ncB.ForceReconnect(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := a.room.Publish(t.Context(), fmt.Appendf(nil, `"m%d"`, i)); err != nil {
+			t.Fatalf("Publish %d: %v", i, err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	got := readEnvelopes(t, c, total)
+	for k, e := range got {
+		if e.Seq != uint64(k+1) || string(e.Data) != fmt.Sprintf(`"m%d"`, k) {
+			t.Fatalf("envelope %d = seq %d %s, want seq %d \"m%d\"", k, e.Seq, e.Data, k+1, k)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !errs.has("may have missed messages") {
+		if time.Now().After(deadline) {
+			t.Fatalf("room error hook not told of the reconnection; got %v", errs.errs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !errs.has("connection to NATS was lost") {
+		t.Errorf("room error hook got %v, want the broker's cause", errs.errs)
+	}
+}
+
+// TestKillNode runs one room on three nodes and kills one of them abruptly
+// (its connection first, so that it can clean up nothing) while messages
+// flow: the clients of the other two still get every message in order, and
+// the dead node's clients leave the room's members after the presence TTL.
+func TestKillNode(t *testing.T) {
+	prefix := testPrefix(t)
+	const ttl = time.Second
+	var conns []*nats.Conn
+	var nodes []*node
+	for range 3 {
+		nc := connect(t)
+		conns = append(conns, nc)
+		nodes = append(nodes, newRoomNodeOn(t, newNodeOn(t, nc, prefix, WithPresenceTTL(ttl))))
+	}
+	var clients [3][]*websocket.Conn
+	for i, n := range nodes {
+		for range 2 {
+			clients[i] = append(clients[i], n.dial(t, ""))
+		}
+	}
+	ids := func(i int) []string {
+		var out []string
+		for _, c := range nodes[i].room.Clients() {
+			out = append(out, c.ID())
+		}
+		return out
+	}
+	survivors := slices.Concat(ids(0), ids(1))
+	everyone := slices.Concat(survivors, ids(2))
+	slices.Sort(survivors)
+	slices.Sort(everyone)
+	memberIDs := func() []string {
+		ms, err := nodes[0].room.Members(t.Context())
+		if err != nil {
+			t.Fatalf("Members: %v", err)
+		}
+		var out []string
+		for _, m := range ms {
+			out = append(out, m.ID)
+		}
+		slices.Sort(out)
+		return out
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		got := memberIDs() // clients join the presence list just after the room
+		if slices.Equal(got, everyone) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Members = %v, want %v", got, everyone)
+		}
+	}
+
+	// Node 0 publishes throughout; node 2 publishes, then dies; node 1
+	// publishes after.
+	var want []string
+	for i := range 5 {
+		want = append(want, fmt.Sprintf(`"n2-%d"`, i))
+		if err := nodes[2].room.Publish(t.Context(), []byte(want[len(want)-1])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const each = 30
+	started, kill := make(chan struct{}), make(chan struct{})
+	var wg sync.WaitGroup
+	var sent0 []string
+	wg.Go(func() {
+		for i := range each {
+			if i == each/2 {
+				close(started)
+				<-kill
+			}
+			m := fmt.Sprintf(`"n0-%d"`, i)
+			if err := nodes[0].room.Publish(t.Context(), []byte(m)); err != nil {
+				t.Errorf("node 0 Publish: %v", err)
+				return
+			}
+			sent0 = append(sent0, m)
+			time.Sleep(2 * time.Millisecond)
+		}
+	})
+	<-started
+	conns[2].Close()
+	close(kill)
+	nodes[2].room.Close()
+	nodes[2].b.Close()
+	nodes[2].srv.Close()
+	var sent1 []string
+	for i := range each {
+		m := fmt.Sprintf(`"n1-%d"`, i)
+		if err := nodes[1].room.Publish(t.Context(), []byte(m)); err != nil {
+			t.Fatalf("node 1 Publish: %v", err)
+		}
+		sent1 = append(sent1, m)
+	}
+	wg.Wait()
+	total := len(want) + len(sent0) + len(sent1)
+
+	var first []envelope
+	for i := range 2 {
+		for j, c := range clients[i] {
+			got := readEnvelopes(t, c, total)
+			for k, e := range got {
+				if e.Seq != uint64(k+1) || e.Epoch != got[0].Epoch {
+					t.Fatalf("node %d client %d envelope %d = seq %d epoch %q, want seq %d in one epoch", i, j, k, e.Seq, e.Epoch, k+1)
+				}
+			}
+			if first == nil {
+				first = got
+			} else if !slices.EqualFunc(got, first, func(a, b envelope) bool { return a.Seq == b.Seq && string(a.Data) == string(b.Data) }) {
+				t.Errorf("node %d client %d saw another order than the first client", i, j)
+			}
+		}
+	}
+	var data []string
+	for _, e := range first {
+		data = append(data, string(e.Data))
+	}
+	for _, sent := range [][]string{want, sent0, sent1} {
+		var from []string
+		for _, d := range data {
+			if strings.HasPrefix(d, sent[0][:4]) {
+				from = append(from, d)
+			}
+		}
+		if !slices.Equal(from, sent) {
+			t.Errorf("clients got %v from %s, want %v in that order", from, sent[0][1:3], sent)
+		}
+	}
+
+	// The dead node could not remove its members: they expire.
+	killed := time.Now()
+	for {
+		got := memberIDs()
+		if slices.Equal(got, survivors) {
+			break
+		}
+		if !slices.Equal(got, everyone) {
+			t.Fatalf("Members = %v, want %v until the dead node's entries expire, then %v", got, everyone, survivors)
+		}
+		if time.Since(killed) > ttl+3*time.Second {
+			t.Fatalf("dead node's members still listed %v after the kill (TTL %v)", time.Since(killed), ttl)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

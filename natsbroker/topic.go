@@ -2,6 +2,7 @@ package natsbroker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -51,17 +52,25 @@ type topic struct {
 	subs    map[*subscriber]struct{}
 	stopped bool
 
+	lostMu  sync.Mutex
+	lostErr error // why catchUp was called, for the loop to take
+
 	// Owned by the loop.
-	epoch  string // "" while the room has no history
-	next   uint64 // sequence number of the next message to deliver
-	sseq   uint64 // stream sequence of the last message delivered or seen at start
-	seen   uint64 // highest sequence number announced so far
-	held   map[uint64]heldMsg
-	ephs   []ephMsg
-	failed int // consecutive failed reads from the stream
+	epoch   string // "" while the room has no history
+	next    uint64 // sequence number of the next message to deliver
+	sseq    uint64 // stream sequence of the last message delivered or seen at start
+	seen    uint64 // highest sequence number announced so far
+	held    map[uint64]heldMsg
+	ephs    []ephMsg
+	failed  int   // consecutive failed reads from the stream
+	cause   error // a possible loss, reported to lost after the next good read
+	dropped int   // announcements the subscription dropped so far
 }
 
-type subscriber struct{ deliver func(wsroom.Message) }
+type subscriber struct {
+	deliver func(wsroom.Message)
+	lost    func(error)
+}
 
 type heldMsg struct {
 	m    wsroom.Message
@@ -144,8 +153,15 @@ func (t *topic) stop() {
 	})
 }
 
-// catchUp asks the loop to read what it may have missed from the stream.
-func (t *topic) catchUp() {
+// catchUp asks the loop to read what it may have missed from the stream,
+// and then to tell the subscribers that it may have missed messages, for
+// the given cause.
+func (t *topic) catchUp(cause error) {
+	t.lostMu.Lock()
+	if t.lostErr == nil {
+		t.lostErr = cause
+	}
+	t.lostMu.Unlock()
 	select {
 	case t.wake <- struct{}{}:
 	default:
@@ -177,7 +193,12 @@ func (t *topic) loop() {
 			fill = t.behind()
 		case msg := <-t.in:
 			fill = t.take(msg)
+			fill = t.checkDropped() || fill
 		case <-t.wake:
+			t.lostMu.Lock()
+			t.addCause(t.lostErr)
+			t.lostErr = nil
+			t.lostMu.Unlock()
 			fill = true
 		case <-timer.C:
 			armed = false
@@ -187,6 +208,10 @@ func (t *topic) loop() {
 			t.fill()
 		}
 		t.drain()
+		if t.cause != nil && t.failed == 0 {
+			t.lose(t.cause)
+			t.cause = nil
+		}
 		switch waiting := len(t.held) > 0 || len(t.ephs) > 0 || t.failed > 0; {
 		case waiting && !armed:
 			d := gapWait
@@ -274,6 +299,40 @@ func (t *topic) drain() {
 	}
 }
 
+// addCause records a possible loss, to be reported to the subscribers once
+// the stream has been read.
+func (t *topic) addCause(err error) {
+	if err != nil {
+		t.cause = errors.Join(t.cause, err)
+	}
+}
+
+// checkDropped reports whether NATS dropped announcements of the room since
+// the last check, because the loop did not take them fast enough (a slow
+// consumer); the stream must then be read, and the subscribers told.
+func (t *topic) checkDropped() bool {
+	n, err := t.sub.Dropped()
+	if err != nil || n <= t.dropped {
+		return false
+	}
+	err = fmt.Errorf("natsbroker: room %q: NATS dropped %d announcements (slow consumer)", t.room, n-t.dropped)
+	t.dropped = n
+	t.b.report(err)
+	t.addCause(err)
+	return true
+}
+
+// lose tells every subscriber that messages may have been missed.
+func (t *topic) lose(cause error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for s := range t.subs {
+		if s.lost != nil {
+			s.lost(cause)
+		}
+	}
+}
+
 func (t *topic) deliver(m wsroom.Message) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -295,7 +354,11 @@ func (t *topic) fill() {
 	if err != nil {
 		if t.ctx.Err() == nil {
 			t.failed++
-			t.b.report(fmt.Errorf("natsbroker: room %q: reading missed messages: %w", t.room, err))
+			err = fmt.Errorf("natsbroker: room %q: reading missed messages: %w", t.room, err)
+			t.b.report(err)
+			if t.cause == nil {
+				t.cause = err
+			}
 		}
 		return
 	}
@@ -319,7 +382,9 @@ func (t *topic) fill() {
 		for seq := range t.held {
 			first = min(first, seq)
 		}
-		t.b.report(fmt.Errorf("natsbroker: room %q: messages %d to %d are no longer in the stream", t.room, t.next, first-1))
+		err := fmt.Errorf("natsbroker: room %q: messages %d to %d are no longer in the stream", t.room, t.next, first-1)
+		t.b.report(err)
+		t.addCause(err)
 		t.next = first
 	}
 	if len(t.held) == 0 {
