@@ -75,3 +75,27 @@ func BenchmarkPublish(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkResume1000 measures reading the 1,000 messages a resuming client
+// missed: one After call.
+func BenchmarkResume1000(b *testing.B) {
+	br := newNode(b, testPrefix(b), WithHistoryLimit(2000))
+	room := "resume"
+	data := make([]byte, 64)
+	var first wsroom.Message
+	for i := range 1001 {
+		m, err := br.Append(b.Context(), room, wsroom.Message{Data: data})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if i == 0 {
+			first = m
+		}
+	}
+	for b.Loop() {
+		ms, err := br.After(b.Context(), room, first.Epoch, first.Seq, 0)
+		if err != nil || len(ms) != 1000 {
+			b.Fatalf("After = %d messages, %v; want 1000", len(ms), err)
+		}
+	}
+}

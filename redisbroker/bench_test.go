@@ -86,3 +86,27 @@ func BenchmarkCrossNodeLatency(b *testing.B) {
 	b.ReportMetric(pct(0.99), "p99-µs")
 	b.ReportMetric(0, "ns/op")
 }
+
+// BenchmarkResume1000 measures reading the 1,000 messages a resuming client
+// missed: one After call.
+func BenchmarkResume1000(b *testing.B) {
+	br := newBroker(b, WithMaxAge(time.Minute))
+	room := roomName(b)
+	data := make([]byte, 64)
+	var first wsroom.Message
+	for i := range 1001 {
+		m, err := br.Append(b.Context(), room, wsroom.Message{Data: data})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if i == 0 {
+			first = m
+		}
+	}
+	for b.Loop() {
+		ms, err := br.After(b.Context(), room, first.Epoch, first.Seq, 0)
+		if err != nil || len(ms) != 1000 {
+			b.Fatalf("After = %d messages, %v; want 1000", len(ms), err)
+		}
+	}
+}
