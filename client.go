@@ -109,7 +109,7 @@ func (c *Client) Send(ctx context.Context, data []byte) error {
 	if err != nil {
 		return err
 	}
-	if !c.enqueue(outFrame{data: r.newFrame(payload)}) {
+	if !c.enqueue(outFrame{data: r.newFrame(payload)}, false) {
 		return ErrClosed
 	}
 	return nil
@@ -135,14 +135,47 @@ var ErrPongTimeout = errors.New("wsroom: no pong in time")
 var queuePool = sync.Pool{New: func() any { return new([]outFrame) }}
 
 // enqueue queues f for writing, applying the slow-client policy when the
-// queue is full. It never blocks and reports whether f was queued.
-func (c *Client) enqueue(f outFrame) bool {
+// queue is full. It never blocks and reports whether f was queued (or
+// written).
+//
+// When inline is set (see Room.fanout), nothing is queued and no writer
+// runs, enqueue first tries to write the frame at once, without waiting:
+// most of the time the socket takes it whole, and no goroutine has to wake
+// up. Whatever the socket does not take goes to the writer.
+func (c *Client) enqueue(f outFrame, inline bool) bool {
 	r := c.room
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.closeReq != nil {
+		c.mu.Unlock()
 		return false
 	}
+	if inline && r.rawFrames && len(c.queue) == 0 && !c.writing && !c.replaying && !c.stopped {
+		c.writing = true // the writer's token, held for this attempt
+		c.mu.Unlock()
+		rest, err := c.writeNow(f)
+		c.mu.Lock()
+		c.writing = false
+		if err != nil {
+			c.mu.Unlock()
+			c.fail(&closeRequest{mode: closeAbort, err: err})
+			return false
+		}
+		if rest == nil {
+			if len(c.queue) > 0 || c.closeReq != nil {
+				c.startWriterLocked() // for what came in meanwhile
+			}
+			c.mu.Unlock()
+			return true
+		}
+		// The unwritten part goes first, before anything queued meanwhile.
+		c.queue = append(c.queuePrepend(), outFrame{})
+		copy(c.queue[1:], c.queue)
+		c.queue[0] = outFrame{data: rest}
+		c.startWriterLocked()
+		c.mu.Unlock()
+		return true
+	}
+	defer c.mu.Unlock()
 	if len(c.queue) >= r.cfg.sendBuffer {
 		switch r.cfg.slowPolicy {
 		case DropNewest:
@@ -159,12 +192,45 @@ func (c *Client) enqueue(f outFrame) bool {
 			return false
 		}
 	}
-	if c.queue == nil {
-		c.queue = (*queuePool.Get().(*[]outFrame))[:0]
-	}
-	c.queue = append(c.queue, f)
+	c.queue = append(c.queuePrepend(), f)
 	c.startWriterLocked()
 	return true
+}
+
+// queuePrepend returns the queue, taken from the pool if there is none.
+func (c *Client) queuePrepend() []outFrame {
+	if c.queue == nil {
+		return (*queuePool.Get().(*[]outFrame))[:0]
+	}
+	return c.queue
+}
+
+// writeNow writes f if the socket takes it without waiting, holding the
+// writer's token. It returns the part not written (nil when all of it, or
+// when the client has it already), or the part to hand to the writer.
+func (c *Client) writeNow(f outFrame) ([]byte, error) {
+	if f.seq != 0 {
+		if f.epoch == c.lastEpoch && f.seq <= c.lastSeq {
+			return nil, nil
+		}
+		c.lastEpoch, c.lastSeq = f.epoch, f.seq
+	}
+	n, ok, err := c.fc.tryWrite(f.data)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return f.data, nil
+	}
+	if n == len(f.data) {
+		c.room.stats.messagesOut.Add(1)
+		c.room.stats.bytesOut.Add(uint64(n))
+		return nil, nil
+	}
+	if n > 0 {
+		c.room.stats.bytesOut.Add(uint64(n))
+	}
+	return f.data[n:], nil
 }
 
 // requestClose asks for the connection to be closed with code and reason.

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -41,7 +42,7 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	fc := &frameConn{Conn: nc, timeout: h.timeout}
+	fc := &frameConn{Conn: nc, raw: rawConn(nc), timeout: h.timeout}
 	h.conn = fc
 	// Keep what the client sent right after its handshake.
 	var r io.Reader = fc
@@ -70,7 +71,8 @@ func (h *hijackWriter) Unwrap() http.ResponseWriter { return h.ResponseWriter }
 // Every write sets its own deadline, so none lingers from an earlier one.
 type frameConn struct {
 	net.Conn
-	timeout    time.Duration // bound on each write
+	raw        syscall.RawConn // for writes that must not wait; nil if none
+	timeout    time.Duration   // bound on each write
 	mu         sync.Mutex
 	closeFrame bool // a close frame went out: no message frame may follow
 }
