@@ -32,8 +32,11 @@
 //  4. A client's writer, started when its queue gets a frame, hands all its
 //     queued frames to the kernel in one system call (writev), each frame
 //     still one message, bounded by WithWriteTimeout; it exits when the
-//     queue is empty. With compression on, coder/websocket frames and
-//     compresses each message per connection instead.
+//     queue is empty. On a single P (GOMAXPROCS=1), when nothing else
+//     waits, the loop itself writes a frame to a client with an empty
+//     queue if the socket takes it without waiting, which saves a
+//     goroutine switch per delivery. With compression on, coder/websocket
+//     frames and compresses each message per connection instead.
 //
 // A client whose queue is full (WithSendBuffer) gets the SlowPolicy: closed
 // with 1008 by default, so it reconnects and resumes; DropOldest and
