@@ -90,7 +90,8 @@
 // Send buffer 256 messages per client (DefaultSendBuffer), read limit 32 KiB
 // (DefaultReadLimit), write timeout 10s, ping every 30s with a 10s pong
 // timeout, no compression, same-origin handshakes only, no client cap, no
-// rate limit, memory history of 1,000 messages per room, no history on join.
+// rate limit, memory history of 1,000 messages per room for 24 hours, no
+// history on join.
 // Handshake answers: 426 for non-WebSocket requests, 400 for a bad resume
 // parameter or room name, 401/403 from the authorize hook, 403 for a foreign
 // origin, 503 when the room is full or closed. Close codes: 1003 for the

@@ -104,7 +104,7 @@ func newConfig(opts []Option) config {
 		if s, ok := cfg.broker.(Store); ok {
 			cfg.store = s
 		} else {
-			cfg.store = NewMemoryStore(0, 0)
+			cfg.store = NewMemoryStore(0, DefaultHistoryAge)
 		}
 	}
 	if cfg.broker == nil {
@@ -276,7 +276,8 @@ func WithLogger(l *slog.Logger) Option {
 }
 
 // WithStore sets where the room keeps its history (default: a MemoryStore
-// with its default limits, or the Broker itself if it is a Store). When the
+// keeping 1,000 messages per room for DefaultHistoryAge, or the Broker
+// itself if it is a Store). When the
 // Broker is the default LocalBroker, it numbers messages in this Store.
 func WithStore(s Store) Option {
 	return func(cfg *config) { cfg.store = s }

@@ -90,7 +90,8 @@ const (
 
 // New returns a room configured by opts, subscribed to its Broker and ready
 // to serve clients through Handler. Its name, for the Broker and the Store,
-// is empty; use a Registry for named rooms.
+// is empty: rooms made by New that share a Broker or Store are one room
+// there. Use a Registry for named rooms.
 func New(opts ...Option) *Room {
 	return newRoom("", newConfig(opts))
 }

@@ -81,6 +81,11 @@ func (h *memHistory) drop(n int) {
 // when NewMemoryStore is given a limit < 1.
 const DefaultHistoryLimit = 1000
 
+// DefaultHistoryAge is how long the default MemoryStore of a Room or a
+// Registry keeps messages, so that the history of rooms that come and go
+// does not grow without end.
+const DefaultHistoryAge = 24 * time.Hour
+
 // NewMemoryStore returns a MemoryStore that keeps, per room, the last limit
 // messages (limit < 1 selects DefaultHistoryLimit) that are no older than
 // maxAge (maxAge <= 0 keeps them regardless of age). A room whose every
