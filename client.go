@@ -168,7 +168,7 @@ func (c *Client) enqueue(f outFrame, inline bool) bool {
 			return true
 		}
 		// The unwritten part goes first, before anything queued meanwhile.
-		c.queue = append(c.queuePrepend(), outFrame{})
+		c.queue = append(c.queueOrNew(), outFrame{})
 		copy(c.queue[1:], c.queue)
 		c.queue[0] = outFrame{data: rest}
 		c.startWriterLocked()
@@ -192,13 +192,14 @@ func (c *Client) enqueue(f outFrame, inline bool) bool {
 			return false
 		}
 	}
-	c.queue = append(c.queuePrepend(), f)
+	c.queue = append(c.queueOrNew(), f)
 	c.startWriterLocked()
 	return true
 }
 
-// queuePrepend returns the queue, taken from the pool if there is none.
-func (c *Client) queuePrepend() []outFrame {
+// queueOrNew returns the queue, or an empty one from the pool if there is
+// none.
+func (c *Client) queueOrNew() []outFrame {
 	if c.queue == nil {
 		return (*queuePool.Get().(*[]outFrame))[:0]
 	}
