@@ -60,9 +60,6 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return fc, bufio.NewReadWriter(br, bufio.NewWriterSize(fc, connWriteBuffer)), nil
 }
 
-// Unwrap lets http.ResponseController reach the original ResponseWriter.
-func (h *hijackWriter) Unwrap() http.ResponseWriter { return h.ResponseWriter }
-
 // frameConn is a hijacked connection shared by coder/websocket, which writes
 // control frames through Write, and the client's writer, which writes
 // message frames through writeFrames. Each call writes whole frames, under

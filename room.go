@@ -202,9 +202,15 @@ func (r *Room) run(epoch string, last uint64) {
 			if m.Epoch == epoch && m.Seq <= last {
 				return // delivered already
 			}
-			if m.Epoch == epoch && last != 0 && m.Seq > last+1 && !r.fillGap(clients, epoch, last, m.Seq) {
-				epoch, last = "", 0
-				return
+			if m.Epoch == epoch && last != 0 && m.Seq > last+1 {
+				gap, ok := r.missed(clients, epoch, last, m.Seq)
+				if !ok {
+					epoch, last = "", 0
+					return
+				}
+				for _, g := range gap {
+					r.fanout(clients, g)
+				}
 			}
 			epoch, last = m.Epoch, m.Seq
 		}
@@ -221,8 +227,15 @@ func (r *Room) run(epoch string, last uint64) {
 		case q := <-r.queryc:
 			q <- slices.Collect(maps.Keys(clients))
 		case <-r.catchup:
-			if last != 0 && !r.catchUp(clients, epoch, last, handle) {
+			if last == 0 {
+				continue
+			}
+			if ms, ok := r.missed(clients, epoch, last, 0); !ok {
 				epoch, last = "", 0
+			} else {
+				for _, m := range ms {
+					handle(m)
+				}
 			}
 		case <-r.quit:
 			// Deliver what the broker handed over before the stop.
@@ -238,21 +251,23 @@ func (r *Room) run(epoch string, last uint64) {
 	}
 }
 
-// catchUp delivers the messages the store holds after (epoch, last), which
-// the broker may have missed. If the store cannot serve them, every client is
-// told to resynchronise, and catchUp reports false.
-func (r *Room) catchUp(clients map[*Client]struct{}, epoch string, last uint64, handle func(Message)) bool {
+// missed returns the messages the store holds after (epoch, last), which the
+// broker did not deliver: those before next, all of them if next is zero. If
+// the store cannot serve them all, every client is told to resynchronise and
+// ok is false.
+func (r *Room) missed(clients map[*Client]struct{}, epoch string, last, next uint64) (msgs []Message, ok bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.writeTimeout)
 	defer cancel()
-	missed, err := r.cfg.store.After(ctx, r.name, epoch, last, 0)
-	if err != nil {
-		r.resyncAll(clients, fmt.Errorf("wsroom: room %q cannot catch up after message %d: %w", r.name, last, err))
-		return false
+	limit := 0
+	if next != 0 {
+		limit = int(next - last - 1)
 	}
-	for _, m := range missed {
-		handle(m)
+	msgs, err := r.cfg.store.After(ctx, r.name, epoch, last, limit)
+	if err == nil && (limit == 0 || len(msgs) == limit) {
+		return msgs, true
 	}
-	return true
+	r.resyncAll(clients, fmt.Errorf("wsroom: room %q cannot recover the messages after %d: %v", r.name, last, err))
+	return nil, false
 }
 
 func (r *Room) resyncAll(clients map[*Client]struct{}, err error) {
@@ -260,24 +275,6 @@ func (r *Room) resyncAll(clients map[*Client]struct{}, err error) {
 	for c := range clients {
 		c.fail(&closeRequest{code: StatusResync, reason: "wsroom: messages lost, resync", mode: closeDiscard, err: ErrGap})
 	}
-}
-
-// fillGap fetches from the store the messages between last and next that the
-// broker did not deliver (it lost them while reconnecting) and fans them out.
-// If the store cannot provide them, every client is told to resynchronise,
-// and fillGap reports false.
-func (r *Room) fillGap(clients map[*Client]struct{}, epoch string, last, next uint64) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.writeTimeout)
-	defer cancel()
-	missing, err := r.cfg.store.After(ctx, r.name, epoch, last, int(next-last-1))
-	if err == nil && len(missing) == int(next-last-1) {
-		for _, m := range missing {
-			r.fanout(clients, m)
-		}
-		return true
-	}
-	r.resyncAll(clients, fmt.Errorf("wsroom: room %q lost messages %d to %d: %v", r.name, last+1, next-1, err))
-	return false
 }
 
 // fanout encodes m once and queues it to every client it is for.
