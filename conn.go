@@ -1,12 +1,8 @@
 package wsroom
 
 import (
-	"bufio"
-	"bytes"
 	"encoding/binary"
-	"io"
 	"net"
-	"net/http"
 	"sync"
 	"syscall"
 	"time"
@@ -14,12 +10,12 @@ import (
 	"github.com/coder/websocket"
 )
 
-// This file holds the fast write path. Server frames are not masked, so the
-// bytes of a message frame are the same for every client: the room builds
-// each frame once (appendFrame) and every client's writer hands its whole
-// queue to the kernel in one writev (frameConn.writeFrames). coder/websocket
-// still reads, answers pings, sends pings and closes; its writes and ours meet
-// in frameConn, which keeps them whole and in order.
+// This file holds the socket end of the write path. Server frames are not
+// masked, so the bytes of a message frame are the same for every client: the
+// room builds each frame once (appendFrame) and every client's writer hands
+// its whole queue to the kernel in one writev (frameConn.writeFrames).
+// coder/websocket still reads, answers pings, sends pings and closes; its
+// writes and ours meet in frameConn, which keeps frames whole and in order.
 
 // Sizes of the buffers each connection keeps. The writer only needs to hold
 // one control frame (at most 2+125 bytes plus header); the reader's buffer
@@ -29,73 +25,111 @@ const (
 	connWriteBuffer = 256
 )
 
-// hijackWriter wraps the ResponseWriter given to websocket.Accept so that the
-// hijacked connection is a frameConn with small buffers.
-type hijackWriter struct {
-	http.ResponseWriter
-	timeout time.Duration // the room's write timeout
-	conn    *frameConn
-}
+// Opcodes of the control frames frameConn looks at.
+const (
+	opClose = 0x8
+	opPong  = 0xa
+)
 
-func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	nc, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
-	if err != nil {
-		return nil, nil, err
-	}
-	fc := &frameConn{Conn: nc, raw: rawConn(nc), timeout: h.timeout}
-	h.conn = fc
-	// Keep what the client sent right after its handshake.
-	var r io.Reader = fc
-	size := connReadBuffer
-	n := brw.Reader.Buffered()
-	if n > 0 {
-		early, _ := brw.Reader.Peek(n)
-		r = io.MultiReader(bytes.NewReader(bytes.Clone(early)), fc)
-		size = max(size, n)
-	}
-	br := bufio.NewReaderSize(r, size)
-	if n > 0 {
-		br.Peek(n)
-	}
-	return fc, bufio.NewReadWriter(br, bufio.NewWriterSize(fc, connWriteBuffer)), nil
-}
+// Pongs a peer may make the server send: a burst, then this many per
+// second. A peer that pings faster is closed (see frameConn.Write).
+const (
+	pongBurst = 20
+	pongRate  = 10
+)
 
 // frameConn is a hijacked connection shared by coder/websocket, which writes
 // control frames through Write, and the client's writer, which writes
-// message frames through writeFrames. Each call writes whole frames, under
-// one lock, so frames never interleave.
+// message frames through writeFrames and tryWrite.
 //
-// Every write sets its own deadline, so none lingers from an earlier one.
+// Frames never interleave: every write holds mu, and a frame that tryWrite
+// could only begin leaves its unwritten rest in rest, which every later
+// write sends first, control frames included. Nothing drops it.
+//
+// Deadlines: each blocking write sets its own, and tryWrite, which must not
+// fail because of an earlier write's deadline, clears one left set.
 type frameConn struct {
 	net.Conn
-	raw        syscall.RawConn // for writes that must not wait; nil if none
-	timeout    time.Duration   // bound on each write
+	raw     syscall.RawConn // for writes that must not wait; nil if none
+	timeout time.Duration   // bound on each write
+	framed  bool            // coder/websocket writes only whole control frames
+	abuse   func()          // called once the peer pings too often
+
 	mu         sync.Mutex
-	closeFrame bool // a close frame went out: no message frame may follow
+	rest       []byte // the unwritten end of a frame tryWrite began
+	deadline   bool   // a write deadline is set on the connection
+	closeFrame bool   // a close frame went out: no other frame may follow
+	pongs      *limiter
+	pongAbuse  bool
 }
 
-// Write writes a frame from coder/websocket, which flushes one whole control
-// frame per call.
+func newFrameConn(nc net.Conn, timeout time.Duration, framed bool) *frameConn {
+	fc := &frameConn{Conn: nc, timeout: timeout, framed: framed}
+	if framed {
+		fc.raw = rawConn(nc)
+		fc.pongs = newLimiter(pongRate, pongBurst)
+	}
+	return fc
+}
+
+// Write writes a frame from coder/websocket. When the room frames messages
+// itself, coder/websocket writes nothing but control frames, each whole in
+// one call, so the first byte names the frame: a second close frame is
+// dropped, and so are pongs beyond the peer's budget, after which the
+// client is closed.
 func (fc *frameConn) Write(p []byte) (int, error) {
 	fc.mu.Lock()
 	defer fc.mu.Unlock()
-	if len(p) > 0 && p[0]&0x0f == 0x8 {
-		fc.closeFrame = true
+	if fc.framed && len(p) > 0 {
+		switch p[0] & 0x0f {
+		case opClose:
+			if fc.closeFrame {
+				return len(p), nil
+			}
+			fc.closeFrame = true
+		case opPong:
+			if fc.pongs.take(time.Now()) > 0 {
+				if !fc.pongAbuse && fc.abuse != nil {
+					fc.pongAbuse = true
+					go fc.abuse()
+				}
+				return len(p), nil
+			}
+		}
 	}
-	if err := fc.Conn.SetWriteDeadline(time.Now().Add(fc.timeout)); err != nil {
+	if err := fc.setDeadlineLocked(); err != nil {
 		return 0, err
+	}
+	if fc.rest != nil {
+		if _, err := fc.Conn.Write(fc.rest); err != nil {
+			return 0, err
+		}
+		fc.rest = nil
 	}
 	return fc.Conn.Write(p)
 }
 
-// writeFrames writes frames in as few system calls as the connection allows.
+func (fc *frameConn) setDeadlineLocked() error {
+	fc.deadline = true
+	return fc.Conn.SetWriteDeadline(time.Now().Add(fc.timeout))
+}
+
+// writeFrames writes the rest of a frame begun by tryWrite, if any, and
+// frames, in as few system calls as the connection allows.
 func (fc *frameConn) writeFrames(frames net.Buffers) error {
 	fc.mu.Lock()
 	defer fc.mu.Unlock()
 	if fc.closeFrame {
 		return net.ErrClosed
 	}
-	if err := fc.Conn.SetWriteDeadline(time.Now().Add(fc.timeout)); err != nil {
+	if fc.rest != nil {
+		frames = append(net.Buffers{fc.rest}, frames...)
+		fc.rest = nil
+	}
+	if len(frames) == 0 {
+		return nil
+	}
+	if err := fc.setDeadlineLocked(); err != nil {
 		return err
 	}
 	var err error
@@ -119,6 +153,15 @@ func buffersLen(b net.Buffers) int {
 	}
 	return n
 }
+
+// tryResult is what tryWrite did with a frame.
+type tryResult int
+
+const (
+	tryBusy    tryResult = iota // not tried: the frame goes to the writer
+	tryWhole                    // written whole
+	tryPartial                  // begun: the rest is in frameConn, for the writer
+)
 
 // appendFrame appends a whole, unmasked, final WebSocket frame carrying
 // payload to b.

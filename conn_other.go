@@ -8,6 +8,6 @@ import (
 )
 
 // tryWrite never writes here: every frame goes through the writer.
-func (fc *frameConn) tryWrite(p []byte) (n int, ok bool, err error) { return 0, false, nil }
+func (fc *frameConn) tryWrite(p []byte) (res tryResult, n int, err error) { return tryBusy, 0, nil }
 
 func rawConn(c net.Conn) syscall.RawConn { return nil }

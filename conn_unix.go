@@ -5,19 +5,33 @@ package wsroom
 import (
 	"net"
 	"syscall"
+	"time"
 )
 
-// tryWrite writes as much of p as the socket takes now, without waiting,
-// and returns how much that was. ok is false when it could not try: another
-// write holds the connection, or it is not a TCP connection. A failed
-// connection is reported as err.
-func (fc *frameConn) tryWrite(p []byte) (n int, ok bool, err error) {
+// tryWrite writes as much of p as the socket takes now, without waiting. It
+// does not try (tryBusy) when another write holds the connection, when the
+// rest of an earlier frame is still unwritten, or when the connection is
+// not TCP. When the socket takes only part of p, the rest stays in fc and
+// goes out before any other frame (tryPartial): the caller must make sure a
+// writer runs. A failed connection is reported as err.
+func (fc *frameConn) tryWrite(p []byte) (res tryResult, n int, err error) {
 	if fc.raw == nil || !fc.mu.TryLock() {
-		return 0, false, nil
+		return tryBusy, 0, nil
 	}
 	defer fc.mu.Unlock()
+	if fc.rest != nil {
+		return tryBusy, 0, nil
+	}
 	if fc.closeFrame {
-		return 0, true, net.ErrClosed
+		return tryBusy, 0, net.ErrClosed
+	}
+	if fc.deadline {
+		// The poller would fail this write if an earlier write's deadline
+		// has passed.
+		if err := fc.Conn.SetWriteDeadline(time.Time{}); err != nil {
+			return tryBusy, 0, err
+		}
+		fc.deadline = false
 	}
 	var werr error
 	rerr := fc.raw.Write(func(fd uintptr) bool {
@@ -26,13 +40,20 @@ func (fc *frameConn) tryWrite(p []byte) (n int, ok bool, err error) {
 	})
 	switch {
 	case rerr != nil:
-		return 0, true, rerr
+		return tryBusy, 0, rerr
 	case werr == syscall.EAGAIN || werr == syscall.EINTR:
-		return 0, true, nil
+		return tryBusy, 0, nil
 	case werr != nil:
-		return 0, true, werr
+		return tryBusy, 0, werr
+	case n == len(p):
+		return tryWhole, n, nil
 	}
-	return n, true, nil
+	n = max(n, 0)
+	if n == 0 {
+		return tryBusy, 0, nil
+	}
+	fc.rest = p[n:]
+	return tryPartial, n, nil
 }
 
 // rawConn returns the connection's syscall.RawConn for tryWrite, if any.

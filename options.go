@@ -1,6 +1,7 @@
 package wsroom
 
 import (
+	"errors"
 	"log/slog"
 	"net/http"
 	"time"
@@ -34,7 +35,7 @@ type RatePolicy int
 const (
 	// Throttle stops reading from the client until it is within its limit
 	// again. The client's own messages wait; nobody else notices. It is the
-	// default.
+	// default policy.
 	Throttle RatePolicy = iota
 	// CloseOverLimit closes the client with websocket.StatusPolicyViolation
 	// (1008) and the reason "wsroom: rate limit exceeded".
@@ -49,6 +50,15 @@ const (
 	DefaultPingInterval = 30 * time.Second
 	DefaultPongTimeout  = 10 * time.Second
 	DefaultIdleTimeout  = time.Minute
+	DefaultPublishRetry = 10 * time.Second
+	DefaultMaxRooms     = 10000
+
+	// DefaultRateLimit and DefaultRateBurst are each client's default rate
+	// limit: 20 messages a second on average, in bursts of up to 40, with
+	// the Throttle policy. A client that floods the room is slowed to
+	// that, and nobody else notices. WithRateLimit changes or lifts it.
+	DefaultRateLimit = 20
+	DefaultRateBurst = 40
 )
 
 type config struct {
@@ -75,10 +85,12 @@ type config struct {
 	store        Store
 	broker       Broker
 	history      int
+	publishRetry time.Duration
 
 	// Registry only.
 	idleTimeout time.Duration
 	validName   func(string) error
+	maxRooms    int
 }
 
 func defaultConfig() config {
@@ -92,13 +104,45 @@ func defaultConfig() config {
 		logger:       slog.New(slog.DiscardHandler),
 		idleTimeout:  DefaultIdleTimeout,
 		validName:    ValidRoomName,
+		maxRooms:     DefaultMaxRooms,
+		rateLimit:    DefaultRateLimit,
+		rateBurst:    DefaultRateBurst,
+		publishRetry: DefaultPublishRetry,
 	}
 }
 
-func newConfig(opts []Option) config {
+// mustConfig returns the configuration opts make, and panics if they cannot
+// work together: a programming error, like registering one pattern twice
+// with an http.ServeMux.
+func mustConfig(opts []Option) config {
+	cfg, err := newConfig(opts)
+	if err != nil {
+		panic(err)
+	}
+	return cfg
+}
+
+// errSplitHistory is the error of a Store that is not the one the Broker
+// numbers messages in.
+var errSplitHistory = errors.New("wsroom: WithStore names a different Store than the one the Broker numbers messages in; " +
+	"the room would replay a history the Broker never writes: drop WithStore, or give the Broker that Store")
+
+func newConfig(opts []Option) (config, error) {
 	cfg := defaultConfig()
 	for _, o := range opts {
 		o(&cfg)
+	}
+	if cfg.store != nil && cfg.broker != nil {
+		var own Store
+		switch b := cfg.broker.(type) {
+		case *LocalBroker:
+			own = b.Store()
+		case Store:
+			own = b
+		}
+		if own != nil && !sameStore(own, cfg.store) {
+			return config{}, errSplitHistory
+		}
 	}
 	if cfg.store == nil {
 		if s, ok := cfg.broker.(Store); ok {
@@ -110,7 +154,18 @@ func newConfig(opts []Option) config {
 	if cfg.broker == nil {
 		cfg.broker = NewLocalBroker(cfg.store)
 	}
-	return cfg
+	return cfg, nil
+}
+
+// sameStore reports whether a and b are one Store. Stores of types that
+// cannot be compared are taken to differ.
+func sameStore(a, b Store) (same bool) {
+	defer func() {
+		if recover() != nil {
+			same = false
+		}
+	}()
+	return a == b
 }
 
 // WithCodec sets how frames from clients become payloads and how messages
@@ -257,7 +312,9 @@ func WithMaxClients(n int) Option {
 
 // WithRateLimit limits each client to perSecond messages per second on
 // average, with bursts of up to burst messages (burst < 1 means 1), and sets
-// what happens beyond it. perSecond <= 0 removes the limit (the default).
+// what happens beyond it. The default is DefaultRateLimit (20 a second) with
+// bursts of DefaultRateBurst (40) and the Throttle policy, so that one
+// client cannot flood a room; perSecond <= 0 removes the limit.
 func WithRateLimit(perSecond float64, burst int, p RatePolicy) Option {
 	return func(cfg *config) {
 		cfg.rateLimit, cfg.rateBurst, cfg.ratePolicy = perSecond, max(burst, 1), p
@@ -277,8 +334,14 @@ func WithLogger(l *slog.Logger) Option {
 
 // WithStore sets where the room keeps its history (default: a MemoryStore
 // keeping 1,000 messages per room for DefaultHistoryAge, or the Broker
-// itself if it is a Store). When the
-// Broker is the default LocalBroker, it numbers messages in this Store.
+// itself if it is a Store). When the Broker is the default LocalBroker, it
+// numbers messages in this Store.
+//
+// A Broker that numbers messages in a Store of its own (one that is itself
+// a Store, such as redisbroker's and natsbroker's, or a LocalBroker made
+// with another Store) cannot be given a different Store: the room would
+// replay a history the Broker never writes. New and NewRegistry panic on
+// that mix.
 func WithStore(s Store) Option {
 	return func(cfg *config) { cfg.store = s }
 }
@@ -318,5 +381,33 @@ func WithNameValidator(valid func(name string) error) Option {
 			valid = ValidRoomName
 		}
 		cfg.validName = valid
+	}
+}
+
+// WithPublishRetry sets how long a room retries publishing a message a
+// client sent while the Broker fails (default DefaultPublishRetry, 10s;
+// d <= 0 selects the default). Meanwhile the client's next messages wait
+// (its reads stop), so nothing it sent is lost; past d the client is closed
+// with websocket.StatusTryAgainLater (1013) and ErrUnavailable, and should
+// send the message again. Retries are counted in Stats.PublishRetries.
+func WithPublishRetry(d time.Duration) Option {
+	return func(cfg *config) {
+		if d <= 0 {
+			d = DefaultPublishRetry
+		}
+		cfg.publishRetry = d
+	}
+}
+
+// WithMaxRooms caps the number of rooms a Registry holds at once (default
+// DefaultMaxRooms, 10,000; n < 1 selects the default). Beyond it, a
+// handshake for a new room gets 503 Service Unavailable and Registry.Room
+// an error; rooms that exist still serve. Registry only; ignored by New.
+func WithMaxRooms(n int) Option {
+	return func(cfg *config) {
+		if n < 1 {
+			n = DefaultMaxRooms
+		}
+		cfg.maxRooms = n
 	}
 }

@@ -31,14 +31,17 @@ type entry struct {
 }
 
 // NewRegistry returns an empty registry whose rooms are configured by opts.
+// Like New, it panics if opts cannot work together.
 func NewRegistry(opts ...Option) *Registry {
-	return &Registry{cfg: newConfig(opts), rooms: make(map[string]*entry)}
+	return &Registry{cfg: mustConfig(opts), rooms: make(map[string]*entry)}
 }
 
 // Room returns the room called name, making it if needed. It returns the
-// name validator's error for a bad name, and ErrClosed once the registry is
+// name validator's error for a bad name, an error when the registry holds
+// as many rooms as WithMaxRooms allows, and ErrClosed once the registry is
 // closed. A room nobody joins is closed after the idle timeout like any
-// other; get it again with Room.
+// other, and a *Room kept from before then returns ErrClosed: get it again
+// with Room, or publish with Registry.Publish.
 func (g *Registry) Room(name string) (*Room, error) {
 	if err := g.cfg.validName(name); err != nil {
 		return nil, err
@@ -55,7 +58,10 @@ func (g *Registry) roomLocked(name string) (*Room, error) {
 	if e := g.rooms[name]; e != nil {
 		return e.room, nil
 	}
-	r := newRoom(name, g.cfg)
+	if len(g.rooms) >= g.cfg.maxRooms {
+		return nil, errTooManyRooms
+	}
+	r := newRoom(name, g.cfg) // starts goroutines; waits for no engine
 	e := &entry{room: r}
 	e.idle = time.AfterFunc(g.cfg.idleTimeout, func() { g.expire(name, e) })
 	r.onIdle = func() { e.idle.Reset(g.cfg.idleTimeout) }
@@ -86,6 +92,48 @@ func (g *Registry) acquire(name string) (*Room, error) {
 	return r, r.reserve()
 }
 
+// abandon gives back the place a handshake that failed took in r, and
+// forgets r at once if nobody else is in it: a failed handshake leaves no
+// room behind.
+func (g *Registry) abandon(r *Room) {
+	r.release()
+	g.mu.Lock()
+	e := g.rooms[r.name]
+	if e == nil || e.room != r || !r.markClosedIfIdle() {
+		g.mu.Unlock()
+		return
+	}
+	e.idle.Stop()
+	delete(g.rooms, r.name)
+	g.mu.Unlock()
+	r.Close()
+}
+
+// Publish publishes data to the room called name, making it if needed, as
+// Room.Publish does. Unlike a *Room kept by the caller, which is closed
+// once idle, name always reaches the live room.
+func (g *Registry) Publish(ctx context.Context, name string, data []byte, opts ...PublishOption) error {
+	var err error
+	for range 3 {
+		var r *Room
+		if r, err = g.Room(name); err != nil {
+			return err
+		}
+		err = r.Publish(ctx, data, opts...)
+		if !errors.Is(err, ErrClosed) || g.isClosed() {
+			return err
+		}
+		// The room expired between Room and Publish: get the new one.
+	}
+	return err
+}
+
+func (g *Registry) isClosed() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.closed
+}
+
 // Rooms returns the registry's rooms, sorted by name.
 func (g *Registry) Rooms() []*Room {
 	g.mu.Lock()
@@ -102,7 +150,9 @@ func (g *Registry) Rooms() []*Room {
 // Room.Handler, in the room whose name pick returns for the request. If
 // pick is nil, the name is the path value "name", as in the pattern
 // "GET /rooms/{name}" of an http.ServeMux. A name the validator refuses is
-// answered with 400 Bad Request and the validator's message.
+// answered with 400 Bad Request and the validator's message. A room is made
+// only for a handshake that passed every check, and a new room beyond
+// WithMaxRooms gets 503 Service Unavailable.
 func (g *Registry) Handler(pick func(*http.Request) string) http.Handler {
 	if pick == nil {
 		pick = func(r *http.Request) string { return r.PathValue("name") }
@@ -113,7 +163,7 @@ func (g *Registry) Handler(pick func(*http.Request) string) http.Handler {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		serveClient(&g.cfg, w, req, func() (*Room, error) { return g.acquire(name) })
+		serveClient(&g.cfg, w, req, func() (*Room, error) { return g.acquire(name) }, g.abandon)
 	})
 }
 

@@ -4,15 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"net/http"
-	"runtime"
-	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/coder/websocket"
 )
@@ -21,28 +15,14 @@ import (
 // that is shut down or closed.
 var ErrClosed = errors.New("wsroom: room closed")
 
-// StatusResync is the close code a client gets when it asked to resume from a
-// position the room's history no longer covers (or never did). The client
-// should drop what it has and reconnect without resuming.
+// StatusResync is the close code a client gets when the room cannot give it
+// every message after its position: it asked to resume from a position the
+// room's history no longer covers (or never did), or the room itself lost
+// messages. The client should drop what it has and reconnect; when the
+// reason ends in "resume=EPOCH:SEQ", reconnecting with that position gets
+// every message the room's history holds from there (see the package
+// documentation).
 const StatusResync websocket.StatusCode = 4000
-
-// HTTPError is an error an authorize hook returns to refuse a handshake with
-// a given HTTP status, such as 401 or 403.
-type HTTPError struct {
-	Code    int    // HTTP status code
-	Message string // response body; http.StatusText(Code) if empty
-}
-
-func (e *HTTPError) Error() string {
-	return fmt.Sprintf("wsroom: handshake refused: %d %s", e.Code, e.text())
-}
-
-func (e *HTTPError) text() string {
-	if e.Message != "" {
-		return e.Message
-	}
-	return http.StatusText(e.Code)
-}
 
 // Room is a set of WebSocket clients that receive the same messages.
 //
@@ -50,7 +30,9 @@ func (e *HTTPError) text() string {
 // room's Broker, which numbers it and hands it to the room's loop; the loop
 // encodes it once and queues the same bytes to every client; each client's
 // writer drains its own queue. No client can block the loop or another
-// client. See the package documentation for the whole path.
+// client, and the loop never waits for the application: hooks, the logger,
+// the Store and the Broker are called from other goroutines. See the
+// package documentation for the whole path.
 //
 // Room is safe for concurrent use by multiple goroutines. Call Close or
 // Shutdown to release its goroutines and connections.
@@ -59,14 +41,21 @@ type Room struct {
 	cfg       config
 	rawFrames bool // the room frames messages itself (no compression)
 
-	joinc   chan *Client
-	leavec  chan *Client
-	inbox   chan Message
-	queryc  chan chan []*Client
-	catchup chan struct{} // the broker may have missed messages
-	quit    chan struct{} // closed to stop the loop
-	done    chan struct{} // closed when the loop has returned
-	final   []*Client     // the loop's clients when it returned
+	// The loop's channels (loop.go).
+	joinc    chan *Client
+	leavec   chan *Client
+	inbox    chan Message
+	queryc   chan chan []*Client
+	catchup  chan struct{}    // the broker may have missed messages
+	fetchc   chan fetchResult // store reads the keeper did for the loop
+	wantc    chan fetchRequest
+	errc     chan roomError // errors for the keeper to report
+	overflow atomic.Bool    // deliver found the inbox full
+	quit     chan struct{}  // closed to stop the loop and the keeper
+	done     chan struct{}  // closed when the loop has returned
+	final    []*Client      // the loop's clients when it returned
+
+	frames frameCache // encoded history frames shared by replays
 
 	mu          sync.Mutex
 	state       roomState
@@ -88,12 +77,16 @@ const (
 	closed
 )
 
-// New returns a room configured by opts, subscribed to its Broker and ready
-// to serve clients through Handler. Its name, for the Broker and the Store,
-// is empty: rooms made by New that share a Broker or Store are one room
-// there. Use a Registry for named rooms.
+// New returns a room configured by opts, ready to serve clients through
+// Handler. It subscribes to its Broker in the background, so it never
+// waits for the Broker or the Store. Its name, for the Broker and the
+// Store, is empty: rooms made by New that share a Broker or Store are one
+// room there. Use a Registry for named rooms.
+//
+// New panics if opts cannot work together: WithStore given a Store other
+// than the one a Broker numbers messages in (see WithStore).
 func New(opts ...Option) *Room {
-	return newRoom("", newConfig(opts))
+	return newRoom("", mustConfig(opts))
 }
 
 func newRoom(name string, cfg config) *Room {
@@ -103,285 +96,24 @@ func newRoom(name string, cfg config) *Room {
 		rawFrames: cfg.compression == websocket.CompressionDisabled,
 		joinc:     make(chan *Client),
 		leavec:    make(chan *Client),
-		inbox:     make(chan Message, 256),
+		inbox:     make(chan Message, inboxSize),
 		queryc:    make(chan chan []*Client),
 		catchup:   make(chan struct{}, 1),
+		fetchc:    make(chan fetchResult),
+		wantc:     make(chan fetchRequest, 1),
+		errc:      make(chan roomError, errQueue),
 		quit:      make(chan struct{}),
 		done:      make(chan struct{}),
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.writeTimeout)
-	defer cancel()
-	unsub, err := cfg.broker.Subscribe(ctx, name, r.deliver, r.lost)
-	// The loop starts from the last stored message, so that a loss before
-	// the room's first delivery is noticed too.
-	var start Message
-	if last, err := cfg.store.Last(ctx, name, 1); err == nil && len(last) == 1 {
-		start = last[0]
-	}
-	r.wg.Go(func() { r.run(start.Epoch, start.Seq) })
-	if err != nil {
-		r.reportError(nil, fmt.Errorf("wsroom: subscribe to room %q: %w", name, err))
-		r.wg.Go(r.subscribe)
-	} else {
-		r.unsubscribe = unsub
-	}
+	r.frames.max = frameCacheBytes
+	r.wg.Go(r.run)
+	r.wg.Go(r.keep)
 	return r
 }
 
 // Name returns the room's name: the one given to Registry.Room, or "" for a
 // room made by New.
 func (r *Room) Name() string { return r.name }
-
-// subscribe retries a failed broker subscription with backoff until it
-// succeeds or the room stops.
-func (r *Room) subscribe() {
-	backoff := 50 * time.Millisecond
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.writeTimeout)
-		unsub, err := r.cfg.broker.Subscribe(ctx, r.name, r.deliver, r.lost)
-		cancel()
-		if err == nil {
-			r.mu.Lock()
-			stopped := isClosed(r.quit) // stop closes quit under mu
-			if !stopped {
-				r.unsubscribe = unsub
-			}
-			r.mu.Unlock()
-			if stopped {
-				unsub()
-			}
-			return
-		}
-		r.reportError(nil, fmt.Errorf("wsroom: subscribe to room %q: %w", r.name, err))
-		select {
-		case <-time.After(backoff):
-			backoff = min(2*backoff, 5*time.Second)
-		case <-r.quit:
-			return
-		}
-	}
-}
-
-func isClosed(c chan struct{}) bool {
-	select {
-	case <-c:
-		return true
-	default:
-		return false
-	}
-}
-
-// deliver hands a message from the broker to the room's loop.
-func (r *Room) deliver(m Message) {
-	select {
-	case r.inbox <- m:
-	case <-r.quit:
-	}
-}
-
-// lost is told by the broker that it may have missed messages; the loop
-// then catches up from the store.
-func (r *Room) lost(err error) {
-	r.reportError(nil, fmt.Errorf("wsroom: room %q may have missed messages: %w", r.name, err))
-	select {
-	case r.catchup <- struct{}{}:
-	default:
-	}
-}
-
-// run is the room's loop. It alone owns the set of clients. (epoch, last)
-// is the position of the last numbered message delivered.
-func (r *Room) run(epoch string, last uint64) {
-	clients := make(map[*Client]struct{})
-	defer func() {
-		r.final = slices.Collect(maps.Keys(clients))
-		close(r.done)
-	}()
-	handle := func(m Message) {
-		if !m.Ephemeral {
-			if m.Epoch == epoch && m.Seq <= last {
-				return // delivered already
-			}
-			if m.Epoch == epoch && last != 0 && m.Seq > last+1 {
-				gap, ok := r.missed(clients, epoch, last, m.Seq)
-				if !ok {
-					epoch, last = "", 0
-					return
-				}
-				for _, g := range gap {
-					r.fanout(clients, g)
-				}
-			}
-			epoch, last = m.Epoch, m.Seq
-		}
-		r.fanout(clients, m)
-	}
-	for {
-		select {
-		case c := <-r.joinc:
-			clients[c] = struct{}{}
-		case c := <-r.leavec:
-			delete(clients, c)
-		case m := <-r.inbox:
-			handle(m)
-		case q := <-r.queryc:
-			q <- slices.Collect(maps.Keys(clients))
-		case <-r.catchup:
-			if last == 0 {
-				continue
-			}
-			if ms, ok := r.missed(clients, epoch, last, 0); !ok {
-				epoch, last = "", 0
-			} else {
-				for _, m := range ms {
-					handle(m)
-				}
-			}
-		case <-r.quit:
-			// Deliver what the broker handed over before the stop.
-			for {
-				select {
-				case m := <-r.inbox:
-					handle(m)
-				default:
-					return
-				}
-			}
-		}
-	}
-}
-
-// missed returns the messages the store holds after (epoch, last), which the
-// broker did not deliver: those before next, all of them if next is zero. If
-// the store cannot serve them all, every client is told to resynchronise and
-// ok is false.
-func (r *Room) missed(clients map[*Client]struct{}, epoch string, last, next uint64) (msgs []Message, ok bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.writeTimeout)
-	defer cancel()
-	limit := 0
-	if next != 0 {
-		limit = int(next - last - 1)
-	}
-	msgs, err := r.cfg.store.After(ctx, r.name, epoch, last, limit)
-	if err == nil && (limit == 0 || len(msgs) == limit) {
-		return msgs, true
-	}
-	r.resyncAll(clients, fmt.Errorf("wsroom: room %q cannot recover the messages after %d: %v", r.name, last, err))
-	return nil, false
-}
-
-func (r *Room) resyncAll(clients map[*Client]struct{}, err error) {
-	r.reportError(nil, err)
-	for c := range clients {
-		c.fail(&closeRequest{code: StatusResync, reason: "wsroom: messages lost, resync", mode: closeDiscard, err: ErrGap})
-	}
-}
-
-// fanout encodes m once and queues it to every client it is for.
-func (r *Room) fanout(clients map[*Client]struct{}, m Message) {
-	frame, err := r.cfg.codec.Encode(m)
-	if err != nil {
-		r.reportError(nil, fmt.Errorf("wsroom: encode message %d: %w", m.Seq, err))
-		return
-	}
-	f := outFrame{seq: m.Seq, epoch: m.Epoch, data: r.newFrame(frame)}
-	// On a single P, with no other message waiting, the loop writes to idle
-	// clients itself, saving a goroutine switch per delivery. With more Ps
-	// the writers spread the system calls over the cores, and under load
-	// they write all that queued up for a client in one system call.
-	inline := len(r.inbox) == 0 && runtime.GOMAXPROCS(0) == 1
-	for c := range clients {
-		if m.Except != "" && c.id == m.Except {
-			continue
-		}
-		c.enqueue(f, inline)
-	}
-}
-
-// PublishOption changes how one message is published.
-type PublishOption func(*publishConfig)
-
-type publishConfig struct {
-	ephemeral bool
-	except    string
-	from      string
-	keep      func(*Client) bool
-}
-
-// Ephemeral publishes a message that gets no sequence number, is not stored
-// and is never replayed, such as a typing indicator.
-func Ephemeral() PublishOption {
-	return func(p *publishConfig) { p.ephemeral = true }
-}
-
-// Except publishes a message to every client but c, on every node. Such a
-// message is ephemeral.
-func Except(c *Client) PublishOption {
-	return func(p *publishConfig) { p.except, p.ephemeral = c.id, true }
-}
-
-// From marks a message as sent by c (Message.From), as if c had sent it.
-func From(c *Client) PublishOption {
-	return func(p *publishConfig) { p.from = c.id }
-}
-
-// Filter publishes a message only to the clients of this node for which keep
-// returns true; keep runs on the publishing goroutine. Such a message is
-// ephemeral and does not go through the Broker, so clients on other nodes
-// never see it.
-func Filter(keep func(c *Client) bool) PublishOption {
-	return func(p *publishConfig) { p.keep, p.ephemeral = keep, true }
-}
-
-// Publish sends data to every client of the room, on every node. Unless an
-// option makes it ephemeral, the message is numbered, stored in the room's
-// history, and reaches every client in the same order as every other
-// message. Publish checks data with the codec's Decode first, so that, say,
-// a JSON room refuses what is not JSON.
-//
-// Publish returns when the message is on its way, not when it has been
-// written. It returns ErrClosed once the room is shutting down or closed.
-// data must not be modified afterwards.
-func (r *Room) Publish(ctx context.Context, data []byte, opts ...PublishOption) error {
-	var p publishConfig
-	for _, o := range opts {
-		o(&p)
-	}
-	if _, err := r.cfg.codec.Decode(data); err != nil {
-		return err
-	}
-	m := Message{Time: time.Now(), From: p.from, Except: p.except, Ephemeral: p.ephemeral, Data: data}
-	if p.keep != nil {
-		return r.publishLocal(m, p.keep)
-	}
-	return r.publish(ctx, m)
-}
-
-func (r *Room) publish(ctx context.Context, m Message) error {
-	if !r.isOpen() {
-		return ErrClosed
-	}
-	return r.cfg.broker.Publish(ctx, r.name, m)
-}
-
-// publishLocal encodes m once and queues it to the local clients keep
-// accepts.
-func (r *Room) publishLocal(m Message, keep func(*Client) bool) error {
-	if !r.isOpen() {
-		return ErrClosed
-	}
-	payload, err := r.cfg.codec.Encode(m)
-	if err != nil {
-		return err
-	}
-	frame := r.newFrame(payload)
-	for _, c := range r.Clients() {
-		if keep(c) {
-			c.enqueue(outFrame{data: frame}, false)
-		}
-	}
-	return nil
-}
 
 // isClosedNow reports whether Close (not Shutdown) has been called.
 func (r *Room) isClosedNow() bool {
@@ -427,102 +159,18 @@ func (r *Room) Len() int { return int(r.joined.Load()) }
 
 // Handler returns an http.Handler that upgrades each request to a WebSocket,
 // joins the client to the room and serves it until it leaves. It answers
-// non-WebSocket requests with 426 Upgrade Required, a bad resume parameter
-// with 400, refused authorization with the hook's status, cross-origin
-// requests with 403, and requests to a full, shut down or closed room with
-// 503 Service Unavailable.
+// non-WebSocket requests with 426 Upgrade Required, malformed handshakes and
+// a bad resume parameter with 400, cross-origin requests with 403, refused
+// authorization with the hook's status, and requests to a full, shut down
+// or closed room with 503 Service Unavailable. The checks run in that order,
+// the authorize hook last.
 //
 // A client may ask to resume after the last message it saw by adding
 // "?resume=EPOCH:SEQ" to the URL; see the package documentation.
 func (r *Room) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		serveClient(&r.cfg, w, req, func() (*Room, error) { return r, r.reserve() })
+		serveClient(&r.cfg, w, req, func() (*Room, error) { return r, r.reserve() }, (*Room).release)
 	})
-}
-
-var (
-	errFull = errors.New("wsroom: room is full")
-)
-
-// serveClient runs the handshake checks, upgrades, and serves the client on
-// the room that acquire reserves a place in.
-func serveClient(cfg *config, w http.ResponseWriter, req *http.Request, acquire func() (*Room, error)) {
-	if !headerHas(req.Header, "Connection", "upgrade") || !headerHas(req.Header, "Upgrade", "websocket") {
-		w.Header().Set("Upgrade", "websocket")
-		http.Error(w, "wsroom: this endpoint speaks WebSocket only", http.StatusUpgradeRequired)
-		return
-	}
-	resume, err := parseResume(req.URL.Query().Get("resume"))
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	var identity any
-	if cfg.authorize != nil {
-		identity, err = cfg.authorize(req)
-		if err != nil {
-			var he *HTTPError
-			if errors.As(err, &he) {
-				http.Error(w, he.text(), he.Code)
-			} else {
-				http.Error(w, http.StatusText(http.StatusForbidden), http.StatusForbidden)
-			}
-			return
-		}
-	}
-	r, err := acquire()
-	if err != nil {
-		w.Header().Set("Retry-After", "1")
-		http.Error(w, err.Error(), http.StatusServiceUnavailable)
-		return
-	}
-	hw := &hijackWriter{ResponseWriter: w, timeout: r.cfg.writeTimeout}
-	conn, err := websocket.Accept(hw, req, &websocket.AcceptOptions{
-		OriginPatterns:  cfg.origins,
-		CompressionMode: cfg.compression,
-	})
-	if err != nil {
-		r.release()
-		r.cfg.logger.Debug("wsroom: handshake failed", "room", r.name, "err", err)
-		return
-	}
-	// The client runs on its own goroutine, so that the handler returns and
-	// net/http lets go of the request and its buffers.
-	go newClient(r, conn, hw.conn, identity, resume).serve()
-}
-
-func headerHas(h http.Header, key, token string) bool {
-	for _, v := range h.Values(key) {
-		for t := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(t), token) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// position is a place in a room's history a client resumes after.
-type position struct {
-	epoch string
-	seq   uint64
-}
-
-var errBadResume = errors.New(`wsroom: bad resume parameter: want "EPOCH:SEQ" as sent in message envelopes`)
-
-func parseResume(s string) (*position, error) {
-	if s == "" {
-		return nil, nil
-	}
-	i := strings.LastIndexByte(s, ':')
-	if i < 1 || i > 128 {
-		return nil, errBadResume
-	}
-	seq, err := strconv.ParseUint(s[i+1:], 10, 64)
-	if err != nil {
-		return nil, errBadResume
-	}
-	return &position{epoch: s[:i], seq: seq}, nil
 }
 
 // reserve takes a place for a client about to join.
@@ -583,7 +231,7 @@ func (r *Room) leave(c *Client) {
 	r.joined.Add(-1)
 }
 
-// stop stops the loop and the broker subscription, once.
+// stop stops the loop, the keeper and the broker subscription, once.
 func (r *Room) stop() {
 	r.stopOnce.Do(func() {
 		r.mu.Lock()
@@ -600,9 +248,10 @@ func (r *Room) stop() {
 
 // Shutdown shuts the room down gracefully: new handshakes get 503 and
 // publishing returns ErrClosed; every client is sent what is already queued
-// for it, then a close frame with websocket.StatusGoingAway (1001). Shutdown
-// returns when every goroutine of the room has ended, or with ctx.Err() when
-// ctx ends first (Close then finishes the job).
+// for it, then a close frame with websocket.StatusGoingAway (1001). A
+// client that cannot take its writes is dropped within the write timeout.
+// Shutdown returns when every goroutine of the room has ended, or with
+// ctx.Err() when ctx ends first (Close then finishes the job).
 //
 // http.Server.Shutdown does not wait for WebSocket connections, which it no
 // longer tracks once upgraded: call Room.Shutdown after it (see the
@@ -649,8 +298,14 @@ func (r *Room) Close() error {
 	return nil
 }
 
+// reportError counts err, logs it and passes it to the error hook, on the
+// calling goroutine: a client's own, never the loop's (see reportAsync).
 func (r *Room) reportError(c *Client, err error) {
 	r.stats.errors.Add(1)
+	r.report(c, err)
+}
+
+func (r *Room) report(c *Client, err error) {
 	if c != nil {
 		r.cfg.logger.Warn("wsroom: client error", "room", r.name, "client", c.id, "err", err)
 	} else {
@@ -663,6 +318,24 @@ func (r *Room) reportError(c *Client, err error) {
 			}
 		}()
 		r.cfg.onError(c, err)
+	}
+}
+
+// roomError is an error the loop or a broker callback hands to the keeper
+// to report.
+type roomError struct {
+	c   *Client
+	err error
+}
+
+// reportAsync counts err and hands it to the keeper, which logs it and runs
+// the error hook, so that the caller (the loop, a broker's goroutine) never
+// waits for them. When errQueue errors wait already, err is counted only.
+func (r *Room) reportAsync(c *Client, err error) {
+	r.stats.errors.Add(1)
+	select {
+	case r.errc <- roomError{c, err}:
+	default:
 	}
 }
 

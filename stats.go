@@ -15,19 +15,26 @@ type Stats struct {
 	Resyncs     uint64 // resumes refused with StatusResync
 	Dropped     uint64 // messages dropped by the DropOldest or DropNewest policy
 	Throttled   uint64 // messages delayed by the Throttle rate policy
-	Errors      uint64 // errors passed to the error hook
+	Errors      uint64 // errors counted: passed to the error hook, or too many at once to report
+	Overflow    uint64 // broker messages the loop was too far behind to take: read back from the store, or dropped if ephemeral
+
+	// Messages from clients the Broker did not take at first.
+	PublishRetries uint64 // retries of a client's message while the Broker failed
 
 	// Clients closed by the room, by reason.
 	ClosedSlow      uint64 // send buffer full (CloseSlow)
-	ClosedRateLimit uint64 // over the rate limit (CloseOverLimit)
+	ClosedRateLimit uint64 // over the rate limit (CloseOverLimit), or pinging too often
 	ClosedInvalid   uint64 // bad input: too big, bad UTF-8, codec error, wrong frame type
 	ClosedPing      uint64 // no pong in time
+	ClosedWrite     uint64 // a write failed or timed out: dropped without a close frame
+	ClosedRetry     uint64 // the Broker failed for the publish retry time (1013)
 }
 
 type counters struct {
 	joins, leaves, messagesIn, bytesIn, messagesOut, bytesOut atomic.Uint64
 	replayed, resyncs, dropped, throttled, errors             atomic.Uint64
 	closedSlow, closedRate, closedInvalid, closedPing         atomic.Uint64
+	overflow, publishRetries, closedWrite, closedUnavailable  atomic.Uint64
 }
 
 // Stats returns a snapshot of the room's counters. It is cheap: a few atomic
@@ -51,5 +58,9 @@ func (r *Room) Stats() Stats {
 		ClosedRateLimit: s.closedRate.Load(),
 		ClosedInvalid:   s.closedInvalid.Load(),
 		ClosedPing:      s.closedPing.Load(),
+		ClosedWrite:     s.closedWrite.Load(),
+		ClosedRetry:     s.closedUnavailable.Load(),
+		Overflow:        s.overflow.Load(),
+		PublishRetries:  s.publishRetries.Load(),
 	}
 }

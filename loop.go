@@ -1,0 +1,387 @@
+package wsroom
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"runtime"
+	"slices"
+	"time"
+)
+
+// This file holds the room's loop, which alone owns the set of clients and
+// the room's place in its history, and the keeper, the room's other
+// goroutine, which does what may wait: it subscribes to the Broker, reads
+// the Store for the loop, and reports errors to the application.
+
+const (
+	// inboxSize is how many messages from the Broker may wait for the loop.
+	// When the inbox is full the Broker is not held up: a numbered message
+	// is read back from the Store, an ephemeral one is dropped (counted in
+	// Stats.Overflow).
+	inboxSize = 1024
+	// catchUpPage is how many messages the keeper reads from the Store at a
+	// time when the loop catches up.
+	catchUpPage = 256
+	// errQueue is how many errors may wait for the keeper to report them.
+	errQueue = 64
+	// storeRetry bounds how long the keeper retries a failing Store read
+	// for the loop before the room's clients are resynchronised.
+	storeRetry = 30 * time.Second
+)
+
+// deliver hands a message from the broker to the room's loop. It never
+// blocks: if the loop is behind, a numbered message is read back from the
+// store later and an ephemeral one is dropped.
+func (r *Room) deliver(m Message) {
+	select {
+	case r.inbox <- m:
+		return
+	default:
+	}
+	r.stats.overflow.Add(1)
+	if !m.Ephemeral {
+		r.overflow.Store(true)
+		r.nudge()
+	}
+}
+
+// lost is told by the broker that it may have missed messages; the loop
+// then catches up from the store.
+func (r *Room) lost(err error) {
+	r.reportAsync(nil, fmt.Errorf("wsroom: room %q may have missed messages: %w", r.name, err))
+	r.overflow.Store(true)
+	r.nudge()
+}
+
+func (r *Room) nudge() {
+	select {
+	case r.catchup <- struct{}{}:
+	default:
+	}
+}
+
+// fetchRequest asks the keeper for what the store holds: the room's last
+// message (start), or the messages after a position.
+type fetchRequest struct {
+	start bool
+	after position
+}
+
+// fetchResult is the keeper's answer. When the store could not serve the
+// messages after the position, gap is set and current is the room's
+// position in the store now (current.epoch is empty if it is unknown).
+type fetchResult struct {
+	answer  bool // to a fetchRequest (not the keeper's first start)
+	start   bool
+	msgs    []Message
+	gap     bool
+	current position
+	known   bool // current is known
+	err     error
+}
+
+// loop is the state of the room's loop.
+type loop struct {
+	r       *Room
+	clients map[*Client]struct{}
+	pos     position // the last numbered message delivered
+	known   bool     // pos is known: the start was read or a message came
+	behind  bool     // the store may hold messages after pos not delivered
+	asked   bool     // a fetchRequest is with the keeper
+}
+
+// run is the room's loop. It alone owns the set of clients and pos. It
+// never calls the application, the Store or the Broker, and never waits
+// for a client.
+func (r *Room) run() {
+	l := &loop{r: r, clients: make(map[*Client]struct{})}
+	defer func() {
+		r.final = slices.Collect(maps.Keys(l.clients))
+		close(r.done)
+	}()
+	for {
+		select {
+		case c := <-r.joinc:
+			l.clients[c] = struct{}{}
+		case c := <-r.leavec:
+			delete(l.clients, c)
+		case m := <-r.inbox:
+			l.handle(m)
+		case q := <-r.queryc:
+			q <- slices.Collect(maps.Keys(l.clients))
+		case <-r.catchup:
+			if r.overflow.Swap(false) {
+				l.behind = true
+				l.ask()
+			}
+		case res := <-r.fetchc:
+			if res.answer {
+				l.asked = false
+			}
+			l.result(res)
+			l.ask()
+		case <-r.quit:
+			// Deliver what the broker handed over before the stop.
+			for {
+				select {
+				case m := <-r.inbox:
+					l.handle(m)
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+// handle delivers m from the broker, or notes that the room must catch up.
+func (l *loop) handle(m Message) {
+	if m.Ephemeral {
+		l.fanout(m)
+		return
+	}
+	switch {
+	case !l.known:
+	case l.pos.epoch != "" && m.Epoch != l.pos.epoch:
+		// The history was reset: what the old epoch's clients had and
+		// what the new one holds before m cannot be stitched together.
+		l.resync(position{epoch: m.Epoch, seq: m.Seq}, true, true, fmt.Errorf("wsroom: room %q history moved to a new epoch", l.r.name))
+		return
+	case m.Seq <= l.pos.seq:
+		return // delivered already
+	case m.Seq > l.pos.seq+1:
+		// The broker missed some: the store has them, m included.
+		l.behind = true
+		l.ask()
+		return
+	}
+	l.pos, l.known = position{epoch: m.Epoch, seq: m.Seq}, true
+	l.fanout(m)
+}
+
+// ask asks the keeper for what the loop needs, unless it has asked already.
+func (l *loop) ask() {
+	if l.asked || (l.known && !l.behind) {
+		return
+	}
+	req := fetchRequest{start: !l.known, after: l.pos}
+	l.r.wantc <- req // never blocks: the loop sends one request at a time
+	l.asked = true
+}
+
+// result applies the keeper's answer.
+func (l *loop) result(res fetchResult) {
+	switch {
+	case res.start:
+		if !l.known && res.known {
+			l.pos, l.known = res.current, true
+		}
+	case res.gap:
+		err := fmt.Errorf("wsroom: room %q cannot recover the messages after %v: %w", l.r.name, l.pos, ErrGap)
+		if res.err != nil {
+			err = fmt.Errorf("wsroom: room %q cannot recover the messages after %v: %w", l.r.name, l.pos, res.err)
+		}
+		l.resync(res.current, res.known, res.known && res.current.epoch != "" && res.current.epoch != l.pos.epoch, err)
+	default:
+		for _, m := range res.msgs {
+			l.handle(m)
+		}
+		if len(res.msgs) < catchUpPage {
+			l.behind = false
+		}
+	}
+}
+
+// resync closes every client with StatusResync, as the room cannot give
+// them every message after their position, and moves the room to now
+// (unknown unless known is set). If
+// fromStart is set, now is in a new epoch whose messages the store holds
+// from the first: the close reason tells clients to resume from its start.
+func (l *loop) resync(now position, known, fromStart bool, err error) {
+	l.r.reportAsync(nil, err)
+	reason := "wsroom: messages lost, resync"
+	if fromStart {
+		reason += " resume=" + position{epoch: now.epoch}.String()
+	}
+	req := &closeRequest{code: StatusResync, reason: truncate(reason, maxReason), mode: closeDiscard, err: ErrGap}
+	for c := range l.clients {
+		c.fail(req)
+	}
+	l.r.stats.resyncs.Add(uint64(len(l.clients)))
+	l.pos, l.known, l.behind = now, known, false
+}
+
+// fanout encodes m once and queues it to every client it is for.
+func (l *loop) fanout(m Message) {
+	r := l.r
+	payload, err := r.encode(m)
+	if err != nil {
+		r.reportAsync(nil, fmt.Errorf("wsroom: encode message %d: %w", m.Seq, err))
+		return
+	}
+	f := outFrame{seq: m.Seq, epoch: m.Epoch, data: r.newFrame(payload)}
+	// On a single P, with no other message waiting, the loop writes to idle
+	// clients itself, saving a goroutine switch per delivery. With more Ps
+	// the writers spread the system calls over the cores, and under load
+	// they write all that queued up for a client in one system call.
+	inline := len(r.inbox) == 0 && runtime.GOMAXPROCS(0) == 1
+	for c := range l.clients {
+		if m.Except != "" && c.id == m.Except {
+			continue
+		}
+		c.enqueue(f, inline)
+	}
+}
+
+// keep is the room's keeper: it subscribes the room to its broker, reads
+// the store for the loop and reports errors, until the room stops. Every
+// call it makes may wait; none holds up the loop.
+func (r *Room) keep() {
+	if !r.subscribe() {
+		return
+	}
+	for {
+		select {
+		case req := <-r.wantc:
+			res := r.fetch(req)
+			select {
+			case r.fetchc <- res:
+			case <-r.quit:
+				return
+			}
+		case e := <-r.errc:
+			r.report(e.c, e.err)
+		case <-r.quit:
+			return
+		}
+	}
+}
+
+// subscribe reads the room's last stored message, for the loop to start
+// from, then subscribes to the broker, each retried with backoff until it
+// succeeds or the room stops. Reading first means that a message published
+// between the two is noticed as a gap and read back from the store.
+func (r *Room) subscribe() bool {
+	var start position
+	if !r.retry(0, func(ctx context.Context) error {
+		last, err := r.cfg.store.Last(ctx, r.name, 1)
+		if err == nil && len(last) == 1 {
+			start = position{epoch: last[0].Epoch, seq: last[0].Seq}
+		}
+		return err
+	}) {
+		return false
+	}
+	select {
+	case r.fetchc <- fetchResult{start: true, current: start, known: true}:
+	case <-r.quit:
+		return false
+	}
+	var unsub func()
+	if !r.retry(0, func(ctx context.Context) (err error) {
+		unsub, err = r.cfg.broker.Subscribe(ctx, r.name, r.deliver, r.lost)
+		return err
+	}) {
+		return false
+	}
+	r.mu.Lock()
+	stopped := isClosed(r.quit) // stop closes quit under mu
+	if !stopped {
+		r.unsubscribe = unsub
+	}
+	r.mu.Unlock()
+	if stopped {
+		unsub()
+		return false
+	}
+	return true
+}
+
+// fetch serves a request of the loop.
+func (r *Room) fetch(req fetchRequest) fetchResult {
+	if req.start {
+		// The loop lost its place (its clients were resynchronised): start
+		// from the store's last message.
+		res := fetchResult{answer: true, start: true}
+		res.known = r.retry(storeRetry, func(ctx context.Context) error {
+			last, err := r.cfg.store.Last(ctx, r.name, 1)
+			if err == nil && len(last) == 1 {
+				res.current = position{epoch: last[0].Epoch, seq: last[0].Seq}
+			}
+			return err
+		})
+		return res
+	}
+	var msgs []Message
+	var gap error
+	ok := r.retry(storeRetry, func(ctx context.Context) error {
+		var err error
+		msgs, err = r.cfg.store.After(ctx, r.name, req.after.epoch, req.after.seq, catchUpPage)
+		if errors.Is(err, ErrGap) {
+			gap = err
+			return nil // no use retrying
+		}
+		return err
+	})
+	if ok && gap == nil {
+		return fetchResult{answer: true, msgs: msgs}
+	}
+	res := fetchResult{answer: true, gap: true}
+	if !ok {
+		res.err = errors.New("store unavailable")
+		return res
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.writeTimeout)
+	defer cancel()
+	if last, err := r.cfg.store.Last(ctx, r.name, 1); err == nil {
+		res.known = true
+		if len(last) == 1 {
+			res.current = position{epoch: last[0].Epoch, seq: last[0].Seq}
+		}
+	}
+	return res
+}
+
+// retry runs op, each try bounded by the write timeout, until it succeeds,
+// the room stops, or (if limit > 0) limit has passed, waiting between tries
+// from 50ms doubling up to 5s. Failures are reported. It reports whether op
+// succeeded.
+func (r *Room) retry(limit time.Duration, op func(context.Context) error) bool {
+	backoff := 50 * time.Millisecond
+	var deadline time.Time
+	if limit > 0 {
+		deadline = time.Now().Add(limit)
+	}
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.writeTimeout)
+		err := op(ctx)
+		cancel()
+		if err == nil {
+			return true
+		}
+		r.stats.errors.Add(1)
+		r.report(nil, fmt.Errorf("wsroom: room %q: %w", r.name, err))
+		if !deadline.IsZero() && time.Now().Add(backoff).After(deadline) {
+			return false
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+			backoff = min(2*backoff, 5*time.Second)
+		case <-r.quit:
+			t.Stop()
+			return false
+		}
+	}
+}
+
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}

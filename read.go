@@ -1,0 +1,159 @@
+package wsroom
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// This file holds a client's read path: what it sends is read, limited,
+// checked and published, or the client is told why not.
+
+// ErrRateLimited is the leave reason of a client closed for sending faster
+// than its rate limit (see CloseOverLimit), or for pinging faster than the
+// room answers.
+var ErrRateLimited = errors.New("wsroom: rate limit exceeded")
+
+// ErrUnavailable is the leave reason of a client closed because the room
+// could not publish its message: the Broker kept failing for the publish
+// retry time (see WithPublishRetry). The client was closed with
+// websocket.StatusTryAgainLater (1013) and should send the message again.
+var ErrUnavailable = errors.New("wsroom: message not published, broker unavailable")
+
+// readLoop reads, checks and publishes the client's messages until the
+// connection fails or the client must be closed.
+func (c *Client) readLoop() error {
+	r := c.room
+	cfg := &r.cfg
+	var lim *limiter
+	if cfg.rateLimit > 0 {
+		lim = newLimiter(cfg.rateLimit, cfg.rateBurst)
+	}
+	for {
+		typ, data, err := c.conn.Read(context.Background())
+		if err != nil {
+			if errors.Is(err, websocket.ErrMessageTooBig) {
+				r.stats.closedInvalid.Add(1)
+				r.reportError(c, err)
+			}
+			return err
+		}
+		r.stats.messagesIn.Add(1)
+		r.stats.bytesIn.Add(uint64(len(data)))
+		if typ != cfg.codec.MessageType() {
+			return c.reject(websocket.StatusUnsupportedData, fmt.Errorf("wsroom: %v frame in a room of %v frames", typ, cfg.codec.MessageType()))
+		}
+		if lim != nil {
+			if wait := lim.take(time.Now()); wait > 0 {
+				if cfg.ratePolicy == CloseOverLimit {
+					r.stats.closedRate.Add(1)
+					c.requestClose(websocket.StatusPolicyViolation, "wsroom: rate limit exceeded", closeDiscard)
+					return ErrRateLimited
+				}
+				r.stats.throttled.Add(1)
+				if !c.sleep(wait) {
+					return ErrClosed
+				}
+			}
+		}
+		payload, err := r.check(data)
+		if err != nil {
+			return c.reject(websocket.StatusInvalidFramePayloadData, err)
+		}
+		if cfg.onMessage != nil {
+			if err := r.hook(c, "message", func() error { return cfg.onMessage(c, payload) }); err != nil {
+				code := websocket.StatusPolicyViolation
+				if errors.As(err, new(*hookPanic)) {
+					code = websocket.StatusInternalError
+				} else {
+					r.reportError(c, err)
+				}
+				c.requestClose(code, truncate(err.Error(), maxReason), closeDiscard)
+				return err
+			}
+			continue
+		}
+		if err := c.publish(Message{Time: time.Now(), From: c.id, Data: payload}); err != nil {
+			return err
+		}
+	}
+}
+
+// publish publishes a message the client sent. While the broker fails, it
+// retries with backoff, and the client's next message waits: the client is
+// slowed, not lied to. If the broker still fails after the publish retry
+// time, the client is closed with websocket.StatusTryAgainLater, so that it
+// knows to send again.
+func (c *Client) publish(m Message) error {
+	r := c.room
+	backoff := 20 * time.Millisecond
+	deadline := time.Now().Add(r.cfg.publishRetry)
+	for {
+		ctx, cancel := context.WithTimeout(c.ctx, r.cfg.writeTimeout)
+		err := r.publish(ctx, m)
+		cancel()
+		if err == nil || errors.Is(err, ErrClosed) {
+			return err
+		}
+		r.reportError(c, err)
+		if time.Now().Add(backoff).After(deadline) {
+			r.stats.closedUnavailable.Add(1)
+			c.requestClose(websocket.StatusTryAgainLater, "wsroom: message not published, send it again", closeDrain)
+			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		r.stats.publishRetries.Add(1)
+		if !c.sleep(backoff) {
+			return ErrClosed
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// sleep waits for d, or until the client is closing; it reports whether it
+// waited the whole time.
+func (c *Client) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-c.closing:
+		return false
+	}
+}
+
+// reject reports bad input from the client and closes it with code.
+func (c *Client) reject(code websocket.StatusCode, err error) error {
+	c.room.stats.closedInvalid.Add(1)
+	c.room.reportError(c, err)
+	c.requestClose(code, truncate(err.Error(), maxReason), closeDiscard)
+	return err
+}
+
+// limiter is a token bucket.
+type limiter struct {
+	rate   float64 // tokens per second
+	burst  float64
+	tokens float64
+	last   time.Time
+}
+
+func newLimiter(rate float64, burst int) *limiter {
+	return &limiter{rate: rate, burst: float64(burst), tokens: float64(burst)}
+}
+
+// take takes a token at now and returns how long to wait first (0 if none).
+func (l *limiter) take(now time.Time) time.Duration {
+	if !l.last.IsZero() {
+		l.tokens = min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)
+	}
+	l.last = now
+	l.tokens--
+	if l.tokens >= 0 {
+		return 0
+	}
+	return time.Duration(-l.tokens / l.rate * float64(time.Second))
+}

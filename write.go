@@ -1,0 +1,310 @@
+package wsroom
+
+import (
+	"context"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// This file holds a client's write path: its queue, the slow-client policy,
+// the writer that drains the queue, how a connection ends, and pings.
+
+// outFrame is an encoded message waiting to be written. data is shared by
+// every client the message goes to.
+type outFrame struct {
+	seq   uint64
+	epoch string
+	data  []byte
+}
+
+type closeMode int
+
+const (
+	closeDrain   closeMode = iota // write what is queued, then the close frame
+	closeDiscard                  // drop what is queued, write the close frame
+	closeAbort                    // drop the connection without a close frame
+)
+
+type closeRequest struct {
+	code   websocket.StatusCode
+	reason string
+	mode   closeMode
+	err    error // why the client leaves, for the leave hook
+}
+
+// queuePool recycles queues, so an idle client holds none.
+var queuePool = sync.Pool{New: func() any { return new([]outFrame) }}
+
+// enqueue queues f for writing, applying the slow-client policy when the
+// queue is full. It never blocks and reports whether f was queued (or
+// written).
+//
+// When inline is set (see loop.fanout), nothing is queued and no writer
+// runs, enqueue first tries to write the frame at once, without waiting:
+// most of the time the socket takes it whole, and no goroutine has to wake
+// up. If the socket takes only part of it, the connection keeps the rest
+// and a writer finishes it before anything else.
+func (c *Client) enqueue(f outFrame, inline bool) bool {
+	r := c.room
+	c.mu.Lock()
+	if c.closeReq != nil {
+		c.mu.Unlock()
+		return false
+	}
+	if inline && r.rawFrames && len(c.queue) == 0 && !c.writing && !c.replaying && !c.stopped {
+		c.writing = true // the writer's token, held for this attempt
+		c.mu.Unlock()
+		res, err := c.writeNow(f)
+		c.mu.Lock()
+		c.writing = false
+		switch {
+		case err != nil:
+			c.mu.Unlock()
+			c.abort(err)
+			return false
+		case res == tryWhole:
+			if len(c.queue) > 0 || c.closeReq != nil {
+				c.startWriterLocked() // for what came in meanwhile
+			}
+			c.mu.Unlock()
+			return true
+		case res == tryPartial:
+			c.partial = true
+			c.startWriterLocked()
+			c.mu.Unlock()
+			return true
+		}
+		// Not tried: queue it like any other.
+		if c.closeReq != nil {
+			c.mu.Unlock()
+			return false
+		}
+	}
+	defer c.mu.Unlock()
+	if len(c.queue) >= r.cfg.sendBuffer {
+		switch r.cfg.slowPolicy {
+		case DropNewest:
+			r.stats.dropped.Add(1)
+			return false
+		case DropOldest:
+			n := copy(c.queue, c.queue[1:])
+			c.queue[n] = outFrame{}
+			c.queue = c.queue[:n]
+			r.stats.dropped.Add(1)
+		default:
+			r.stats.closedSlow.Add(1)
+			c.setCloseLocked(&closeRequest{code: websocket.StatusPolicyViolation, reason: "wsroom: send buffer full", mode: closeDiscard, err: ErrSlow})
+			return false
+		}
+	}
+	c.queue = append(c.queueOrNew(), f)
+	c.startWriterLocked()
+	return true
+}
+
+// queueOrNew returns the queue, or an empty one from the pool if there is
+// none.
+func (c *Client) queueOrNew() []outFrame {
+	if c.queue == nil {
+		return (*queuePool.Get().(*[]outFrame))[:0]
+	}
+	return c.queue
+}
+
+// writeNow writes f if the socket takes it without waiting, holding the
+// writer's token.
+func (c *Client) writeNow(f outFrame) (tryResult, error) {
+	if f.seq != 0 {
+		if f.epoch == c.lastEpoch && f.seq <= c.lastSeq {
+			return tryWhole, nil // the client has it
+		}
+	}
+	res, n, err := c.fc.tryWrite(f.data)
+	if err != nil || res == tryBusy {
+		return res, err
+	}
+	if f.seq != 0 {
+		c.lastEpoch, c.lastSeq = f.epoch, f.seq
+	}
+	c.room.stats.messagesOut.Add(1)
+	c.room.stats.bytesOut.Add(uint64(n))
+	return res, nil
+}
+
+// requestClose asks for the connection to be closed with code and reason.
+func (c *Client) requestClose(code websocket.StatusCode, reason string, mode closeMode) {
+	c.fail(&closeRequest{code: code, reason: reason, mode: mode})
+}
+
+// fail sets how the connection ends, unless that is set already. An abort
+// closes the connection at once, from any goroutine; other requests are
+// carried out by the writer after (or instead of) what is queued.
+func (c *Client) fail(req *closeRequest) {
+	c.mu.Lock()
+	set := c.setCloseLocked(req)
+	c.mu.Unlock()
+	if set && req.mode == closeAbort {
+		c.conn.CloseNow()
+	}
+}
+
+// abort drops the connection at once, whatever close was requested before:
+// a write failed, so no close frame can follow. err is the leave reason
+// unless one was set.
+func (c *Client) abort(err error) {
+	c.fail(&closeRequest{mode: closeAbort, err: err})
+	c.conn.CloseNow()
+}
+
+// setCloseLocked records req if no close request is set yet, and makes sure
+// a writer will carry it out.
+func (c *Client) setCloseLocked(req *closeRequest) bool {
+	if c.closeReq != nil {
+		return false
+	}
+	c.closeReq = req
+	close(c.closing)
+	if req.mode != closeAbort {
+		c.startWriterLocked()
+	}
+	return true
+}
+
+// startWriterLocked starts a writer unless one runs, history is being
+// replayed, or the client is gone. Writers exit when the queue is empty, so
+// an idle client has no writer goroutine.
+func (c *Client) startWriterLocked() {
+	if c.writing || c.replaying || c.stopped {
+		return
+	}
+	c.writing = true
+	c.wg.Add(1)
+	go c.writeLoop()
+}
+
+// writeLoop writes what is queued until the queue is empty or the
+// connection ends. One writer runs at a time.
+func (c *Client) writeLoop() {
+	defer c.wg.Done()
+	for {
+		c.mu.Lock()
+		batch, req, partial := c.queue, c.closeReq, c.partial
+		c.queue, c.partial = nil, false
+		if len(batch) == 0 && req == nil && !partial {
+			c.writing = false
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+		if req != nil && req.mode != closeDrain {
+			batch = batch[:0] // the rest of a begun frame still goes out
+		}
+		err := c.write(batch, partial)
+		if batch != nil {
+			clear(batch)
+			batch = batch[:0]
+			queuePool.Put(&batch)
+		}
+		if err != nil {
+			c.room.stats.closedWrite.Add(1)
+			c.abort(err)
+			return // writing stays set: the connection is finished
+		}
+		if req != nil {
+			if req.mode == closeAbort {
+				c.conn.CloseNow()
+			} else {
+				// Bounded: the close frame's write by the write timeout,
+				// the wait for the peer's answer by coder/websocket (5s).
+				// The connection is closed either way.
+				c.conn.Close(req.code, req.reason)
+			}
+			return
+		}
+	}
+}
+
+// iovPool recycles the lists of frames handed to writev.
+var iovPool = sync.Pool{New: func() any { return new(net.Buffers) }}
+
+// write writes a batch of frames, after the rest of a begun frame if
+// partial is set, skipping messages the client already has.
+func (c *Client) write(batch []outFrame, partial bool) error {
+	if len(batch) == 0 && !partial {
+		return nil
+	}
+	r := c.room
+	iovp := iovPool.Get().(*net.Buffers)
+	iov := (*iovp)[:0]
+	var bytes uint64
+	for _, f := range batch {
+		if f.seq != 0 {
+			if f.epoch == c.lastEpoch && f.seq <= c.lastSeq {
+				continue
+			}
+			c.lastEpoch, c.lastSeq = f.epoch, f.seq
+		}
+		iov = append(iov, f.data)
+		bytes += uint64(len(f.data))
+	}
+	n := len(iov)
+	var err error
+	if r.rawFrames {
+		err = c.fc.writeFrames(iov)
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.writeTimeout)
+		for _, f := range iov {
+			if err = c.conn.Write(ctx, r.cfg.codec.MessageType(), f); err != nil {
+				break
+			}
+		}
+		cancel()
+	}
+	clear(iov[:n])
+	*iovp = iov[:0]
+	iovPool.Put(iovp)
+	if err != nil {
+		return err
+	}
+	r.stats.messagesOut.Add(uint64(n))
+	r.stats.bytesOut.Add(bytes)
+	return nil
+}
+
+// ping pings the client from the ping timer's goroutine and drops it if no
+// pong comes back in time; then it sets the timer for the next ping.
+func (c *Client) ping() {
+	r := c.room
+	c.mu.Lock()
+	if c.stopped || c.closeReq != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.wg.Add(1)
+	c.mu.Unlock()
+	defer c.wg.Done()
+
+	ctx, cancel := context.WithCancel(c.ctx)
+	defer cancel()
+	// The timer records the reason before the connection fails.
+	timeout := time.AfterFunc(r.cfg.pongTimeout, func() {
+		r.stats.closedPing.Add(1)
+		c.abort(ErrPongTimeout)
+		cancel()
+	})
+	err := c.conn.Ping(ctx)
+	timeout.Stop()
+	if err != nil {
+		// No pong (the timer set the reason), or the connection failed.
+		c.abort(err)
+		return
+	}
+	c.mu.Lock()
+	if !c.stopped {
+		c.pingTimer.Reset(r.cfg.pingInterval)
+	}
+	c.mu.Unlock()
+}
