@@ -38,27 +38,6 @@ const (
 	pongRate  = 10
 )
 
-// WriteHeaderNow writes the status and headers that WriteHeader set, for
-// writers that hold them back until asked: Gin's WriteHeader only records
-// the status, and coder/websocket calls WriteHeaderNow after
-// WriteHeader(101) so that the 101 goes out before the connection is
-// hijacked. Wrappers with an Unwrap method are looked through, as
-// http.ResponseController does.
-func (h *hijackWriter) WriteHeaderNow() {
-	w := h.ResponseWriter
-	for {
-		switch t := w.(type) {
-		case interface{ WriteHeaderNow() }:
-			t.WriteHeaderNow()
-			return
-		case interface{ Unwrap() http.ResponseWriter }:
-			w = t.Unwrap()
-		default:
-			return
-		}
-	}
-}
-
 // frameConn is a hijacked connection shared by coder/websocket, which writes
 // control frames through Write, and the client's writer, which writes
 // message frames through writeFrames and tryWrite.

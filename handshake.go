@@ -213,3 +213,24 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	return fc, bufio.NewReadWriter(br, bufio.NewWriterSize(fc, connWriteBuffer)), nil
 }
+
+// WriteHeaderNow writes the status and headers that WriteHeader set, for
+// writers that hold them back until asked: Gin's WriteHeader only records
+// the status, and coder/websocket calls WriteHeaderNow after
+// WriteHeader(101) so that the 101 goes out before the connection is
+// hijacked. Wrappers with an Unwrap method are looked through, as
+// http.ResponseController does.
+func (h *hijackWriter) WriteHeaderNow() {
+	w := h.ResponseWriter
+	for {
+		switch t := w.(type) {
+		case interface{ WriteHeaderNow() }:
+			t.WriteHeaderNow()
+			return
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = t.Unwrap()
+		default:
+			return
+		}
+	}
+}
