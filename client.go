@@ -155,16 +155,21 @@ func (c *Client) serve() {
 			return
 		}
 	}
-	if !r.join(c) {
-		if r.isClosedNow() {
+	ready := r.awaitReady()
+	if !ready || !r.join(c) {
+		reason := error(ErrClosed)
+		if !ready {
+			reason = ErrUnavailable
+			c.conn.Close(websocket.StatusTryAgainLater, "wsroom: history unavailable, try again")
+		} else if r.isClosedNow() {
 			c.conn.CloseNow() // Close is immediate
 		} else {
 			c.conn.Close(websocket.StatusGoingAway, "wsroom: room shutting down")
 		}
-		c.cancel(ErrClosed)
+		c.cancel(reason)
 		if r.cfg.admit != nil && r.cfg.onLeave != nil {
 			// Let the leave hook release what admit claimed.
-			r.hook(c, "leave", func() error { r.cfg.onLeave(c, ErrClosed); return nil })
+			r.hook(c, "leave", func() error { r.cfg.onLeave(c, reason); return nil })
 		}
 		return
 	}

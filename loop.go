@@ -279,6 +279,7 @@ func (r *Room) subscribe() bool {
 	case <-r.quit:
 		return false
 	}
+	close(r.ready) // clients may join: the loop knows where it starts
 	var unsub func()
 	if !r.retry(0, func(ctx context.Context) (err error) {
 		unsub, err = r.cfg.broker.Subscribe(ctx, r.name, r.deliver, r.lost)
@@ -296,6 +297,10 @@ func (r *Room) subscribe() bool {
 		unsub()
 		return false
 	}
+	// Messages published between reading the start and subscribing are in
+	// the store only: have the loop look.
+	r.overflow.Store(true)
+	r.nudge()
 	return true
 }
 

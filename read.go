@@ -17,10 +17,12 @@ import (
 // room answers.
 var ErrRateLimited = errors.New("wsroom: rate limit exceeded")
 
-// ErrUnavailable is the leave reason of a client closed because the room
-// could not publish its message: the Broker kept failing for the publish
-// retry time (see WithPublishRetry). The client was closed with
-// websocket.StatusTryAgainLater (1013) and should send the message again.
+// ErrUnavailable is the leave reason of a client closed with
+// websocket.StatusTryAgainLater (1013) because an engine failed: the Broker
+// kept failing to take its message for the publish retry time (see
+// WithPublishRetry), and it should send the message again; or the Store
+// could not tell a new room where its history ends within the write
+// timeout, and it should connect again.
 var ErrUnavailable = errors.New("wsroom: message not published, broker unavailable")
 
 // readLoop reads, checks and publishes the client's messages until the

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/coder/websocket"
 )
@@ -51,6 +52,7 @@ type Room struct {
 	wantc    chan fetchRequest
 	errc     chan roomError // errors for the keeper to report
 	overflow atomic.Bool    // deliver found the inbox full
+	ready    chan struct{}  // closed once the loop knows its start
 	quit     chan struct{}  // closed to stop the loop and the keeper
 	done     chan struct{}  // closed when the loop has returned
 	final    []*Client      // the loop's clients when it returned
@@ -102,6 +104,7 @@ func newRoom(name string, cfg config) *Room {
 		fetchc:    make(chan fetchResult),
 		wantc:     make(chan fetchRequest, 1),
 		errc:      make(chan roomError, errQueue),
+		ready:     make(chan struct{}),
 		quit:      make(chan struct{}),
 		done:      make(chan struct{}),
 	}
@@ -210,6 +213,27 @@ func (r *Room) markClosedIfIdle() bool {
 		r.state = closed
 	}
 	return idle
+}
+
+// awaitReady waits until the room has read its start from the store, so
+// that every message published after a join reaches the client, and reports
+// whether it has within the write timeout.
+func (r *Room) awaitReady() bool {
+	select {
+	case <-r.ready:
+		return true
+	default:
+	}
+	t := time.NewTimer(r.cfg.writeTimeout)
+	defer t.Stop()
+	select {
+	case <-r.ready:
+		return true
+	case <-r.done:
+		return true // join reports it
+	case <-t.C:
+		return false
+	}
 }
 
 // join adds c to the loop's set, or reports false if the room has stopped.
