@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -41,6 +42,10 @@ type Broker struct {
 	status      chan nats.Status
 	watcherDone chan struct{}
 	pres        *presence
+
+	// fetched counts the stored messages read from the server by the
+	// Store methods and the rooms' catch-ups.
+	fetched atomic.Uint64
 
 	mu        sync.Mutex
 	closed    bool
