@@ -121,7 +121,10 @@
 // prefix (the stream name followed by "_PRESENCE", any character a bucket
 // name cannot hold replaced by '_'), whose stream is "KV_WSROOM_PRESENCE".
 // It is created on first use, with the presence TTL (WithPresenceTTL,
-// DefaultPresenceTTL by default) as its MaxAge and one value per key. Each
+// DefaultPresenceTTL by default) as its MaxAge and one value per key. A
+// node that finds the bucket, or the history stream, already configured as
+// it wants leaves it alone; nodes that start at the same moment race to
+// create them, and those that lose the race use what the winner created. Each
 // member is one key, "<room>.<node>.<client>": the room token as above, a
 // random identifier of the Broker, and "c" followed by the client ID in
 // unpadded base64url; the value is the member's Info. The bucket's TTL
