@@ -99,3 +99,28 @@ func BenchmarkResume1000(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkReadRecent measures a join's read of the last 50 messages and a
+// resume's read of the last 10, in a room of 10,000 messages whose history
+// is interleaved with another room's.
+func BenchmarkReadRecent(b *testing.B) {
+	const total = 10000
+	br := newNode(b, testPrefix(b), WithHistoryLimit(2*total))
+	ms := fillRoom(b, br, "recent", total)
+	b.Run("Last50", func(b *testing.B) {
+		for b.Loop() {
+			got, err := br.Last(b.Context(), "recent", 50)
+			if err != nil || len(got) != 50 {
+				b.Fatalf("Last(50) = %d messages, %v", len(got), err)
+			}
+		}
+	})
+	b.Run("After10", func(b *testing.B) {
+		for b.Loop() {
+			got, err := br.After(b.Context(), "recent", ms[0].Epoch, ms[total-11].Seq, 0)
+			if err != nil || len(got) != 10 {
+				b.Fatalf("After = %d messages, %v", len(got), err)
+			}
+		}
+	})
+}

@@ -7,8 +7,11 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -42,6 +45,10 @@ type Broker struct {
 	watcherDone chan struct{}
 	pres        *presence
 
+	// fetched counts the stored messages read from the server by the
+	// Store methods and the rooms' catch-ups.
+	fetched atomic.Uint64
+
 	mu        sync.Mutex
 	closed    bool
 	topics    map[string]*topic
@@ -55,7 +62,9 @@ var (
 
 // New returns a Broker that carries and stores messages through nc. It
 // creates the stream (see WithPrefix), or updates the limits of an existing
-// one to match the options, and starts a goroutine that watches nc's status.
+// one if they differ from the options, and starts a goroutine that watches
+// nc's status. Nodes may start at the same moment: the one that loses the
+// race to create the stream uses the one that won.
 //
 // The caller keeps ownership of nc: Close does not close it, and nc must stay
 // open until Close returns. nc should reconnect forever (nats.MaxReconnects
@@ -84,7 +93,7 @@ func New(ctx context.Context, nc *nats.Conn, opts ...Option) (*Broker, error) {
 		appenders:   make(map[string]*appender),
 		pres:        newPresence(cfg.prefix, cfg.presenceTTL),
 	}
-	b.stream, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	want := jetstream.StreamConfig{
 		Name:              b.name,
 		Description:       "wsroom room history",
 		Subjects:          []string{b.hist + "*"},
@@ -94,7 +103,21 @@ func New(ctx context.Context, nc *nats.Conn, opts ...Option) (*Broker, error) {
 		MaxMsgsPerSubject: int64(cfg.limit),
 		MaxAge:            cfg.maxAge,
 		AllowDirect:       true,
-	})
+	}
+	b.stream, err = ensureStream(ctx, js, b.name,
+		func(c jetstream.StreamConfig) bool {
+			return c.Description == want.Description && slices.Equal(c.Subjects, want.Subjects) &&
+				c.Retention == want.Retention && c.Discard == want.Discard && c.Storage == want.Storage &&
+				c.MaxMsgsPerSubject == want.MaxMsgsPerSubject && c.MaxAge == want.MaxAge && c.AllowDirect
+		},
+		func(ctx context.Context) error {
+			_, err := js.CreateStream(ctx, want)
+			return err
+		},
+		func(ctx context.Context) error {
+			_, err := js.UpdateStream(ctx, want)
+			return err
+		})
 	if err != nil {
 		return nil, fmt.Errorf("natsbroker: creating stream %s: %w", b.name, err)
 	}
@@ -273,6 +296,58 @@ func (b *Broker) watch() {
 			b.report(errors.New("natsbroker: connection to NATS closed"))
 		}
 	}
+}
+
+// ensureCreateAttempts bounds how many times ensureStream tries to create a
+// stream that other nodes are creating at the same moment.
+const ensureCreateAttempts = 5
+
+// ensureStream returns the stream called name, creating it with create if
+// it does not exist, and updating it with update if matches rejects its
+// configuration. A stream that already matches is left alone, so that nodes
+// starting together do not update it all at once. When a create fails
+// because another node created the stream meanwhile ("stream name already
+// in use", or "subjects overlap with an existing stream" when the other
+// creation was under way), ensureStream looks the stream up again.
+func ensureStream(ctx context.Context, js jetstream.JetStream, name string, matches func(jetstream.StreamConfig) bool, create, update func(context.Context) error) (jetstream.Stream, error) {
+	for attempt := 1; ; attempt++ {
+		s, err := js.Stream(ctx, name)
+		if err == nil {
+			if matches(s.CachedInfo().Config) {
+				return s, nil
+			}
+			if err := update(ctx); err != nil {
+				return nil, err
+			}
+			return js.Stream(ctx, name)
+		}
+		if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, err
+		}
+		err = create(ctx)
+		if err == nil {
+			return js.Stream(ctx, name)
+		}
+		if !isCreateRace(err) || attempt == ensureCreateAttempts {
+			return nil, err
+		}
+		if err := sleep(ctx, time.Duration(mrand.Int64N(int64(10*time.Millisecond)))); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// jsErrSubjectOverlap is the JetStream error code of "subjects overlap with
+// an existing stream".
+const jsErrSubjectOverlap jetstream.ErrorCode = 10065
+
+// isCreateRace reports whether a stream creation failed because another
+// client created the stream at the same moment.
+func isCreateRace(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) ||
+		errors.Is(err, jetstream.ErrBucketExists) ||
+		errors.As(err, &apiErr) && (apiErr.ErrorCode == jsErrSubjectOverlap || apiErr.ErrorCode == jetstream.JSErrCodeStreamNameInUse)
 }
 
 // report hands err to the error handler and the logger.

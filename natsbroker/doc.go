@@ -32,7 +32,9 @@
 // all of a room's messages have expired, the next publish starts a new epoch.
 // A publish that times out is retried with the same Nats-Msg-Id, so that
 // JetStream's duplicate detection returns the first attempt when it was
-// stored after all.
+// stored after all. Each stored message also carries, in the header
+// Wsroom-Prev-Seq, the stream sequence the publish expected: that of the
+// room's previous message, or 0 for the first of an epoch.
 //
 // The cost: a publish to a room takes one JetStream round trip when the
 // Broker already knows the room's last position (it remembers it from its
@@ -46,7 +48,9 @@
 // holds one core subscription per room it has subscribers for, and puts the
 // announcements back into sequence order: a message that arrives ahead of
 // its turn waits until the missing ones arrive, or for at most 100ms, after
-// which the node reads the missing messages from the stream. The same read
+// which the node reads the missing messages from the stream, from the first
+// one missing on, one direct get each (or through a short-lived consumer if
+// more than 64 are missing). The same read
 // follows every reconnection, and one check of the room's last message a
 // second after a room is subscribed covers a subscription still spreading
 // through a NATS cluster. So subscribers miss nothing that the stream still
@@ -88,10 +92,18 @@
 //
 // # Reading history
 //
-// After and Last read a room's history through a short-lived ephemeral
-// JetStream consumer filtered on the room's subject, which costs a few round
-// trips and, on the server, a scan of the room's stored messages; After
-// answers from a single direct get when the position is the room's last.
+// After and Last read the messages they need, not the room's whole history,
+// with JetStream direct gets (the stream allows them). Both start with the
+// room's last message. When they need no more than 64 messages, as for a
+// join's history or a short resume, they walk back from it through the
+// Wsroom-Prev-Seq headers, one direct get per message, and make no
+// consumer: Last(n) costs n round trips, After one per message after the
+// position (one when the position is the room's last). Longer
+// reads, and reads that reach messages stored without the header (by an
+// earlier version), first find the first message they need with a few direct
+// gets of the room's next message from a guessed stream sequence (at most
+// about twice the logarithm of the stream's length), then read from there
+// through a short-lived ephemeral consumer filtered on the room's subject.
 //
 // # Connection faults
 //
@@ -109,7 +121,10 @@
 // prefix (the stream name followed by "_PRESENCE", any character a bucket
 // name cannot hold replaced by '_'), whose stream is "KV_WSROOM_PRESENCE".
 // It is created on first use, with the presence TTL (WithPresenceTTL,
-// DefaultPresenceTTL by default) as its MaxAge and one value per key. Each
+// DefaultPresenceTTL by default) as its MaxAge and one value per key. A
+// node that finds the bucket, or the history stream, already configured as
+// it wants leaves it alone; nodes that start at the same moment race to
+// create them, and those that lose the race use what the winner created. Each
 // member is one key, "<room>.<node>.<client>": the room token as above, a
 // random identifier of the Broker, and "c" followed by the client ID in
 // unpadded base64url; the value is the member's Info. The bucket's TTL

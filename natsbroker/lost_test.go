@@ -197,3 +197,68 @@ func TestLostOnSlowConsumer(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	checkInOrder(t, s.get(), total)
 }
+
+// TestStuckRoomDoesNotDelayOthers checks that a room whose deliver function
+// blocks does not hold up the deliveries of another room on the same node:
+// each room has a subscription and a goroutine of its own.
+func TestStuckRoomDoesNotDelayOthers(t *testing.T) {
+	prefix := testPrefix(t)
+	a, b := newNode(t, prefix), newNode(t, prefix)
+	roomA, roomB := storetest.RoomName(t), storetest.RoomName(t)
+	entered, gate := make(chan struct{}), make(chan struct{})
+	var first, open sync.Once
+	release := func() { open.Do(func() { close(gate) }) }
+	var got []wsroom.Message
+	var mu sync.Mutex
+	unsub, err := b.Subscribe(t.Context(), roomA, func(m wsroom.Message) {
+		first.Do(func() {
+			close(entered)
+			<-gate
+		})
+		mu.Lock()
+		got = append(got, m)
+		mu.Unlock()
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(unsub)
+	t.Cleanup(release) // runs before unsub and Close
+	sb := subscribe(t, b, roomB)
+
+	publish := func(room, data string) {
+		t.Helper()
+		if err := a.Publish(t.Context(), room, wsroom.Message{Data: []byte(data)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish(roomA, "a-1")
+	select {
+	case <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("room A's first message was not delivered")
+	}
+	for i := range 300 { // more than the room's channel holds
+		publish(roomA, fmt.Sprint("a-", i+2))
+	}
+	start := time.Now()
+	for i := range 5 {
+		publish(roomB, fmt.Sprint("b-", i))
+	}
+	sb.wait(t, 5, 2*time.Second)
+	t.Logf("room B's 5 messages arrived %v after publishing, room A still blocked", time.Since(start))
+	release()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		n := len(got)
+		mu.Unlock()
+		if n == 301 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("room A got %d of 301 messages after it was released", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -102,8 +102,9 @@ func memberID(key string) (string, bool) {
 	return string(id), true
 }
 
-// presenceKV returns the presence bucket, creating it or updating its TTL on
-// first use.
+// presenceKV returns the presence bucket, creating it, or updating its TTL
+// if it differs, on first use. Nodes that start together race to create
+// it; those that lose use the bucket of the one that won.
 func (b *Broker) presenceKV(ctx context.Context) (jetstream.KeyValue, error) {
 	p := b.pres
 	p.kvMu.Lock()
@@ -111,17 +112,29 @@ func (b *Broker) presenceKV(ctx context.Context) (jetstream.KeyValue, error) {
 	if p.kv != nil {
 		return p.kv, nil
 	}
-	kv, err := b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	cfg := jetstream.KeyValueConfig{
 		Bucket:      p.bucket,
 		Description: "wsroom presence",
 		History:     1,
 		TTL:         p.ttl,
 		Storage:     jetstream.FileStorage,
-	})
+	}
+	stream, err := ensureStream(ctx, b.js, "KV_"+p.bucket,
+		func(c jetstream.StreamConfig) bool {
+			return c.MaxAge == cfg.TTL && c.MaxMsgsPerSubject == int64(cfg.History) && c.Description == cfg.Description
+		},
+		func(ctx context.Context) error {
+			_, err := b.js.CreateKeyValue(ctx, cfg)
+			return err
+		},
+		func(ctx context.Context) error {
+			_, err := b.js.UpdateKeyValue(ctx, cfg)
+			return err
+		})
 	if err != nil {
 		return nil, fmt.Errorf("natsbroker: creating presence bucket %s: %w", p.bucket, err)
 	}
-	stream, err := b.js.Stream(ctx, "KV_"+p.bucket)
+	kv, err := b.js.KeyValue(ctx, p.bucket)
 	if err != nil {
 		return nil, fmt.Errorf("natsbroker: opening presence bucket %s: %w", p.bucket, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -38,6 +39,15 @@ const maxIdleAppenders = 4096
 
 // sseqHeader carries a stored message's stream sequence in its announcement.
 const sseqHeader = "Wsroom-Stream-Seq"
+
+// prevHeader carries, in a stored message, the stream sequence of the room's
+// previous message, or 0 for the first message of an epoch, so that a room's
+// recent history can be read backwards from its last message.
+const prevHeader = "Wsroom-Prev-Seq"
+
+// directMax is the most messages a read takes one by one with direct gets;
+// longer reads go through a short-lived consumer from their first message.
+const directMax = 64
 
 func (b *Broker) acquireAppender(room string) (*appender, error) {
 	b.mu.Lock()
@@ -123,7 +133,10 @@ func (b *Broker) Append(ctx context.Context, room string, m wsroom.Message) (wsr
 		}
 		m.Seq, m.Epoch = pos.seq+1, pos.epoch
 		data, _ := m.MarshalBinary()
-		ack, err := b.js.PublishMsg(ctx, &nats.Msg{Subject: subj, Data: data},
+		// The expected last sequence makes pos.sseq the room's previous
+		// message in the stream, or none if 0.
+		hdr := nats.Header{prevHeader: []string{strconv.FormatUint(pos.sseq, 10)}}
+		ack, err := b.js.PublishMsg(ctx, &nats.Msg{Subject: subj, Data: data, Header: hdr},
 			jetstream.WithMsgID(id),
 			jetstream.WithExpectStream(b.name),
 			jetstream.WithExpectLastSequencePerSubject(pos.sseq))
@@ -213,18 +226,183 @@ func isTransient(ctx context.Context, err error) bool {
 // lastPosition reads where the history on subj ends. For an empty room it
 // returns a fresh epoch.
 func (b *Broker) lastPosition(ctx context.Context, subj string) (position, error) {
-	raw, err := b.stream.GetLastMsgForSubject(ctx, subj)
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return position{epoch: newID()}, nil
-	}
+	last, ok, err := b.lastMessage(ctx, subj)
 	if err != nil {
 		return position{}, err
 	}
-	var m wsroom.Message
-	if err := m.UnmarshalBinary(raw.Data); err != nil {
-		return position{}, fmt.Errorf("natsbroker: stream %s message %d: %w", b.name, raw.Sequence, err)
+	if !ok {
+		return position{epoch: newID()}, nil
 	}
-	return position{sseq: raw.Sequence, seq: m.Seq, epoch: m.Epoch}, nil
+	return position{sseq: last.sseq, seq: last.m.Seq, epoch: last.m.Epoch}, nil
+}
+
+// stored is a message read from the stream.
+type stored struct {
+	m    wsroom.Message
+	sseq uint64 // its stream sequence
+	prev uint64 // the stream sequence of the room's previous message; 0 if none
+	link bool   // prev is known: the message has prevHeader
+}
+
+// lastMessage reads the last message on subj with a direct get; ok is false
+// if there is none.
+func (b *Broker) lastMessage(ctx context.Context, subj string) (last stored, ok bool, err error) {
+	raw, err := b.stream.GetLastMsgForSubject(ctx, subj)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return stored{}, false, nil
+	}
+	if err != nil {
+		return stored{}, false, err
+	}
+	last, err = b.decodeRaw(raw)
+	return last, err == nil, err
+}
+
+// getMessage reads, with a direct get, the message at stream sequence sseq,
+// or with next the first message on subj at or after it. ok is false if
+// there is none.
+func (b *Broker) getMessage(ctx context.Context, subj string, sseq uint64, next bool) (msg stored, ok bool, err error) {
+	var opts []jetstream.GetMsgOpt
+	if next {
+		opts = append(opts, jetstream.WithGetMsgSubject(subj))
+	}
+	raw, err := b.stream.GetMsg(ctx, sseq, opts...)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return stored{}, false, nil
+	}
+	if err != nil {
+		return stored{}, false, err
+	}
+	if raw.Subject != subj {
+		// Another room's message took the place of one that is gone.
+		return stored{}, false, nil
+	}
+	msg, err = b.decodeRaw(raw)
+	return msg, err == nil, err
+}
+
+func (b *Broker) decodeRaw(raw *jetstream.RawStreamMsg) (stored, error) {
+	b.fetched.Add(1)
+	s := stored{sseq: raw.Sequence}
+	if err := s.m.UnmarshalBinary(raw.Data); err != nil {
+		return stored{}, fmt.Errorf("natsbroker: stream %s message %d: %w", b.name, raw.Sequence, err)
+	}
+	if v := raw.Header.Get(prevHeader); v != "" {
+		prev, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return stored{}, fmt.Errorf("natsbroker: stream %s message %d: header %s: %w", b.name, raw.Sequence, prevHeader, err)
+		}
+		s.prev, s.link = prev, true
+	}
+	return s, nil
+}
+
+// How a walk back through a room's history ended.
+const (
+	walkDone  = iota // it read as many messages as asked
+	walkStart        // it reached the oldest message still stored
+	walkBlind        // a message without prevHeader, stored by an older version
+)
+
+// readBack reads the n messages of a room that end with last, walking back
+// from message to message with one direct get each, and returns them oldest
+// first, with how the walk ended: with fewer than n messages when the
+// room's older ones are no longer stored, or are stored without a link to
+// their predecessor.
+func (b *Broker) readBack(ctx context.Context, subj string, last stored, n int) ([]wsroom.Message, int, error) {
+	out := make([]wsroom.Message, 0, n)
+	cur, how := last, walkDone
+	for {
+		out = append(out, cur.m)
+		if len(out) == n {
+			break
+		}
+		if !cur.link {
+			how = walkBlind
+			break
+		}
+		if cur.prev == 0 || cur.m.Seq <= 1 {
+			how = walkStart
+			break
+		}
+		prev, ok, err := b.getMessage(ctx, subj, cur.prev, false)
+		if err != nil {
+			return nil, 0, err
+		}
+		if !ok || prev.m.Epoch != cur.m.Epoch || prev.m.Seq+1 != cur.m.Seq {
+			// Trimmed away meanwhile.
+			how = walkStart
+			break
+		}
+		cur = prev
+	}
+	slices.Reverse(out)
+	return out, how, nil
+}
+
+// locate returns the first message on subj, in last's epoch, whose room
+// sequence is seq or more, given the room's last message, which is one of
+// them. It probes the stream with direct gets of the next message on subj
+// from a stream sequence, guessed from the room's density in the stream and
+// halving the range every other probe, so that it takes a few gets, and at
+// most about twice the logarithm of the stream's length.
+func (b *Broker) locate(ctx context.Context, subj string, last stored, seq uint64) (stored, error) {
+	best := last // the first known message with a sequence of seq or more
+	var below *stored
+	// The answer is best, or lies in [lo, hi): no message on subj before lo
+	// has a sequence of seq or more, and no message on subj lies in
+	// [hi, best.sseq).
+	lo, hi := uint64(1), best.sseq
+	for i := 0; best.m.Seq > seq && lo < hi; i++ {
+		var x uint64
+		switch {
+		case i%2 == 1:
+			x = lo + (hi-lo)/2
+		case below != nil:
+			x = below.sseq + (seq-below.m.Seq)*(best.sseq-below.sseq)/(best.m.Seq-below.m.Seq)
+		case best.sseq > best.m.Seq-seq:
+			x = best.sseq - (best.m.Seq - seq) // where it is if nothing else was stored in between
+		}
+		x = min(max(x, lo), hi-1)
+		m, ok, err := b.getMessage(ctx, subj, x, true)
+		switch {
+		case err != nil:
+			return stored{}, err
+		case !ok || m.sseq >= hi:
+			hi = x
+		case m.m.Epoch != last.m.Epoch || m.m.Seq < seq:
+			lo = m.sseq + 1
+			if m.m.Epoch == last.m.Epoch {
+				lo = m.sseq + (seq - m.m.Seq)
+				below = &m
+			}
+		default:
+			best, hi = m, x
+		}
+	}
+	return best, nil
+}
+
+// readForward calls fn with the messages on subj from stream sequence from
+// on, oldest first, until fn returns false or there are no more. If about
+// want messages are wanted, want <= directMax, they are read with direct
+// gets, up to directMax of them, the others through readRoom; if more are
+// wanted, all are read through readRoom.
+func (b *Broker) readForward(ctx context.Context, subj string, from uint64, want uint64, fn func(sseq uint64, m wsroom.Message) bool) error {
+	if want > directMax {
+		return b.readRoom(ctx, subj, from, fn)
+	}
+	for range directMax {
+		m, ok, err := b.getMessage(ctx, subj, from, true)
+		if err != nil || !ok {
+			return err
+		}
+		if !fn(m.sseq, m.m) {
+			return nil
+		}
+		from = m.sseq + 1
+	}
+	return b.readRoom(ctx, subj, from, fn)
 }
 
 // After implements wsroom.Store.
@@ -233,40 +411,61 @@ func (b *Broker) After(ctx context.Context, room, epoch string, seq uint64, limi
 		return nil, err
 	}
 	subj := b.hist + roomToken(room)
-	last, err := b.lastPosition(ctx, subj)
+	last, ok, err := b.lastMessage(ctx, subj)
 	if err != nil {
 		return nil, fmt.Errorf("natsbroker: reading last message of room %q: %w", room, err)
 	}
-	if last.sseq == 0 {
+	if !ok {
 		if epoch == "" && seq == 0 {
 			return nil, nil
 		}
 		return nil, wsroom.ErrGap
 	}
 	if epoch == "" && seq == 0 {
-		epoch = last.epoch
+		epoch = last.m.Epoch
 	}
-	if epoch != last.epoch || seq > last.seq {
+	if epoch != last.m.Epoch || seq > last.m.Seq {
 		return nil, wsroom.ErrGap
 	}
-	if seq == last.seq {
+	if seq == last.m.Seq {
 		return nil, nil
+	}
+	span := last.m.Seq - seq
+	if span <= directMax {
+		out, how, err := b.readBack(ctx, subj, last, int(span))
+		if err != nil {
+			return nil, fmt.Errorf("natsbroker: reading history of room %q: %w", room, err)
+		}
+		switch how {
+		case walkDone:
+			if limit > 0 && len(out) > limit {
+				out = out[:limit]
+			}
+			return out, nil
+		case walkStart:
+			return nil, wsroom.ErrGap // message seq+1 is no longer stored
+		}
+	}
+	first, err := b.locate(ctx, subj, last, seq+1)
+	if err != nil {
+		return nil, fmt.Errorf("natsbroker: reading history of room %q: %w", room, err)
+	}
+	if first.m.Seq != seq+1 {
+		return nil, wsroom.ErrGap
 	}
 	var out []wsroom.Message
 	gap := false
-	err = b.readRoom(ctx, subj, 0, func(_ uint64, m wsroom.Message) bool {
-		if m.Epoch != epoch {
-			return false
-		}
-		if m.Seq <= seq {
-			return true
-		}
-		if m.Seq != seq+uint64(len(out))+1 {
+	want := span
+	if limit > 0 {
+		want = min(want, uint64(limit))
+	}
+	err = b.readForward(ctx, subj, first.sseq, want, func(_ uint64, m wsroom.Message) bool {
+		if m.Epoch != epoch || m.Seq != seq+uint64(len(out))+1 {
 			gap = true
 			return false
 		}
 		out = append(out, m)
-		return limit <= 0 || len(out) < limit
+		return uint64(len(out)) < span && (limit <= 0 || len(out) < limit)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("natsbroker: reading history of room %q: %w", room, err)
@@ -286,21 +485,41 @@ func (b *Broker) Last(ctx context.Context, room string, n int) ([]wsroom.Message
 	if n <= 0 {
 		return nil, nil
 	}
-	var out []wsroom.Message
-	err := b.readRoom(ctx, b.hist+roomToken(room), 0, func(_ uint64, m wsroom.Message) bool {
-		if len(out) > 0 && m.Epoch != out[0].Epoch {
-			out = out[:0]
+	subj := b.hist + roomToken(room)
+	last, ok, err := b.lastMessage(ctx, subj)
+	if err != nil {
+		return nil, fmt.Errorf("natsbroker: reading last message of room %q: %w", room, err)
+	}
+	if !ok {
+		return nil, nil
+	}
+	// A room's sequence numbers start at 1 in each epoch.
+	n = int(min(uint64(n), last.m.Seq))
+	if n <= directMax {
+		out, how, err := b.readBack(ctx, subj, last, n)
+		if err != nil {
+			return nil, fmt.Errorf("natsbroker: reading history of room %q: %w", room, err)
+		}
+		if how != walkBlind {
+			return out, nil
+		}
+	}
+	first, err := b.locate(ctx, subj, last, last.m.Seq-uint64(n)+1)
+	if err != nil {
+		return nil, fmt.Errorf("natsbroker: reading history of room %q: %w", room, err)
+	}
+	out := make([]wsroom.Message, 0, last.m.Seq-first.m.Seq+1)
+	err = b.readForward(ctx, subj, first.sseq, last.m.Seq-first.m.Seq+1, func(_ uint64, m wsroom.Message) bool {
+		if m.Epoch != last.m.Epoch {
+			return false
 		}
 		out = append(out, m)
-		if len(out) > 2*n {
-			out = append(out[:0], out[len(out)-n:]...)
-		}
-		return true
+		return m.Seq < last.m.Seq
 	})
 	if err != nil {
 		return nil, fmt.Errorf("natsbroker: reading history of room %q: %w", room, err)
 	}
-	return out[max(0, len(out)-n):], nil
+	return out, nil
 }
 
 // fetchBatch is the most messages readRoom asks for at once.
@@ -308,7 +527,8 @@ const fetchBatch = 256
 
 // readRoom calls fn with the stored messages on subj, oldest first, from
 // stream sequence from on (all if from is 0), until fn returns false or the
-// messages stored when readRoom started have all been read.
+// messages stored when readRoom started have all been read. It reads them
+// through a consumer made for the call.
 func (b *Broker) readRoom(ctx context.Context, subj string, from uint64, fn func(sseq uint64, m wsroom.Message) bool) error {
 	cfg := jetstream.ConsumerConfig{
 		FilterSubject:     subj,
@@ -346,6 +566,7 @@ func (b *Broker) readRoom(ctx context.Context, subj string, from uint64, fn func
 		var bad error
 		for msg := range batch.Messages() {
 			n++
+			b.fetched.Add(1)
 			if stop {
 				continue
 			}

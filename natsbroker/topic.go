@@ -342,12 +342,18 @@ func (t *topic) deliver(m wsroom.Message) {
 }
 
 // fill reads the messages stored after the last one delivered and takes
-// them as announcements. Whatever the stream no longer holds is skipped.
+// them as announcements. Whatever the stream no longer holds is skipped. It
+// reads them one by one with direct gets from the first one missing, and
+// through a consumer only when many are missing.
 func (t *topic) fill() {
 	ctx, cancel := context.WithTimeout(t.ctx, fillTimeout)
 	defer cancel()
 	var fetched []heldMsg
-	err := t.b.readRoom(ctx, t.b.hist+roomToken(t.room), t.sseq+1, func(sseq uint64, m wsroom.Message) bool {
+	want := uint64(1)
+	if t.seen >= t.next {
+		want = t.seen - t.next + 1
+	}
+	err := t.b.readForward(ctx, t.b.hist+roomToken(t.room), t.sseq+1, want, func(sseq uint64, m wsroom.Message) bool {
 		fetched = append(fetched, heldMsg{m: m, sseq: sseq})
 		return true
 	})

@@ -41,10 +41,14 @@ var (
 // orders, stores and delivers messages, and how it keeps presence.
 //
 // A Broker is safe for concurrent use by multiple goroutines. New starts two
-// goroutines: one reads the Broker's pub/sub connection and calls the
-// subscribers' deliver and lost functions, the other refreshes the presence
-// entries of the members joined through this Broker. Call Close to stop
-// them. Closing a Broker does not close the go-redis client it was made with.
+// goroutines: one reads the Broker's pub/sub connection and queues each
+// message for its room, the other refreshes the presence entries of the
+// members joined through this Broker. Each room with subscriptions on the
+// Broker has a goroutine of its own, which calls their deliver and lost
+// functions, so that a room whose subscribers are slow delays no other; it
+// ends after the room's last subscription. Close stops them all and waits
+// for them. Closing a Broker does not close the go-redis client it was made
+// with.
 type Broker struct {
 	client redis.UniversalClient
 	cfg    config
@@ -61,7 +65,7 @@ type Broker struct {
 	// subMu serialises SUBSCRIBE and UNSUBSCRIBE with the changes to topics
 	// that call for them, so that Redis sees them in the same order.
 	subMu  sync.Mutex
-	mu     sync.Mutex        // guards topics and each topic's subs
+	mu     sync.Mutex        // guards topics and each topic's subs; Close closes done under it
 	topics map[string]*topic // by channel name
 
 	pingSeq atomic.Uint64 // number of the last barrier ping sent
@@ -81,8 +85,21 @@ type Broker struct {
 	presClosed bool                         // set by Close
 }
 
+// topic is a room's channel subscribed on this Broker: its subscriptions,
+// and the queue of messages read from the pub/sub connection that its
+// goroutine, serve, hands to them.
 type topic struct {
-	subs []*subscription // never modified in place, so it can be read without mu
+	ch   string
+	subs []*subscription // never modified in place; guarded by Broker.mu
+	quit chan struct{}   // closed, under Broker.mu, when the last subscription ends
+	wake chan struct{}   // signalled when the queue or lost has something new
+
+	qmu      sync.Mutex
+	queue    []string // payloads read from the channel, oldest first
+	spare    []string // the backing array serve last emptied, for reuse
+	lost     error    // to tell the subscriptions before the queued messages
+	overflow bool     // lost holds a dropped backlog
+	drops    atomic.Uint64
 }
 
 type subscription struct {
@@ -112,6 +129,9 @@ func New(client redis.UniversalClient, opts ...Option) *Broker {
 		present: make(map[string]map[string]string),
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
+	if cfg.roomQueue < 1 {
+		b.cfg.roomQueue = DefaultRoomQueue
+	}
 	if _, ok := client.(*redis.Ring); ok {
 		b.err = errRing
 		return b
@@ -124,7 +144,7 @@ func New(client redis.UniversalClient, opts ...Option) *Broker {
 
 // Close stops the Broker's goroutines, closes its pub/sub connection and
 // ends every subscription: no deliver or lost function is called once Close
-// returns. It then removes from Redis the presence entries of the members
+// returns. It waits for the deliver and lost calls under way. It then removes from Redis the presence entries of the members
 // still joined through this Broker, so that other nodes stop listing them at
 // once; if it cannot, they expire after the presence TTL.
 //
@@ -134,7 +154,9 @@ func New(client redis.UniversalClient, opts ...Option) *Broker {
 // Calling Close again has no effect and returns the first call's result.
 func (b *Broker) Close() error {
 	b.closeOnce.Do(func() {
-		close(b.done)
+		b.mu.Lock()
+		close(b.done) // under mu: Subscribe starts no room goroutine afterwards
+		b.mu.Unlock()
 		b.cancel()
 		if b.ps != nil {
 			b.closeErr = b.ps.Close()
@@ -205,6 +227,15 @@ func (b *Broker) Publish(ctx context.Context, room string, m wsroom.Message) err
 // called from the goroutine that calls deliver, before the deliveries that
 // follow the reconnection.
 //
+// Each room's messages wait in a queue of their own, on this Broker, for the
+// room's goroutine to hand them to its subscriptions, so that a room whose
+// deliver functions block delays no other room. When a room's queue already
+// holds DefaultRoomQueue messages, the Broker drops them, reports the error
+// to WithErrorHandler and WithLogger, and calls the lost function of each of
+// the room's subscriptions, if not nil, once, before the deliveries that
+// follow; the messages still arrive in order, and those dropped are in the
+// history.
+//
 // The returned function ends the subscription; after the last subscription
 // of a room ends, the Broker unsubscribes from its channel. It may be called
 // more than once, and from within deliver. Once it returns, deliver is not
@@ -223,11 +254,17 @@ func (b *Broker) Subscribe(ctx context.Context, room string, deliver func(wsroom
 	s := &subscription{deliver: deliver, lost: lost}
 	b.subMu.Lock()
 	b.mu.Lock()
+	if b.closed() {
+		b.mu.Unlock()
+		b.subMu.Unlock()
+		return nil, ErrClosed
+	}
 	t := b.topics[ch]
 	first := t == nil
 	if first {
-		t = &topic{}
+		t = &topic{ch: ch, quit: make(chan struct{}), wake: make(chan struct{}, 1)}
 		b.topics[ch] = t
+		b.wg.Go(func() { b.serve(t) })
 	}
 	t.subs = append(slices.Clip(t.subs), s)
 	b.mu.Unlock()
@@ -264,6 +301,7 @@ func (b *Broker) unsubscribe(ch string, s *subscription) {
 			t.subs = slices.Delete(slices.Clone(t.subs), i, i+1)
 			if len(t.subs) == 0 {
 				delete(b.topics, ch)
+				close(t.quit)
 				last = true
 			}
 		}
@@ -401,28 +439,108 @@ func (b *Broker) run() {
 	}
 }
 
-// dispatch hands a message read from the pub/sub connection to the
-// subscribers of its channel.
+// dispatch queues a message read from the pub/sub connection for the
+// goroutine of its channel's topic. It never blocks: when the topic's queue
+// is full, the queued messages are dropped and the subscriptions told.
 func (b *Broker) dispatch(msg *redis.Message) {
 	b.received.Add(1)
 	b.mu.Lock()
-	var subs []*subscription
-	if t := b.topics[msg.Channel]; t != nil {
-		subs = t.subs
-	}
+	t := b.topics[msg.Channel]
 	b.mu.Unlock()
-	if len(subs) == 0 {
+	if t == nil {
 		return
 	}
-	m, err := decodePayload(msg.Payload)
-	if err != nil {
-		b.report(fmt.Errorf("redisbroker: message on channel %q: %w", msg.Channel, err))
-		return
-	}
-	for _, s := range subs {
-		if !s.dead.Load() {
-			s.deliver(m)
+	t.qmu.Lock()
+	var dropped error
+	if len(t.queue) >= b.cfg.roomQueue {
+		clear(t.queue)
+		t.queue = t.queue[:0]
+		t.drops.Add(1)
+		if !t.overflow {
+			// Told once until serve takes the news.
+			dropped = fmt.Errorf("redisbroker: channel %q: its subscribers fell %d messages behind; dropped them", t.ch, b.cfg.roomQueue)
+			t.lost = errors.Join(t.lost, dropped)
+			t.overflow = true
 		}
+	}
+	t.queue = append(t.queue, msg.Payload)
+	t.qmu.Unlock()
+	t.signal()
+	if dropped != nil {
+		b.report(dropped)
+	}
+}
+
+// signal wakes the topic's goroutine.
+func (t *topic) signal() {
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+}
+
+// tell records that the topic's subscriptions may have missed messages, for
+// its goroutine to tell them before the messages queued afterwards.
+func (t *topic) tell(cause error) {
+	t.qmu.Lock()
+	if t.lost == nil {
+		t.lost = cause
+	}
+	t.qmu.Unlock()
+	t.signal()
+}
+
+// serve is the goroutine of a topic: it hands the queued messages to the
+// topic's subscriptions, in order, until the last of them ends or the
+// Broker closes. After an overflow it abandons the messages it has taken
+// and not delivered yet, which are dropped as well.
+func (b *Broker) serve(t *topic) {
+	for {
+		select {
+		case <-t.wake:
+		case <-t.quit:
+			return
+		case <-b.done:
+			return
+		}
+		t.qmu.Lock()
+		batch, cause := t.queue, t.lost
+		t.queue, t.spare = t.spare, nil
+		t.lost, t.overflow = nil, false
+		drops := t.drops.Load()
+		t.qmu.Unlock()
+
+		// Read after taking the batch, so that a subscription whose
+		// Subscribe returned before a message was queued receives it.
+		b.mu.Lock()
+		subs := t.subs
+		b.mu.Unlock()
+		if cause != nil {
+			for _, s := range subs {
+				if s.lost != nil && !s.dead.Load() && !b.closed() {
+					s.lost(cause)
+				}
+			}
+		}
+		for _, payload := range batch {
+			if t.drops.Load() != drops || b.closed() {
+				break
+			}
+			m, err := decodePayload(payload)
+			if err != nil {
+				b.report(fmt.Errorf("redisbroker: message on channel %q: %w", t.ch, err))
+				continue
+			}
+			for _, s := range subs {
+				if !s.dead.Load() {
+					s.deliver(m)
+				}
+			}
+		}
+		clear(batch)
+		t.qmu.Lock()
+		t.spare = batch[:0]
+		t.qmu.Unlock()
 	}
 }
 
@@ -454,16 +572,10 @@ func (b *Broker) pong(payload string) {
 		return
 	}
 	b.mu.Lock()
-	var subs []*subscription
 	for _, t := range b.topics {
-		subs = append(subs, t.subs...)
+		t.tell(cause)
 	}
 	b.mu.Unlock()
-	for _, s := range subs {
-		if s.lost != nil && !s.dead.Load() {
-			s.lost(cause)
-		}
-	}
 }
 
 // report passes an error the Broker recovered from to the error handler and

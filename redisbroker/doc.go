@@ -47,7 +47,13 @@
 // channel when the room gets its first local subscriber and unsubscribes
 // after the last one leaves, so a node receives only the traffic of the rooms
 // it serves. One goroutine, started by New and ended by [Broker.Close], reads
-// the connection and calls the subscribers, in order.
+// the connection and queues each message for its room; each room with local
+// subscribers has a goroutine of its own that calls them, in order, so that
+// a room whose subscribers block delays no other room. A room's queue holds
+// at most [DefaultRoomQueue] messages: when its subscribers fall further
+// behind, the Broker drops the queued messages, reports the error and calls
+// the room's lost functions, and the room reads what it missed from the
+// history, as after a reconnection (below).
 //
 // When the connection fails or Redis stops answering (a restart, a killed
 // connection, a network path that went silent, found by a ping after

@@ -21,6 +21,8 @@ type config struct {
 
 	healthInterval time.Duration // ping when nothing arrived for this long
 	pingTimeout    time.Duration // reconnect when a ping is unanswered for this long
+
+	roomQueue int // messages a room's queue holds before its backlog is dropped
 }
 
 // DefaultPrefix is the prefix of the Redis keys and channels a Broker uses
@@ -35,6 +37,12 @@ const DefaultMaxAge = 24 * time.Hour
 // by its Broker unless WithPresenceTTL says otherwise.
 const DefaultPresenceTTL = 30 * time.Second
 
+// DefaultRoomQueue is how many received messages a room's queue holds, on
+// each node, while the room's subscribers are busy: one more drops the
+// backlog, and the room's subscriptions are told through their lost
+// function.
+const DefaultRoomQueue = 1024
+
 func defaultConfig() config {
 	return config{
 		prefix: DefaultPrefix,
@@ -46,6 +54,8 @@ func defaultConfig() config {
 
 		healthInterval: 3 * time.Second,
 		pingTimeout:    5 * time.Second,
+
+		roomQueue: DefaultRoomQueue,
 	}
 }
 
@@ -88,7 +98,8 @@ func WithMaxAge(d time.Duration) Option {
 
 // WithErrorHandler sets a function that is told of every error the Broker
 // recovers from by itself: a lost pub/sub connection, a failed
-// resubscription, a message it cannot decode. It is called from the Broker's
+// resubscription, a message it cannot decode, the backlog of a room whose
+// subscribers fell too far behind. It is called from the Broker's
 // goroutines, possibly concurrently, and must not block for long. The default
 // is none. If given more than once, the last one wins.
 func WithErrorHandler(f func(error)) Option {
