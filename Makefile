@@ -1,5 +1,11 @@
-# Every Go module in the repository: the core and each nested module.
-MODULES := $(shell find . -name go.mod -not -path '*/testdata/*' -exec dirname {} \; | sort)
+# Every Go module in the repository: the core, each nested module, and the
+# tools module.
+MODULES := $(shell find . -name go.mod -not -path '*/testdata/*' -not -path './.*' -exec dirname {} \; | sort)
+
+# The tools module (staticcheck, the test summary) is not in go.work: its
+# dependencies stay out of the workspace.
+TOOLS := internal/tools
+TOOLGO := GOWORK=off go -C $(TOOLS)
 
 .PHONY: test lint bench
 
@@ -13,12 +19,14 @@ test:
 	done; \
 	if [ -n "$$failed" ]; then echo "FAILED:$$failed"; exit 1; fi
 
-# lint checks formatting, go vet, staticcheck and go.mod tidiness.
+# lint checks formatting, go vet, staticcheck and go.mod tidiness. It
+# builds staticcheck itself, at the version the tools module requires.
 lint:
 	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
-	@failed=; for m in $(MODULES); do \
+	@staticcheck=$$($(TOOLGO) tool -n staticcheck) || exit 1; \
+	failed=; for m in $(MODULES); do \
 		echo "== lint $$m"; \
-		(cd $$m && GOWORK=off go vet ./... && GOWORK=off staticcheck ./... && GOWORK=off go mod tidy -diff) || failed="$$failed $$m"; \
+		(cd $$m && GOWORK=off go vet ./... && GOWORK=off $$staticcheck ./... && GOWORK=off go mod tidy -diff) || failed="$$failed $$m"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "FAILED:$$failed"; exit 1; fi
 
