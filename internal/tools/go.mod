@@ -2,9 +2,12 @@ module github.com/wsroom/wsroom/internal/tools
 
 go 1.26.0
 
-tool honnef.co/go/tools/cmd/staticcheck
+tool (
+	github.com/wsroom/wsroom/internal/tools/cmd/modproxy
+	honnef.co/go/tools/cmd/staticcheck
+)
 
-require golang.org/x/mod v0.41.0 // indirect
+require golang.org/x/mod v0.41.0
 
 require (
 	github.com/BurntSushi/toml v1.4.1-0.20240526193622-a339e1f7089c // indirect
