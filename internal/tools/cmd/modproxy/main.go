@@ -33,6 +33,7 @@ import (
 	"golang.org/x/mod/modfile"
 	"golang.org/x/mod/module"
 	"golang.org/x/mod/semver"
+	"golang.org/x/mod/sumdb/dirhash"
 	modzip "golang.org/x/mod/zip"
 )
 
@@ -122,6 +123,9 @@ func write(out, root, dir, version, rev string) (module.Version, error) {
 	if err := modzip.Create(&zip, m, files); err != nil {
 		return m, err
 	}
+	if err := checkCache(m, zip.Bytes()); err != nil {
+		return m, err
+	}
 	info, err := json.Marshal(struct {
 		Version string
 		Time    string
@@ -204,6 +208,46 @@ func (fi dataFileInfo) Mode() os.FileMode  { return 0o644 }
 func (fi dataFileInfo) ModTime() time.Time { return time.Time{} }
 func (fi dataFileInfo) IsDir() bool        { return false }
 func (fi dataFileInfo) Sys() any           { return nil }
+
+// checkCache fails if the module cache already holds m with other
+// contents. The go command never fetches a version again once it is in the
+// cache, so a version must not be written from another commit: builds here
+// would go on using the old contents, and go.sum files would record their
+// hash, while other machines fetch the new ones.
+func checkCache(m module.Version, zipData []byte) error {
+	cache, err := exec.Command("go", "env", "GOMODCACHE").Output()
+	if err != nil || len(bytes.TrimSpace(cache)) == 0 {
+		return nil // no module cache to disagree with
+	}
+	esc, err := module.EscapePath(m.Path)
+	if err != nil {
+		return err
+	}
+	cached, err := os.ReadFile(filepath.Join(string(bytes.TrimSpace(cache)), "cache", "download", filepath.FromSlash(esc), "@v", m.Version+".ziphash"))
+	if err != nil {
+		return nil // not in the cache
+	}
+	f, err := os.CreateTemp("", "modproxy-*.zip")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	_, err = f.Write(zipData)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	sum, err := dirhash.HashZip(f.Name(), dirhash.Hash1)
+	if err != nil {
+		return err
+	}
+	if have := strings.TrimSpace(string(cached)); have != sum {
+		return fmt.Errorf("%s@%s is in the module cache with other contents (%s, here %s): a version must not move to another commit; pin a new version", m.Path, m.Version, have, sum)
+	}
+	return nil
+}
 
 // addToList adds version to the proxy's list file of a module, in order.
 func addToList(name, version string) error {
