@@ -13,7 +13,7 @@ TOOLGO := GOWORK=off go -C $(TOOLS)
 MODPROXY := $(CURDIR)/.modproxy
 PROXYENV := GOPROXY=file://$(MODPROXY),$(shell go env GOPROXY) GONOSUMDB=$(shell go env GONOSUMDB),github.com/wsroom/wsroom
 
-.PHONY: test lint modproxy pin bench
+.PHONY: test lint modproxy pin release-check bench
 
 # test runs every test of every module, with the race detector. The nested
 # modules are tested in the workspace (go.work), so against the core of
@@ -60,6 +60,11 @@ pin: modproxy
 			fi; \
 		done; \
 	done
+
+# release-check installs the core and every adapter, as tagged from this
+# tree, in a new module through a file-based proxy, and builds with them.
+release-check:
+	@.ci/release-check
 
 # bench runs the core benchmarks.
 bench:
