@@ -2,8 +2,8 @@
 # tools module.
 MODULES := $(shell find . -name go.mod -not -path '*/testdata/*' -not -path './.*' -exec dirname {} \; | sort)
 
-# The tools module (staticcheck, the module proxy writer) is not in
-# go.work: its dependencies stay out of the workspace.
+# The tools module (staticcheck, the module proxy writer, the test summary)
+# is not in go.work: its dependencies stay out of the workspace.
 TOOLS := internal/tools
 TOOLGO := GOWORK=off go -C $(TOOLS)
 
@@ -15,18 +15,26 @@ PROXYENV := GOPROXY=file://$(MODPROXY),$(shell go env GOPROXY) GONOSUMDB=$(shell
 
 .PHONY: test lint modproxy pin release-check bench
 
-# test runs every test of every module, with the race detector. The nested
-# modules are tested in the workspace (go.work), so against the core of
-# this tree; the tools module on its own. Tests of an adapter need its
-# engine (Redis, NATS, PostgreSQL) and the browser test needs Chromium;
-# outside CI they skip with a message saying what to start.
+# test runs every test of every module with the race detector, twice: with
+# the default GOMAXPROCS, then with GOMAXPROCS=1. The nested modules are
+# tested in the workspace (go.work), so against the core of this tree; the
+# tools module on its own. Tests of an adapter need its engine (Redis, NATS, PostgreSQL) and the
+# browser test needs Chromium; outside CI they skip with a message saying
+# what to start. The run ends with a summary of skipped and failed tests;
+# under CI (CI set) a skipped test fails it.
 test:
-	@failed=; for m in $(MODULES); do \
-		if [ $$m = ./$(TOOLS) ]; then work=off; else work=$(CURDIR)/go.work; fi; \
-		echo "== go test $$m"; \
-		(cd $$m && GOWORK=$$work go test -race -count=1 ./...) || failed="$$failed $$m"; \
+	@ts=$$($(TOOLGO) tool -n testsummary) || exit 1; \
+	rec=$$(mktemp); trap 'rm -f "$$rec"' EXIT; failed=; \
+	for procs in default 1; do \
+		for m in $(MODULES); do \
+			if [ $$m = ./$(TOOLS) ]; then work=off; else work=$(CURDIR)/go.work; fi; \
+			if [ $$procs = default ]; then env="env -u GOMAXPROCS"; else env="env GOMAXPROCS=$$procs"; fi; \
+			echo "== go test $$m (GOMAXPROCS=$$procs)"; \
+			(cd $$m && GOWORK=$$work $$env $$ts run -record "$$rec" -label "$$m GOMAXPROCS=$$procs" -- \
+				go test -json -race -count=1 ./...) || failed=1; \
+		done; \
 	done; \
-	if [ -n "$$failed" ]; then echo "FAILED:$$failed"; exit 1; fi
+	$$ts report $${CI:+-fail-on-skip} -expected .ci/expected-skips "$$rec" && [ -z "$$failed" ]
 
 # lint checks formatting, then in each module on its own (GOWORK=off): go
 # vet, staticcheck, go.mod tidiness, and that it requires the pinned

@@ -4,6 +4,7 @@ go 1.26.0
 
 tool (
 	github.com/wsroom/wsroom/internal/tools/cmd/modproxy
+	github.com/wsroom/wsroom/internal/tools/cmd/testsummary
 	honnef.co/go/tools/cmd/staticcheck
 )
 
