@@ -7,7 +7,7 @@ require (
 	github.com/gorilla/websocket v1.5.3
 	github.com/lxzan/gws v1.8.9
 	github.com/olahol/melody v1.1.4
-	github.com/wsroom/wsroom v0.0.0-00010101000000-000000000000
+	github.com/wsroom/wsroom v0.1.0
 	golang.org/x/image v0.30.0
 )
 
@@ -15,5 +15,3 @@ require (
 	github.com/dolthub/maphash v0.1.0 // indirect
 	github.com/klauspost/compress v1.17.9 // indirect
 )
-
-replace github.com/wsroom/wsroom => ../

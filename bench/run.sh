@@ -9,7 +9,7 @@
 #   FIRST=2 RUNS=2 ./run.sh  # runs 2 and 3, keeping run 1
 set -euo pipefail
 cd "$(dirname "$0")"
-export GOWORK=off
+export GOWORK="$PWD/go.work" # the core of this tree; see go.work
 go build -o bin/ ./cmd/... ./servers/...
 RUNS=${RUNS:-3}
 FIRST=${FIRST:-1}

@@ -5,7 +5,7 @@ go 1.26.0
 require (
 	github.com/coder/websocket v1.8.15
 	github.com/nats-io/nats.go v1.55.0
-	github.com/wsroom/wsroom v0.0.0-00010101000000-000000000000
+	github.com/wsroom/wsroom v0.1.0
 	go.uber.org/goleak v1.3.0
 )
 
@@ -16,5 +16,3 @@ require (
 	golang.org/x/crypto v0.57.0 // indirect
 	golang.org/x/sys v0.48.0 // indirect
 )
-
-replace github.com/wsroom/wsroom => ../

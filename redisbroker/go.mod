@@ -5,7 +5,7 @@ go 1.26.0
 require (
 	github.com/coder/websocket v1.8.15
 	github.com/redis/go-redis/v9 v9.23.0
-	github.com/wsroom/wsroom v0.0.0-00010101000000-000000000000
+	github.com/wsroom/wsroom v0.1.0
 	go.uber.org/goleak v1.3.0
 )
 
@@ -14,5 +14,3 @@ require (
 	go.uber.org/atomic v1.12.0 // indirect
 	golang.org/x/sys v0.48.0 // indirect
 )
-
-replace github.com/wsroom/wsroom => ../

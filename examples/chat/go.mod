@@ -6,7 +6,7 @@ require (
 	github.com/chromedp/cdproto v0.159.0
 	github.com/chromedp/chromedp v0.23.0
 	github.com/coder/websocket v1.8.15
-	github.com/wsroom/wsroom v0.0.0-00010101000000-000000000000
+	github.com/wsroom/wsroom v0.1.0
 	github.com/wsroom/wsroom/sqlstore v0.0.0-00010101000000-000000000000
 	modernc.org/sqlite v1.62.0
 )
@@ -24,7 +24,6 @@ require (
 	modernc.org/memory v1.12.1 // indirect
 )
 
-replace (
-	github.com/wsroom/wsroom => ../..
-	github.com/wsroom/wsroom/sqlstore => ../../sqlstore
-)
+// Until sqlstore has a release that requires a released core, the demo
+// builds with the sqlstore of this tree; see RELEASING.md.
+replace github.com/wsroom/wsroom/sqlstore => ../../sqlstore
