@@ -19,12 +19,18 @@
 //
 //  1. A client's reading goroutine reads a frame, checks
 //     its size (WithReadLimit) and rate (WithRateLimit), and lets the Codec
-//     decode it. With a message hook the hook decides what to publish;
-//     without one the payload is published as it is.
+//     decode it; in a room of text frames the payload must be valid UTF-8
+//     whatever the codec. With a message hook the hook decides what to
+//     publish; without one the payload is published as it is. If the
+//     Broker fails, the message is retried and the client's next messages
+//     wait (WithPublishRetry); past the retry time the client is closed
+//     with 1013 to send it again. Nothing a client sent is dropped silently.
 //  2. Room.Publish hands the message to the Broker. The default LocalBroker
 //     numbers it through the Store (sequence numbers 1, 2, 3 ... per room,
 //     within an epoch), stores it, and delivers it to the room's loop.
-//     Other Brokers do the same across server nodes.
+//     Other Brokers do the same across server nodes. Delivery never waits
+//     for the loop: if the loop's inbox is full, the loop reads the
+//     message back from the Store.
 //  3. The room's loop, the only owner of the set of clients, encodes the
 //     message once into a whole WebSocket frame (server frames are not
 //     masked, so the bytes are the same for every client) and appends it to
@@ -35,8 +41,18 @@
 //     queue is empty. On a single P (GOMAXPROCS=1), when nothing else
 //     waits, the loop itself writes a frame to a client with an empty
 //     queue if the socket takes it without waiting, which saves a
-//     goroutine switch per delivery. With compression on, coder/websocket
-//     frames and compresses each message per connection instead.
+//     goroutine switch per delivery. If the socket takes only part of a
+//     frame, the connection keeps the rest and writes it before any other
+//     frame, pings and close frames included. With compression on,
+//     coder/websocket frames and compresses each message per connection
+//     instead.
+//
+// The room's loop never calls the application, the Store or the Broker.
+// Each room has a second goroutine, its keeper, which subscribes to the
+// Broker, reads the Store when the loop must catch up (a page of 256
+// messages at a time, each read retried with backoff for up to 30s before
+// the room's clients are resynchronised), and runs the error hook and the
+// logger for errors the loop meets.
 //
 // A client whose queue is full (WithSendBuffer) gets the SlowPolicy: closed
 // with 1008 by default, so it reconnects and resumes; DropOldest and
@@ -53,13 +69,21 @@
 //	ws://host/rooms/lobby?resume=EPOCH:SEQ
 //
 // The room then sends exactly the messages after that position, then live
-// ones, with no gap and no duplicate, even while others keep publishing. If
-// the history no longer covers that position (it was trimmed, or the epoch
-// changed because the history was lost), the client is closed with
-// StatusResync (4000) and should start afresh without resume. A malformed
-// resume parameter is answered with 400. The JSON codec puts "seq" and
-// "epoch" in each envelope; with the raw Text and Binary codecs clients see
-// only payloads and cannot resume.
+// ones, with no gap and no duplicate, even while others keep publishing.
+// History is read and written a page at a time, so a joining client holds at
+// most about 1 MiB of it at once (at least 8 messages; 256 at most), and
+// clients that replay the same messages share one copy of each frame.
+//
+// If the history no longer covers that position (it was trimmed, or the
+// epoch changed because the history was lost), or the room itself lost
+// messages it cannot read back, the client is closed with StatusResync
+// (4000). When the room's history moved to a new epoch, the close reason
+// ends in "resume=EPOCH:0", the start of the new epoch: a client that
+// reconnects with that resume parameter gets every message stored in the
+// new epoch. Otherwise it reconnects without resume. A malformed resume
+// parameter is answered with 400. The JSON codec puts "seq" and "epoch" in
+// each envelope; with the raw Text and Binary codecs clients see only
+// payloads and cannot resume.
 //
 // # Concurrency
 //
@@ -67,9 +91,10 @@
 // use. Each client has one goroutine that reads for as long as it is
 // connected (the handler returns once the connection is upgraded), a writer
 // only while it has messages queued, and the ping timer's goroutine for the
-// length of each ping. Each room has one loop goroutine. Hooks run on the goroutine of the client
-// they concern and never on the room's loop, so a slow hook slows only its
-// own client. No lock is held while a hook runs. A hook that panics is
+// length of each ping. Each room has its loop and its keeper. Hooks run on
+// the goroutine of the client they concern, and the error hook for errors of
+// the room on its keeper, never on the room's loop, so a slow hook slows
+// only its own client or room. No lock is held while a hook runs. A hook that panics is
 // recovered, as net/http recovers handlers: the panic goes to the error hook,
 // and a message hook's panic closes its client with 1011.
 //
@@ -87,16 +112,28 @@
 //
 // # Limits and defaults
 //
-// Send buffer 256 messages per client (DefaultSendBuffer), read limit 32 KiB
-// (DefaultReadLimit), write timeout 10s, ping every 30s with a 10s pong
-// timeout, no compression, same-origin handshakes only, no client cap, no
-// rate limit, memory history of 1,000 messages per room for 24 hours, no
-// history on join.
-// Handshake answers: 426 for non-WebSocket requests, 400 for a bad resume
-// parameter or room name, 401/403 from the authorize hook, 403 for a foreign
-// origin, 503 when the room is full or closed. Close codes: 1003 for the
-// wrong frame type, 1007 for invalid UTF-8 or a codec error, 1008 for a full
-// send buffer, the rate limit or a message hook error, 1009 for a message
-// over the read limit, 1001 on shutdown, 4000 (StatusResync) for a resume the
-// history cannot serve.
+// The defaults are chosen so that one abusive client cannot hurt the others:
+// send buffer 256 messages per client (DefaultSendBuffer), read limit 32 KiB
+// (DefaultReadLimit), each client throttled to 20 messages a second in
+// bursts of 40 (DefaultRateLimit), pings from a client answered 10 a second
+// in bursts of 20 (beyond that it is closed with 1008), write timeout 10s,
+// ping every 30s with a 10s pong timeout, publish retry 10s, no compression,
+// same-origin handshakes only, no client cap, at most 10,000 rooms per
+// Registry (DefaultMaxRooms), memory history of 1,000 messages per room for
+// 24 hours, no history on join.
+//
+// Handshake answers, checked in this order: 426 for non-WebSocket requests,
+// 400 for a malformed handshake (method, version, key), 403 for a foreign
+// origin, 400 for a bad resume parameter or room name, 401/403 from the
+// authorize hook, 503 when the room is full or closed or the Registry holds
+// its maximum of rooms. A Registry makes a room only for a handshake that
+// passed every check. Close codes: 1003 for the wrong frame type, 1007 for
+// invalid UTF-8 or a codec error, 1008 for a full send buffer, the rate
+// limit, a ping flood or a message hook error, 1009 for a message over the
+// read limit, 1011 for a message hook's panic, 1013 when the Broker could
+// not take a client's message within the publish retry time (or a new
+// room's Store could not be read), 1001 on shutdown, 4000 (StatusResync)
+// for a resume the history cannot serve or a room that lost messages. A
+// client whose writes fail or time out is dropped without a close frame
+// (counted in Stats.ClosedWrite), during a close too.
 package wsroom

@@ -33,7 +33,9 @@ func oneProc(t *testing.T) {
 // write's deadline, long passed, must not fail those writes.
 func TestOneProcWritesOutliveDeadlines(t *testing.T) {
 	oneProc(t)
-	f := newFixture(t, wsroom.WithPing(300*time.Millisecond, time.Second), wsroom.WithWriteTimeout(200*time.Millisecond))
+	// Pings every 100ms each set a deadline 20ms ahead; messages every
+	// 150ms mostly come after it has passed.
+	f := newFixture(t, wsroom.WithPing(100*time.Millisecond, time.Second), wsroom.WithWriteTimeout(20*time.Millisecond))
 	c := f.dial(t, "")
 	const n = 12
 	got := make(chan string, n)
