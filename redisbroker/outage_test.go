@@ -331,7 +331,9 @@ func (s *sender) run(ctx context.Context, every time.Duration) {
 			s.mu.Lock()
 			n := s.next
 			s.mu.Unlock()
-			wctx, cancel := context.WithTimeout(ctx, time.Second)
+			// Not ctx: a write cut short by it would close the connection
+			// abruptly, with the message maybe unread.
+			wctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			err := conn.Write(wctx, websocket.MessageText, fmt.Appendf(nil, `{"n":%d}`, n))
 			cancel()
 			if err != nil {
@@ -387,7 +389,7 @@ type outageRun struct {
 // seq 1 without a gap, through the resume position of their 4000.
 func TestRedisRestartsEmpty(t *testing.T) {
 	t.Run("RetryOutlastsOutage", func(t *testing.T) {
-		run := runRedisOutage(t, 15*time.Second)
+		run := runRedisOutage(t, outageSetup{retry: 15 * time.Second})
 		checkOutage(t, run)
 		if n := run.sender.closedWith(websocket.StatusTryAgainLater); n != 0 {
 			t.Errorf("sender closed %d times with 1013 although the publish retry (15s) outlasts the outage", n)
@@ -396,8 +398,16 @@ func TestRedisRestartsEmpty(t *testing.T) {
 			t.Errorf("%d messages the sender sent reached no receiver: %v", len(unseen), unseen)
 		}
 	})
+	// Node A reaches Redis with 2ms of latency, so the messages its client
+	// sent during the outage, held back by the publish retry, take over a
+	// second to publish once Redis is back; the room's resync (4000) must
+	// not drop those it has not read yet.
+	t.Run("SlowPublishes", func(t *testing.T) {
+		run := runRedisOutage(t, outageSetup{retry: 15 * time.Second, slowA: 2 * time.Millisecond})
+		checkOutage(t, run)
+	})
 	t.Run("RetryShorterThanOutage", func(t *testing.T) {
-		run := runRedisOutage(t, 500*time.Millisecond)
+		run := runRedisOutage(t, outageSetup{retry: 500 * time.Millisecond})
 		checkOutage(t, run)
 		if n := run.sender.closedWith(websocket.StatusTryAgainLater); n == 0 {
 			t.Errorf("sender never closed with 1013 although the publish retry (500ms) is shorter than the outage")
@@ -408,7 +418,16 @@ func TestRedisRestartsEmpty(t *testing.T) {
 	})
 }
 
-func runRedisOutage(t *testing.T, retry time.Duration) *outageRun {
+// outageSetup varies an outage run.
+type outageSetup struct {
+	retry time.Duration // the rooms' publish retry
+	// slowA, if not 0, delays every write of node A towards Redis by as
+	// much, so that its publishes are slow.
+	slowA time.Duration
+}
+
+func runRedisOutage(t *testing.T, setup outageSetup) *outageRun {
+	retry := setup.retry
 	const (
 		every  = 5 * time.Millisecond
 		before = time.Second      // sending before the kill
@@ -428,7 +447,11 @@ func runRedisOutage(t *testing.T, retry time.Duration) *outageRun {
 	var nodes []node
 	var brokers []*Broker
 	for i := range 2 {
-		b := New(newClientAt(t, srv.addr), WithMaxAge(testMaxAge), WithLogger(logger.With("node", i)))
+		addr := srv.addr
+		if i == 0 && setup.slowA > 0 {
+			addr = newProxy(t, srv.addr, setup.slowA).addr()
+		}
+		b := New(newClientAt(t, addr), WithMaxAge(testMaxAge), WithLogger(logger.With("node", i)))
 		t.Cleanup(func() { b.Close() })
 		brokers = append(brokers, b)
 		nodes = append(nodes, newNode(t, name, b,
@@ -644,7 +667,11 @@ func checkOutage(t *testing.T, run *outageRun) {
 			t.Errorf("receiver %s: %s", r.name, p)
 		}
 		if r.fresh > 0 {
-			t.Errorf("receiver %s got %d 4000s without a resume position", r.name, r.fresh)
+			// The room resynchronised while the engine held no message
+			// yet, so it had no epoch to name: the client starts afresh
+			// and misses what is stored before it is back. The check
+			// below fails if that happened.
+			t.Logf("receiver %s got %d 4000s without a resume position", r.name, r.fresh)
 		}
 		seqs := r.byEpoch[run.final.epoch]
 		want := make([]uint64, run.final.seq)
