@@ -41,6 +41,10 @@ type Broker struct {
 	hist   string // prefix of stored subjects, "wsroom.h."
 	live   string // prefix of announcement subjects, "wsroom.l."
 
+	// ensure looks up the stream, creating it if it is missing; see
+	// restoreStream.
+	ensure func(context.Context) (jetstream.Stream, error)
+
 	status      chan nats.Status
 	watcherDone chan struct{}
 	pres        *presence
@@ -104,20 +108,23 @@ func New(ctx context.Context, nc *nats.Conn, opts ...Option) (*Broker, error) {
 		MaxAge:            cfg.maxAge,
 		AllowDirect:       true,
 	}
-	b.stream, err = ensureStream(ctx, js, b.name,
-		func(c jetstream.StreamConfig) bool {
-			return c.Description == want.Description && slices.Equal(c.Subjects, want.Subjects) &&
-				c.Retention == want.Retention && c.Discard == want.Discard && c.Storage == want.Storage &&
-				c.MaxMsgsPerSubject == want.MaxMsgsPerSubject && c.MaxAge == want.MaxAge && c.AllowDirect
-		},
-		func(ctx context.Context) error {
-			_, err := js.CreateStream(ctx, want)
-			return err
-		},
-		func(ctx context.Context) error {
-			_, err := js.UpdateStream(ctx, want)
-			return err
-		})
+	b.ensure = func(ctx context.Context) (jetstream.Stream, error) {
+		return ensureStream(ctx, js, b.name,
+			func(c jetstream.StreamConfig) bool {
+				return c.Description == want.Description && slices.Equal(c.Subjects, want.Subjects) &&
+					c.Retention == want.Retention && c.Discard == want.Discard && c.Storage == want.Storage &&
+					c.MaxMsgsPerSubject == want.MaxMsgsPerSubject && c.MaxAge == want.MaxAge && c.AllowDirect
+			},
+			func(ctx context.Context) error {
+				_, err := js.CreateStream(ctx, want)
+				return err
+			},
+			func(ctx context.Context) error {
+				_, err := js.UpdateStream(ctx, want)
+				return err
+			})
+	}
+	b.stream, err = b.ensure(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("natsbroker: creating stream %s: %w", b.name, err)
 	}
@@ -296,6 +303,31 @@ func (b *Broker) watch() {
 			b.report(errors.New("natsbroker: connection to NATS closed"))
 		}
 	}
+}
+
+// streamMissing reports whether err may mean that the stream is gone: a
+// publish or a direct get that no stream answered, or a stream that is not
+// found. A server that lost its store (restarted on an empty store
+// directory, say) comes back without the stream.
+func streamMissing(err error) bool {
+	return errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, nats.ErrNoResponders) ||
+		errors.Is(err, jetstream.ErrStreamNotFound)
+}
+
+// restoreStream creates the stream again if it is gone, so that a server
+// that came back without its store takes messages again: the rooms then
+// start new epochs. It reports whether the stream exists now.
+func (b *Broker) restoreStream(ctx context.Context, cause error) bool {
+	if _, err := b.js.Stream(ctx, b.name); err == nil || !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return err == nil
+	}
+	b.report(fmt.Errorf("natsbroker: stream %s is gone (%v); creating it again: the rooms' history starts anew", b.name, cause))
+	if _, err := b.ensure(ctx); err != nil {
+		b.report(fmt.Errorf("natsbroker: creating stream %s again: %w", b.name, err))
+		return false
+	}
+	return true
 }
 
 // ensureCreateAttempts bounds how many times ensureStream tries to create a

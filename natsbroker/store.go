@@ -120,6 +120,9 @@ func (b *Broker) Append(ctx context.Context, room string, m wsroom.Message) (wsr
 			if pos, err = b.lastPosition(ctx, subj); err != nil {
 				if isTransient(ctx, err) && transient < maxTransient {
 					transient++
+					if streamMissing(err) {
+						b.restoreStream(ctx, err)
+					}
 					if err := sleep(ctx, backoff(transient)); err != nil {
 						return wsroom.Message{}, err
 					}
@@ -166,6 +169,12 @@ func (b *Broker) Append(ctx context.Context, room string, m wsroom.Message) (wsr
 			// Retry with the same position and message ID: if the first
 			// attempt was stored, JetStream acknowledges it as a duplicate.
 			transient++
+			if streamMissing(err) && b.restoreStream(ctx, err) {
+				// A new stream: the room's position is not the same.
+				a.posMu.Lock()
+				a.known = false
+				a.posMu.Unlock()
+			}
 			if err := sleep(ctx, backoff(transient)); err != nil {
 				return wsroom.Message{}, err
 			}
