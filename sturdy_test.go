@@ -106,8 +106,13 @@ func TestTextRoomsRefuseInvalidUTF8(t *testing.T) {
 		if got := read(t, c); got != "fine" {
 			t.Errorf("client got %q, want only \"fine\"", got)
 		}
-		if err := <-errs; !strings.Contains(err.Error(), "UTF-8") {
-			t.Errorf("error hook got %v, want a UTF-8 error", err)
+		select {
+		case err := <-errs:
+			if !strings.Contains(err.Error(), "UTF-8") {
+				t.Errorf("error hook got %v, want a UTF-8 error", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Errorf("error hook not told of the invalid frame")
 		}
 	})
 }
