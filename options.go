@@ -53,6 +53,10 @@ const (
 	DefaultPublishRetry = 10 * time.Second
 	DefaultMaxRooms     = 10000
 
+	// DefaultMaxRoomsPerClient is how many rooms a connection of many
+	// rooms may be in at once (see WithMaxRoomsPerClient).
+	DefaultMaxRoomsPerClient = 100
+
 	// DefaultRateLimit and DefaultRateBurst are each client's default rate
 	// limit: 20 messages a second on average, in bursts of up to 40, with
 	// the Throttle policy. A client that floods the room is slowed to
@@ -91,23 +95,28 @@ type config struct {
 	idleTimeout time.Duration
 	validName   func(string) error
 	maxRooms    int
+
+	// Connections of many rooms only.
+	joinCheck         func(*Client, string) error
+	maxRoomsPerClient int
 }
 
 func defaultConfig() config {
 	return config{
-		codec:        Text(),
-		sendBuffer:   DefaultSendBuffer,
-		readLimit:    DefaultReadLimit,
-		writeTimeout: DefaultWriteTimeout,
-		pingInterval: DefaultPingInterval,
-		pongTimeout:  DefaultPongTimeout,
-		logger:       slog.New(slog.DiscardHandler),
-		idleTimeout:  DefaultIdleTimeout,
-		validName:    ValidRoomName,
-		maxRooms:     DefaultMaxRooms,
-		rateLimit:    DefaultRateLimit,
-		rateBurst:    DefaultRateBurst,
-		publishRetry: DefaultPublishRetry,
+		codec:             Text(),
+		sendBuffer:        DefaultSendBuffer,
+		readLimit:         DefaultReadLimit,
+		writeTimeout:      DefaultWriteTimeout,
+		pingInterval:      DefaultPingInterval,
+		pongTimeout:       DefaultPongTimeout,
+		logger:            slog.New(slog.DiscardHandler),
+		idleTimeout:       DefaultIdleTimeout,
+		validName:         ValidRoomName,
+		maxRooms:          DefaultMaxRooms,
+		maxRoomsPerClient: DefaultMaxRoomsPerClient,
+		rateLimit:         DefaultRateLimit,
+		rateBurst:         DefaultRateBurst,
+		publishRetry:      DefaultPublishRetry,
 	}
 }
 
@@ -409,5 +418,28 @@ func WithMaxRooms(n int) Option {
 			n = DefaultMaxRooms
 		}
 		cfg.maxRooms = n
+	}
+}
+
+// WithJoinCheck sets a hook that decides whether a client of many rooms
+// (see Registry.MuxHandler) may join the room called room: a non-nil error
+// refuses the join with the error code "forbidden" and the error's text.
+// It runs on the client's reading goroutine, for joins the client asks
+// for, not for Client.Join. Default: none, every join is allowed. Registry
+// only.
+func WithJoinCheck(fn func(c *Client, room string) error) Option {
+	return func(cfg *config) { cfg.joinCheck = fn }
+}
+
+// WithMaxRoomsPerClient sets how many rooms a client of many rooms may be
+// in at once (default DefaultMaxRoomsPerClient, 100; n < 1 selects the
+// default); a join beyond it gets the error code "too_many_rooms".
+// Registry only.
+func WithMaxRoomsPerClient(n int) Option {
+	return func(cfg *config) {
+		if n < 1 {
+			n = DefaultMaxRoomsPerClient
+		}
+		cfg.maxRoomsPerClient = n
 	}
 }
