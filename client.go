@@ -21,12 +21,12 @@ import (
 type Client struct {
 	id       string
 	identity any
-	room     *Room          // its room; nil for a connection of many rooms
-	home     *membership    // its place in room; nil for many rooms
-	mux      *muxConn       // the rooms of a connection of many rooms
-	cfg      *config        // the room's or the registry's
-	raw      bool           // message frames are built by the room (no compression)
-	stats    *counters      // the room's, or the registry's for many rooms
+	room     *Room       // its room; nil for a connection of many rooms
+	home     *membership // its place in room; nil for many rooms
+	mux      *muxConn    // the rooms of a connection of many rooms
+	cfg      *config     // the room's or the registry's
+	raw      bool        // message frames are built by the room (no compression)
+	stats    *counters   // the room's, or the registry's for many rooms
 	conn     *websocket.Conn
 	fc       *frameConn
 	resume   *position
