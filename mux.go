@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 )
@@ -149,6 +150,9 @@ func (c *Client) muxReadLoop() error {
 		c.stats.bytesIn.Add(uint64(len(data)))
 		if typ != websocket.MessageText {
 			return c.rejectConn(websocket.StatusUnsupportedData, errors.New("wsroom: binary frame in the "+Subprotocol+" protocol"))
+		}
+		if !utf8.Valid(data) {
+			return c.rejectConn(websocket.StatusInvalidFramePayloadData, errInvalidUTF8)
 		}
 		if lim != nil {
 			if wait := lim.take(time.Now()); wait > 0 {

@@ -141,29 +141,33 @@ func newConfig(opts []Option) (config, error) {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	if cfg.store != nil && cfg.broker != nil {
-		var own Store
-		switch b := cfg.broker.(type) {
-		case *LocalBroker:
-			own = b.Store()
-		case Store:
-			own = b
-		}
-		if own != nil && !sameStore(own, cfg.store) {
-			return config{}, errSplitHistory
-		}
+	own := storeOf(cfg.broker)
+	if cfg.store != nil && own != nil && !sameStore(own, cfg.store) {
+		return config{}, errSplitHistory
 	}
 	if cfg.store == nil {
-		if s, ok := cfg.broker.(Store); ok {
-			cfg.store = s
-		} else {
-			cfg.store = NewMemoryStore(0, DefaultHistoryAge)
-		}
+		cfg.store = own
+	}
+	if cfg.store == nil {
+		cfg.store = NewMemoryStore(0, DefaultHistoryAge)
 	}
 	if cfg.broker == nil {
 		cfg.broker = NewLocalBroker(cfg.store)
 	}
 	return cfg, nil
+}
+
+// storeOf returns the Store a Broker numbers messages in, when it says:
+// the Broker itself if it is a Store, or what its Store method returns
+// (LocalBroker's, also when another Broker embeds it).
+func storeOf(b Broker) Store {
+	switch b := b.(type) {
+	case Store:
+		return b
+	case interface{ Store() Store }:
+		return b.Store()
+	}
+	return nil
 }
 
 // sameStore reports whether a and b are one Store. Stores of types that
