@@ -31,9 +31,11 @@ type Client struct {
 	fc       *frameConn
 	resume   *position
 
-	ctx      context.Context
-	cancel   context.CancelCauseFunc
-	readDone chan struct{} // closed when the reader has stopped reading
+	ctx       context.Context
+	cancel    context.CancelCauseFunc
+	readDone  chan struct{} // closed when the reader has stopped reading
+	aborted   chan struct{} // closed when the connection is finished
+	abortOnce sync.Once
 
 	mu        sync.Mutex
 	queue     []outFrame    // frames waiting for the writer
@@ -79,6 +81,7 @@ func newConn(cfg *config, stats *counters, conn *websocket.Conn, fc *frameConn, 
 		conn:     conn,
 		fc:       fc,
 		readDone: make(chan struct{}),
+		aborted:  make(chan struct{}),
 		closing:  make(chan struct{}),
 		drained:  make(chan struct{}, 1),
 	}

@@ -182,12 +182,12 @@ func parseResume(s string) (*position, error) {
 		return nil, nil
 	}
 	i := strings.LastIndexByte(s, ':')
-	if i < 1 || i > 128 {
+	if i < 0 || i > 128 {
 		return nil, errBadResume
 	}
 	seq, err := strconv.ParseUint(s[i+1:], 10, 64)
-	if err != nil {
-		return nil, errBadResume
+	if err != nil || (i == 0 && seq != 0) {
+		return nil, errBadResume // ":0" alone may name no epoch
 	}
 	return &position{epoch: s[:i], seq: seq}, nil
 }

@@ -183,7 +183,9 @@ func (l *loop) result(res fetchResult) {
 		if res.err != nil {
 			err = fmt.Errorf("wsroom: room %q cannot recover the messages after %v: %w", l.r.name, l.pos, res.err)
 		}
-		l.resync(res.current, res.known, res.known && res.current.epoch != "" && res.current.epoch != l.pos.epoch, err)
+		// A new epoch, or none yet (the engine came back empty): clients
+		// can have all of it.
+		l.resync(res.current, res.known, res.known && res.current.epoch != l.pos.epoch, err)
 	default:
 		for _, m := range res.msgs {
 			l.handle(m)

@@ -130,15 +130,17 @@ func (c *Client) publishRetry(r *Room, m Message, seq bool) (Message, error) {
 	}
 }
 
-// sleep waits for d, or until the client is closing; it reports whether it
-// waited the whole time.
+// sleep waits for d, or until the connection is finished; it reports
+// whether it waited the whole time. A connection that is closing but not
+// finished goes on reading, so that what the client sent before it knew of
+// the close is published.
 func (c *Client) sleep(d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
 		return true
-	case <-c.closing:
+	case <-c.aborted:
 		return false
 	}
 }

@@ -75,8 +75,18 @@ var errSend = errors.New("wsroom: send history")
 
 // gapError says that the history cannot serve a position. resume, if not
 // empty, is the start of the room's current epoch, another than the
-// position's: every message there can be served.
+// position's (":0" if the history is empty): every message from there can
+// be served.
 type gapError struct{ resume string }
+
+// gap returns the gapError of position p.
+func (r *Room) gap(ctx context.Context, p position) *gapError {
+	g := &gapError{}
+	if cur, err := r.position(ctx); err == nil && cur.epoch != p.epoch {
+		g.resume = position{epoch: cur.epoch}.String()
+	}
+	return g
+}
 
 func (e *gapError) Error() string { return ErrGap.Error() }
 func (e *gapError) Unwrap() error { return ErrGap }
@@ -125,11 +135,7 @@ func (r *Room) historyPage(ctx context.Context, from *position, limit *int, mux 
 		*limit = len(msgs)
 	}
 	if errors.Is(err, ErrGap) {
-		gap := &gapError{}
-		if last, err := r.cfg.store.Last(ctx, r.name, 1); err == nil && len(last) == 1 && last[0].Epoch != from.epoch {
-			gap.resume = position{epoch: last[0].Epoch}.String()
-		}
-		return false, gap
+		return false, r.gap(ctx, *from)
 	}
 	if err != nil {
 		return false, err

@@ -420,11 +420,7 @@ func (r *Room) readAfter(ctx context.Context, p position, n int) ([]Message, err
 	defer cancel()
 	msgs, err := r.cfg.store.After(ctx, r.name, p.epoch, p.seq, n)
 	if errors.Is(err, ErrGap) {
-		gap := &gapError{}
-		if cur, err := r.position(ctx); err == nil && cur.epoch != "" && cur.epoch != p.epoch {
-			gap.resume = position{epoch: cur.epoch}.String()
-		}
-		return nil, gap
+		return nil, r.gap(ctx, p)
 	}
 	return msgs, err
 }

@@ -207,6 +207,7 @@ func (c *Client) fail(req *closeRequest) {
 	set := c.setCloseLocked(req)
 	c.mu.Unlock()
 	if set && req.mode == closeAbort {
+		c.markAborted()
 		c.conn.CloseNow()
 	}
 }
@@ -216,6 +217,7 @@ func (c *Client) fail(req *closeRequest) {
 // unless one was set.
 func (c *Client) abort(err error) {
 	c.fail(&closeRequest{mode: closeAbort, err: err})
+	c.markAborted()
 	c.conn.CloseNow()
 }
 
@@ -281,14 +283,46 @@ func (c *Client) writeLoop() {
 			if req.mode == closeAbort {
 				c.conn.CloseNow()
 			} else {
-				// Bounded: the close frame's write by the write timeout,
-				// the wait for the peer's answer by coder/websocket (5s).
-				// The connection is closed either way.
-				c.conn.Close(req.code, req.reason)
+				c.closeGracefully(req)
 			}
 			return
 		}
 	}
+}
+
+// closeWait bounds how long a closing connection waits for the peer's
+// close frame, beyond the publish retry time, reading (and publishing) what
+// the peer sent before it got ours.
+const closeWait = 5 * time.Second
+
+// closeGracefully writes the close frame, then keeps reading until the
+// peer's close frame comes, so that every message the client sent before it
+// knew of the close is published, not dropped; then it closes the
+// connection. The close frame's write is bounded by the write timeout, the
+// wait by closeWait plus the publish retry time. With compression on,
+// coder/websocket closes the connection its way: it waits up to 5s for the
+// peer's close frame and drops the messages before it.
+func (c *Client) closeGracefully(req *closeRequest) {
+	defer c.markAborted()
+	if !c.raw {
+		c.conn.Close(req.code, req.reason)
+		return
+	}
+	if err := c.fc.writeClose(req.code, req.reason); err == nil {
+		t := time.NewTimer(closeWait + c.cfg.publishRetry)
+		select {
+		case <-c.readDone:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	c.conn.CloseNow()
+}
+
+// markAborted records that the connection is finished, so that the reader
+// waits for nothing more.
+func (c *Client) markAborted() {
+	c.abortOnce.Do(func() { close(c.aborted) })
 }
 
 // iovPool recycles the lists of frames handed to writev.
