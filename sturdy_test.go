@@ -758,3 +758,45 @@ func (s *pageStore) After(ctx context.Context, room, epoch string, seq uint64, l
 	}
 	return s.MemoryStore.After(ctx, room, epoch, seq, limit)
 }
+
+// A close the room starts keeps what the client sent before it knew of the
+// close: the reader goes on reading and publishing until the peer answers.
+func TestCloseKeepsWhatTheClientSent(t *testing.T) {
+	b := &downBroker{LocalBroker: wsroom.NewLocalBroker(wsroom.NewMemoryStore(0, 0))}
+	joined := make(chan *wsroom.Client, 2)
+	f := newFixture(t, wsroom.WithBroker(b), wsroom.WithPing(0, 0), wsroom.WithOnJoin(func(c *wsroom.Client) { joined <- c }))
+	watcher := f.dial(t, "")
+	<-joined
+	sender := f.dial(t, "")
+	senderClient := <-joined
+	go func() { // the sender reads only to see the close
+		for {
+			if _, _, err := sender.Read(context.Background()); err != nil {
+				return
+			}
+		}
+	}()
+	b.down.Store(true)
+	var want []string
+	for i := range 5 {
+		m := fmt.Sprint("s", i)
+		want = append(want, m)
+		write(t, sender, m) // into the socket: the reader waits on the broker
+	}
+	senderClient.Close(4001, "bye")
+	time.Sleep(300 * time.Millisecond)
+	b.down.Store(false)
+	var got []string
+	for range 5 {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		_, m, err := watcher.Read(ctx)
+		cancel()
+		if err != nil {
+			break
+		}
+		got = append(got, string(m))
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("messages sent before the close (-want +got):\n%s", diff)
+	}
+}
