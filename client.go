@@ -221,6 +221,7 @@ func (c *Client) serve() {
 	if presence != nil {
 		c.presence(func(ctx context.Context) error { return presence.Join(ctx, r.name, c.member()) })
 	}
+	r.announce(c, presenceJoin)
 	if r.cfg.onJoin != nil {
 		r.hook(c, "join", func() error { r.cfg.onJoin(c); return nil })
 	}
@@ -269,6 +270,7 @@ func (c *Client) serve() {
 	if presence != nil {
 		c.presence(func(ctx context.Context) error { return presence.Leave(ctx, r.name, c.id) })
 	}
+	r.announce(c, presenceLeave)
 	c.cancel(reason)
 	r.stats.leaves.Add(1)
 	r.cfg.logger.Debug("wsroom: leave", "room", r.name, "client", c.id, "reason", reason)

@@ -259,6 +259,9 @@ type outFrames struct {
 // frame returns the frame for clients of the room's codec or, if mux, of
 // the wsroom.v1 protocol; ok is false if m cannot be encoded so.
 func (fs *outFrames) frame(mux bool) (f outFrame, ok bool) {
+	if fs.m.Presence != "" && !mux {
+		return outFrame{}, false // only clients of many rooms get presence
+	}
 	p := &fs.codec
 	if mux {
 		p = &fs.mux
@@ -299,8 +302,17 @@ func (r *Room) keep() {
 	if !r.subscribe() {
 		return
 	}
+	var tick <-chan time.Time
+	if r.cfg.presenceEvents > 0 {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		tick = t.C
+	}
+	sent := int64(-1) // the member count last sent
 	for {
 		select {
+		case <-tick:
+			sent = r.countMembers(sent)
 		case req := <-r.wantc:
 			res := r.fetch(req)
 			select {

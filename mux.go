@@ -351,6 +351,7 @@ func (c *Client) joinRoom(ctx context.Context, name string, req *request) error 
 	if p, ok := r.cfg.broker.(Presence); ok {
 		c.presenceIn(r, func(ctx context.Context) error { return p.Join(ctx, r.name, c.member()) })
 	}
+	r.announce(c, presenceJoin)
 
 	// Live messages are held from here; the client gets the room's
 	// position, then the history it asked for, then them.
@@ -363,7 +364,13 @@ func (c *Client) joinRoom(ctx context.Context, name string, req *request) error 
 	if req != nil {
 		joined.ID = req.id()
 		if req.Members {
-			joined.Members, _ = r.Members(ctx)
+			ms, _ := r.Members(ctx)
+			if limit := r.cfg.presenceEvents; limit > 0 && len(ms) > limit {
+				n := len(ms)
+				joined.Count = &n
+			} else {
+				joined.Members = ms
+			}
 		}
 	}
 	c.enqueue(outFrame{data: joined.frame()}, false)
@@ -449,6 +456,7 @@ func (c *Client) roomLeft(r *Room, reason, id string) {
 	if p, ok := r.cfg.broker.(Presence); ok {
 		c.presenceIn(r, func(ctx context.Context) error { return p.Leave(ctx, r.name, c.id) })
 	}
+	r.announce(c, presenceLeave)
 	r.stats.leaves.Add(1)
 	if reason != "" {
 		c.enqueue(outFrame{data: (&reply{Op: "left", Room: r.name, ID: id, Reason: reason}).frame()}, false)
@@ -477,6 +485,7 @@ func (c *Client) evict(r *Room, tell *reply) {
 		if p, ok := r.cfg.broker.(Presence); ok {
 			c.presenceIn(r, func(ctx context.Context) error { return p.Leave(ctx, r.name, c.id) })
 		}
+		r.announce(c, presenceLeave)
 		r.stats.leaves.Add(1)
 		r.release()
 	}()

@@ -31,6 +31,9 @@ type frame struct {
 	Reason  string          `json:"reason,omitempty"`
 	Resume  string          `json:"resume,omitempty"`
 	Members []wsroom.Member `json:"members,omitempty"`
+	Join    []wsroom.Member `json:"join,omitempty"`
+	Leave   []string        `json:"leave,omitempty"`
+	Count   *int            `json:"count,omitempty"`
 }
 
 // muxFixture is a Registry serving connections of many rooms over loopback.
@@ -473,5 +476,59 @@ func TestMuxShutdown(t *testing.T) {
 	go f.reg.Shutdown(context.Background())
 	if code, _ := closeStatus(t, c); code != websocket.StatusGoingAway {
 		t.Errorf("closed with %v, want 1001", code)
+	}
+}
+
+// With presence events on, members of many rooms hear who joins and
+// leaves; in a room past the limit they get counts instead.
+func TestMuxPresenceEvents(t *testing.T) {
+	f := newMux(t, wsroom.WithPresenceEvents(2), wsroom.WithAuthorize(func(r *http.Request) (any, error) {
+		return r.URL.Query().Get("name"), nil
+	}))
+	dialAs := func(name string) *websocket.Conn {
+		c, _, err := websocket.Dial(t.Context(), f.url+"?name="+name, &websocket.DialOptions{Subprotocols: []string{wsroom.Subprotocol}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.CloseNow() })
+		return c
+	}
+	ana := dialAs("ana")
+	send(t, ana, `{"op":"join","room":"r"}`)
+	expect(t, ana, "joined")
+	if p := expect(t, ana, "presence"); len(p.Join) != 1 || p.Join[0].Info != "ana" {
+		t.Errorf("ana's own join: %+v", p)
+	}
+	ben := dialAs("ben")
+	send(t, ben, `{"op":"join","room":"r","members":true}`)
+	if j := expect(t, ben, "joined"); len(j.Members) != 2 {
+		t.Errorf("ben joined with members %v, want ana and ben", j.Members)
+	}
+	p := expect(t, ana, "presence")
+	if len(p.Join) != 1 || p.Join[0].Info != "ben" {
+		t.Errorf("ana heard %+v, want ben's join", p)
+	}
+	benID := p.Join[0].ID
+	send(t, ben, `{"op":"leave","room":"r"}`)
+	if p := expect(t, ana, "presence"); len(p.Leave) != 1 || p.Leave[0] != benID {
+		t.Errorf("ana heard %+v, want ben's leave", p)
+	}
+	// Past the limit of 2: a count instead of joins, within about a second.
+	for _, name := range []string{"cy", "di"} {
+		c := dialAs(name)
+		send(t, c, `{"op":"join","room":"r"}`)
+		expect(t, c, "joined")
+	}
+	var count *int
+	for count == nil {
+		p := expect(t, ana, "presence")
+		if p.Count != nil {
+			count = p.Count
+		} else if len(p.Join) == 1 && p.Join[0].Info == "di" {
+			t.Errorf("a join past the limit was sent: %+v", p)
+		}
+	}
+	if *count != 3 {
+		t.Errorf("count = %d, want 3", *count)
 	}
 }

@@ -99,6 +99,7 @@ type config struct {
 	// Connections of many rooms only.
 	joinCheck         func(*Client, string) error
 	maxRoomsPerClient int
+	presenceEvents    int
 }
 
 func defaultConfig() config {
@@ -446,4 +447,19 @@ func WithMaxRoomsPerClient(n int) Option {
 		}
 		cfg.maxRoomsPerClient = n
 	}
+}
+
+// WithPresenceEvents makes rooms tell their members of many rooms (see
+// Registry.MuxHandler) who joins and leaves, as "presence" frames of the
+// wsroom.v1 protocol, on every node: a join or leave is published through
+// the Broker as an ephemeral message. Joins and leaves of clients of one
+// room count too. In a room with more than limit members, joins and leaves
+// are not sent, since their traffic grows with the square of the room's
+// size; instead each node sends its members of many rooms the number of
+// members, at most once a second, when it changed. The number is the
+// Broker's Presence count when it has one (asked once a second per room
+// with members on the node), else the node's. limit <= 0 turns presence
+// events off (the default).
+func WithPresenceEvents(limit int) Option {
+	return func(cfg *config) { cfg.presenceEvents = max(limit, 0) }
 }

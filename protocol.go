@@ -110,6 +110,40 @@ func (rp *reply) at(p position) *reply {
 	return rp
 }
 
+// presenceFrame returns the frame of a presence event of the room:
+//
+//	{"op":"presence","room":"lobby","join":[{"id":"c5r...","info":"ana"}]}
+//	{"op":"presence","room":"lobby","leave":["c5r..."]}
+//	{"op":"presence","room":"lobby","count":250}
+func (r *Room) presenceFrame(m Message) ([]byte, error) {
+	rp := struct {
+		Op    string   `json:"op"`
+		Room  string   `json:"room"`
+		Join  []Member `json:"join,omitempty"`
+		Leave []string `json:"leave,omitempty"`
+		Count *int     `json:"count,omitempty"`
+	}{Op: "presence", Room: r.name}
+	switch m.Presence {
+	case presenceJoin:
+		rp.Join = []Member{{ID: m.From, Info: string(m.Data)}}
+	case presenceLeave:
+		rp.Leave = []string{m.From}
+	case presenceCount:
+		n, err := strconv.Atoi(string(m.Data))
+		if err != nil {
+			return nil, err
+		}
+		rp.Count = &n
+	default:
+		return nil, fmt.Errorf("wsroom: unknown presence event %q", m.Presence)
+	}
+	b, err := json.Marshal(rp)
+	if err != nil {
+		return nil, err
+	}
+	return appendFrame(make([]byte, 0, len(b)+4), websocket.MessageText, b), nil
+}
+
 // muxFrame returns the frame of m for clients of the wsroom.v1 protocol:
 //
 //	{"op":"msg","room":"lobby","seq":7,"epoch":"k2x...","time":1700000000000,"from":"c5r...","data":<the JSON value>}
@@ -118,6 +152,9 @@ func (rp *reply) at(p position) *reply {
 // A payload that is not JSON (from a client of a raw codec) is sent as a
 // JSON string.
 func (r *Room) muxFrame(m Message) ([]byte, error) {
+	if m.Presence != "" {
+		return r.presenceFrame(m)
+	}
 	b := make([]byte, 0, len(m.Data)+len(m.Epoch)+len(m.From)+len(r.name)+96)
 	b = append(b, `{"op":"msg","room":`...)
 	b = appendJSONString(b, r.name)

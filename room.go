@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,8 +69,9 @@ type Room struct {
 	unsubscribe func()
 	onIdle      func() // set by a Registry
 
-	joined atomic.Int64
-	stats  counters
+	joined  atomic.Int64
+	members atomic.Int64 // the room's members on every node, when known
+	stats   counters
 }
 
 type roomState int
@@ -423,4 +425,56 @@ func (r *Room) readAfter(ctx context.Context, p position, n int) ([]Message, err
 		return nil, r.gap(ctx, p)
 	}
 	return msgs, err
+}
+
+// announce publishes a client's join or leave to the room's members of
+// many rooms on every node, if presence events are on and the room is not
+// crowded (see WithPresenceEvents).
+func (r *Room) announce(c *Client, kind string) {
+	if r.cfg.presenceEvents <= 0 || r.crowded() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.writeTimeout)
+	defer cancel()
+	m := Message{Time: time.Now(), Ephemeral: true, From: c.id, Presence: kind}
+	if kind == presenceJoin {
+		m.Data = []byte(c.member().Info)
+	}
+	if err := r.publish(ctx, m); err != nil && !errors.Is(err, ErrClosed) {
+		r.reportError(c, fmt.Errorf("wsroom: presence event: %w", err))
+	}
+}
+
+// crowded reports whether the room has more members than presence events
+// list one by one.
+func (r *Room) crowded() bool {
+	return max(int64(r.Len()), r.members.Load()) > int64(r.cfg.presenceEvents)
+}
+
+// countMembers refreshes the room's member count, from the Broker's
+// Presence if it has one, and, if the room is crowded and the count is not
+// sent, tells this node's members of many rooms. It returns the count sent.
+func (r *Room) countMembers(sent int64) int64 {
+	if r.Len() == 0 {
+		return sent
+	}
+	n := int64(r.Len())
+	if p, ok := r.cfg.broker.(Presence); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.writeTimeout)
+		ms, err := p.Members(ctx, r.name)
+		cancel()
+		if err == nil {
+			n = int64(len(ms))
+		}
+	}
+	r.members.Store(n)
+	if !r.crowded() || n == sent {
+		return sent
+	}
+	select {
+	case r.inbox <- Message{Time: time.Now(), Ephemeral: true, Presence: presenceCount, Data: strconv.AppendInt(nil, n, 10)}:
+		return n
+	default:
+		return sent
+	}
 }
