@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -258,4 +259,92 @@ func BenchmarkLocalBroker(b *testing.B) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1e3, "p50-µs")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
+}
+
+// BenchmarkMuxRooms publishes 64-byte messages to the rooms of a Registry
+// whose 100 clients each hold one connection of many rooms (wsroom.v1), and
+// reports the cost per delivery when each connection is in 1 room and when
+// it is in 10 (messages spread over the 10 rooms, so every message still
+// reaches 100 clients). "one-room" is the same load over Registry.Handler,
+// one connection per client, for comparison. The clients run in the same
+// process, so the figures include their reading.
+func BenchmarkMuxRooms(b *testing.B) {
+	const clients = 100
+	for _, tt := range []struct {
+		name  string
+		rooms int
+		mux   bool
+	}{{"one-room", 1, false}, {"mux/rooms=1", 1, true}, {"mux/rooms=10", 10, true}} {
+		b.Run(tt.name, func(b *testing.B) {
+			reg := wsroom.NewRegistry(wsroom.WithPing(0, 0), wsroom.WithCodec(wsroom.JSON()))
+			mux := http.NewServeMux()
+			mux.Handle("GET /rooms/{name}", reg.Handler(nil))
+			mux.Handle("GET /mux", reg.MuxHandler())
+			srv := httptest.NewServer(mux)
+			defer srv.Close()
+			defer reg.Close()
+			url := "ws" + strings.TrimPrefix(srv.URL, "http")
+			var delivered atomic.Int64
+			var wg sync.WaitGroup
+			ctx := context.Background()
+			for range clients {
+				var c *websocket.Conn
+				var err error
+				if tt.mux {
+					c, _, err = websocket.Dial(ctx, url+"/mux", &websocket.DialOptions{Subprotocols: []string{wsroom.Subprotocol}})
+				} else {
+					c, _, err = websocket.Dial(ctx, url+"/rooms/r0", nil)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+				c.SetReadLimit(-1)
+				for i := range tt.rooms {
+					if tt.mux {
+						c.Write(ctx, websocket.MessageText, fmt.Appendf(nil, `{"op":"join","room":"r%d"}`, i))
+						c.Read(ctx) // joined
+					}
+				}
+				wg.Go(func() {
+					for {
+						if _, _, err := c.Read(ctx); err != nil {
+							return
+						}
+						delivered.Add(1)
+					}
+				})
+			}
+			var rooms []*wsroom.Room
+			for i := range tt.rooms {
+				r, _ := reg.Room(fmt.Sprintf("r%d", i))
+				for r.Len() < clients {
+					time.Sleep(time.Millisecond)
+				}
+				rooms = append(rooms, r)
+			}
+			msg := []byte(`"` + strings.Repeat("x", 62) + `"`)
+			var published int64
+			b.ReportAllocs()
+			b.ResetTimer()
+			start := time.Now()
+			for b.Loop() {
+				for published*clients-delivered.Load() > 64*clients {
+					runtime.Gosched()
+				}
+				if err := rooms[published%int64(len(rooms))].Publish(ctx, msg); err != nil {
+					b.Fatal(err)
+				}
+				published++
+			}
+			for delivered.Load() < published*clients {
+				runtime.Gosched()
+			}
+			elapsed := time.Since(start)
+			b.StopTimer()
+			b.ReportMetric(float64(published*clients)/elapsed.Seconds(), "deliveries/s")
+			b.ReportMetric(float64(elapsed.Nanoseconds())/float64(published*clients), "ns/delivery")
+			reg.Close()
+			wg.Wait()
+		})
+	}
 }

@@ -36,6 +36,18 @@ type Broker interface {
 	Subscribe(ctx context.Context, room string, deliver func(Message), lost func(error)) (unsubscribe func(), err error)
 }
 
+// Sequencer is implemented by a Broker that can tell the sequence number
+// and epoch it gave a message it published. The acks of the wsroom.v1
+// protocol (PROTOCOL.md) carry them when the room's Broker is a Sequencer;
+// otherwise an ack says only that the message is stored. Its method may be
+// called concurrently. A Broker that wraps another and changes Publish must
+// change PublishSeq alike, or hide it.
+type Sequencer interface {
+	// PublishSeq is Publish, returning m as numbered (m itself if it is
+	// ephemeral).
+	PublishSeq(ctx context.Context, room string, m Message) (Message, error)
+}
+
 // Presence is implemented by a Broker that knows which clients are in a
 // room on every node. A Room registers each of its clients with its Broker's
 // Presence, and Room.Members asks it. Entries of a node that stops without
@@ -88,6 +100,12 @@ func (b *LocalBroker) Store() Store { return b.store }
 // Publish implements Broker. Messages of one room are numbered and delivered
 // one at a time, so every subscriber sees them in sequence order.
 func (b *LocalBroker) Publish(ctx context.Context, room string, m Message) error {
+	_, err := b.PublishSeq(ctx, room, m)
+	return err
+}
+
+// PublishSeq implements Sequencer.
+func (b *LocalBroker) PublishSeq(ctx context.Context, room string, m Message) (Message, error) {
 	for {
 		b.mu.Lock()
 		t := b.topics[room]
@@ -95,33 +113,35 @@ func (b *LocalBroker) Publish(ctx context.Context, room string, m Message) error
 		if t == nil {
 			// No subscriber here: number and store only.
 			if !m.Ephemeral {
-				_, err := b.store.Append(ctx, room, m)
-				return err
+				return b.store.Append(ctx, room, m)
 			}
-			return nil
+			return m, nil
 		}
 		t.mu.Lock()
 		if t.dead {
 			t.mu.Unlock()
 			continue
 		}
-		err := t.publish(ctx, b.store, room, m)
+		m, err := t.publish(ctx, b.store, room, m)
 		t.mu.Unlock()
-		return err
+		return m, err
 	}
 }
 
-func (t *topic) publish(ctx context.Context, s Store, room string, m Message) error {
+func (t *topic) publish(ctx context.Context, s Store, room string, m Message) (Message, error) {
+	if err := ctx.Err(); err != nil {
+		return Message{}, err
+	}
 	if !m.Ephemeral {
 		var err error
 		if m, err = s.Append(ctx, room, m); err != nil {
-			return err
+			return Message{}, err
 		}
 	}
 	for sub := range t.subs {
 		sub.deliver(m)
 	}
-	return nil
+	return m, nil
 }
 
 // Subscribe implements Broker.

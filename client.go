@@ -21,14 +21,21 @@ import (
 type Client struct {
 	id       string
 	identity any
-	room     *Room
+	room     *Room       // its room; nil for a connection of many rooms
+	home     *membership // its place in room; nil for many rooms
+	mux      *muxConn    // the rooms of a connection of many rooms
+	cfg      *config     // the room's or the registry's
+	raw      bool        // message frames are built by the room (no compression)
+	stats    *counters   // the room's, or the registry's for many rooms
 	conn     *websocket.Conn
 	fc       *frameConn
 	resume   *position
 
-	ctx      context.Context
-	cancel   context.CancelCauseFunc
-	readDone chan struct{} // closed when the reader has stopped reading
+	ctx       context.Context
+	cancel    context.CancelCauseFunc
+	readDone  chan struct{} // closed when the reader has stopped reading
+	aborted   chan struct{} // closed when the connection is finished
+	abortOnce sync.Once
 
 	mu        sync.Mutex
 	queue     []outFrame    // frames waiting for the writer
@@ -36,35 +43,66 @@ type Client struct {
 	closeReq  *closeRequest // set once: how the connection ends
 	closing   chan struct{} // closed when closeReq is set
 	writing   bool          // a writer goroutine is running (or has finished the connection)
-	replaying bool          // history is being written: live frames wait
 	stopped   bool          // the client is gone: start no goroutine
+	drained   chan struct{} // signalled by the writer when the queue is empty
 	pingTimer *time.Timer
 	wg        sync.WaitGroup // writers and pings
+}
 
-	// Written by one writer at a time (writing is the token).
+// membership is a client's place in one room.
+type membership struct {
+	room *Room
+
+	// Under the client's mu.
+	replaying bool       // history is being sent: live frames wait
+	held      []outFrame // live frames waiting for the history (many rooms)
+
+	// Written by one writer at a time (writing is the token): the last
+	// numbered message of the room the client was sent.
 	lastEpoch string
 	lastSeq   uint64
 }
 
 func newClient(r *Room, conn *websocket.Conn, fc *frameConn, identity any, resume *position) *Client {
+	c := newConn(&r.cfg, &r.stats, conn, fc, identity)
+	c.room, c.resume = r, resume
+	c.home = &membership{room: r, replaying: true}
+	return c
+}
+
+// newConn returns a client with what both kinds of connection share.
+func newConn(cfg *config, stats *counters, conn *websocket.Conn, fc *frameConn, identity any) *Client {
 	c := &Client{
-		id:        newID(),
-		identity:  identity,
-		room:      r,
-		conn:      conn,
-		fc:        fc,
-		resume:    resume,
-		readDone:  make(chan struct{}),
-		closing:   make(chan struct{}),
-		replaying: true,
+		id:       newID(),
+		identity: identity,
+		cfg:      cfg,
+		raw:      cfg.compression == websocket.CompressionDisabled,
+		stats:    stats,
+		conn:     conn,
+		fc:       fc,
+		readDone: make(chan struct{}),
+		aborted:  make(chan struct{}),
+		closing:  make(chan struct{}),
+		drained:  make(chan struct{}, 1),
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
 	fc.abuse = func() {
-		r.stats.closedRate.Add(1)
-		r.reportError(c, errPingFlood)
+		stats.closedRate.Add(1)
+		c.report(errPingFlood)
 		c.requestClose(websocket.StatusPolicyViolation, errPingFlood.Error(), closeDiscard)
 	}
 	return c
+}
+
+// report counts err and passes it to the logger and the error hook, on the
+// calling goroutine.
+func (c *Client) report(err error) {
+	if c.room != nil {
+		c.room.reportError(c, err)
+		return
+	}
+	c.stats.errors.Add(1)
+	c.cfg.report(c, "", err)
 }
 
 var errPingFlood = errors.New("wsroom: too many pings")
@@ -76,7 +114,8 @@ func (c *Client) ID() string { return c.id }
 // Identity returns what the authorize hook returned for this client, or nil.
 func (c *Client) Identity() any { return c.identity }
 
-// Room returns the room the client is in.
+// Room returns the room the client is in, or nil for a connection of many
+// rooms (see Registry.MuxHandler and Client.Rooms).
 func (c *Client) Room() *Room { return c.room }
 
 // Context returns a context that is cancelled, with the leave reason as its
@@ -91,6 +130,9 @@ func (c *Client) Context() context.Context { return c.ctx }
 func (c *Client) Send(ctx context.Context, data []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if c.mux != nil {
+		return c.sendMux(data)
 	}
 	r := c.room
 	data, err := r.check(data)
@@ -179,6 +221,7 @@ func (c *Client) serve() {
 	if presence != nil {
 		c.presence(func(ctx context.Context) error { return presence.Join(ctx, r.name, c.member()) })
 	}
+	r.announce(c, presenceJoin)
 	if r.cfg.onJoin != nil {
 		r.hook(c, "join", func() error { r.cfg.onJoin(c); return nil })
 	}
@@ -194,7 +237,7 @@ func (c *Client) serve() {
 	}()
 	req := c.replay()
 	c.mu.Lock()
-	c.replaying = false
+	c.home.replaying = false
 	if req != nil {
 		c.setCloseLocked(req)
 	}
@@ -227,6 +270,7 @@ func (c *Client) serve() {
 	if presence != nil {
 		c.presence(func(ctx context.Context) error { return presence.Leave(ctx, r.name, c.id) })
 	}
+	r.announce(c, presenceLeave)
 	c.cancel(reason)
 	r.stats.leaves.Add(1)
 	r.cfg.logger.Debug("wsroom: leave", "room", r.name, "client", c.id, "reason", reason)

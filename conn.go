@@ -146,6 +146,18 @@ func (fc *frameConn) writeFrames(frames net.Buffers) error {
 	return err
 }
 
+// writeClose writes a close frame with code and reason, after the rest of a
+// begun frame, and no frame after it.
+func (fc *frameConn) writeClose(code websocket.StatusCode, reason string) error {
+	payload := binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(reason)), uint16(code))
+	payload = append(payload, reason...)
+	err := fc.writeFrames(net.Buffers{appendFrame(nil, opClose, payload)})
+	fc.mu.Lock()
+	fc.closeFrame = true
+	fc.mu.Unlock()
+	return err
+}
+
 func buffersLen(b net.Buffers) int {
 	n := 0
 	for _, p := range b {

@@ -230,3 +230,48 @@ func ExampleRoom_Shutdown() {
 //
 // and open http://localhost:8800 in two browser windows.
 func Example_chat() {}
+
+// One connection in two rooms, over the wsroom.v1 protocol of PROTOCOL.md:
+// join both, publish to one with an id, and read the ack and each room's
+// messages.
+func ExampleRegistry_MuxHandler() {
+	rooms := wsroom.NewRegistry(wsroom.WithCodec(wsroom.JSON()))
+	defer rooms.Close()
+	mux := http.NewServeMux()
+	mux.Handle("GET /ws", rooms.MuxHandler())
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	ctx := context.Background()
+	c, _, err := websocket.Dial(ctx, wsURL(srv, "/ws"), &websocket.DialOptions{Subprotocols: []string{wsroom.Subprotocol}})
+	if err != nil {
+		panic(err)
+	}
+	defer c.CloseNow()
+	say := func(s string) { c.Write(ctx, websocket.MessageText, []byte(s)) }
+	hear := func() {
+		_, b, _ := c.Read(ctx)
+		var f struct {
+			Op, Room, ID string
+			Seq          uint64
+			Data         json.RawMessage
+		}
+		json.Unmarshal(b, &f)
+		fmt.Println(strings.TrimSpace(fmt.Sprintf("%s %s id=%s seq=%d %s", f.Op, f.Room, f.ID, f.Seq, f.Data)))
+	}
+	say(`{"op":"join","room":"news","id":"j1"}`)
+	hear()
+	say(`{"op":"join","room":"chat","id":"j2"}`)
+	hear()
+	say(`{"op":"pub","room":"chat","id":"p1","ephemeral":false,"data":{"text":"hi"}}`)
+	hear() // the message and its ack, in either order
+	hear()
+	rooms.Publish(ctx, "news", []byte(`"extra!"`))
+	hear()
+	// Unordered output:
+	// joined news id=j1 seq=0
+	// joined chat id=j2 seq=0
+	// msg chat id= seq=1 {"text":"hi"}
+	// ack chat id=p1 seq=1
+	// msg news id= seq=1 "extra!"
+}

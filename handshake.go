@@ -49,36 +49,9 @@ var (
 // check has passed, so that no request that will be refused makes a room;
 // if the upgrade still fails, abandon gives the place back.
 func serveClient(cfg *config, w http.ResponseWriter, req *http.Request, acquire func() (*Room, error), abandon func(*Room)) {
-	if !headerHas(req.Header, "Connection", "upgrade") || !headerHas(req.Header, "Upgrade", "websocket") {
-		w.Header().Set("Upgrade", "websocket")
-		http.Error(w, "wsroom: this endpoint speaks WebSocket only", http.StatusUpgradeRequired)
+	identity, resume, ok := checkRequest(cfg, w, req)
+	if !ok {
 		return
-	}
-	if err := checkHandshake(req); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	if err := checkOrigin(req, cfg.origins); err != nil {
-		http.Error(w, err.Error(), http.StatusForbidden)
-		return
-	}
-	resume, err := parseResume(req.URL.Query().Get("resume"))
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	var identity any
-	if cfg.authorize != nil {
-		identity, err = cfg.authorize(req)
-		if err != nil {
-			var he *HTTPError
-			if errors.As(err, &he) {
-				http.Error(w, he.text(), he.Code)
-			} else {
-				http.Error(w, http.StatusText(http.StatusForbidden), http.StatusForbidden)
-			}
-			return
-		}
 	}
 	r, err := acquire()
 	if err != nil {
@@ -99,6 +72,43 @@ func serveClient(cfg *config, w http.ResponseWriter, req *http.Request, acquire 
 	// The client runs on its own goroutine, so that the handler returns and
 	// net/http lets go of the request and its buffers.
 	go newClient(r, conn, hw.conn, identity, resume).serve()
+}
+
+// checkRequest runs every check of a handshake, in order, the authorize
+// hook last, and answers a request that fails one. It returns the client's
+// identity and resume position.
+func checkRequest(cfg *config, w http.ResponseWriter, req *http.Request) (identity any, resume *position, ok bool) {
+	if !headerHas(req.Header, "Connection", "upgrade") || !headerHas(req.Header, "Upgrade", "websocket") {
+		w.Header().Set("Upgrade", "websocket")
+		http.Error(w, "wsroom: this endpoint speaks WebSocket only", http.StatusUpgradeRequired)
+		return nil, nil, false
+	}
+	if err := checkHandshake(req); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return nil, nil, false
+	}
+	if err := checkOrigin(req, cfg.origins); err != nil {
+		http.Error(w, err.Error(), http.StatusForbidden)
+		return nil, nil, false
+	}
+	resume, err := parseResume(req.URL.Query().Get("resume"))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return nil, nil, false
+	}
+	if cfg.authorize != nil {
+		identity, err = cfg.authorize(req)
+		if err != nil {
+			var he *HTTPError
+			if errors.As(err, &he) {
+				http.Error(w, he.text(), he.Code)
+			} else {
+				http.Error(w, http.StatusText(http.StatusForbidden), http.StatusForbidden)
+			}
+			return nil, nil, false
+		}
+	}
+	return identity, resume, true
 }
 
 // checkHandshake checks what websocket.Accept would refuse with 400, so
@@ -172,12 +182,12 @@ func parseResume(s string) (*position, error) {
 		return nil, nil
 	}
 	i := strings.LastIndexByte(s, ':')
-	if i < 1 || i > 128 {
+	if i < 0 || i > 128 {
 		return nil, errBadResume
 	}
 	seq, err := strconv.ParseUint(s[i+1:], 10, 64)
-	if err != nil {
-		return nil, errBadResume
+	if err != nil || (i == 0 && seq != 0) {
+		return nil, errBadResume // ":0" alone may name no epoch
 	}
 	return &position{epoch: s[:i], seq: seq}, nil
 }

@@ -183,7 +183,9 @@ func (l *loop) result(res fetchResult) {
 		if res.err != nil {
 			err = fmt.Errorf("wsroom: room %q cannot recover the messages after %v: %w", l.r.name, l.pos, res.err)
 		}
-		l.resync(res.current, res.known, res.known && res.current.epoch != "" && res.current.epoch != l.pos.epoch, err)
+		// A new epoch, or none yet (the engine came back empty): clients
+		// can have all of it.
+		l.resync(res.current, res.known, res.known && res.current.epoch != l.pos.epoch, err)
 	default:
 		for _, m := range res.msgs {
 			l.handle(m)
@@ -206,22 +208,29 @@ func (l *loop) resync(now position, known, fromStart bool, err error) {
 		reason += " resume=" + position{epoch: now.epoch}.String()
 	}
 	req := &closeRequest{code: StatusResync, reason: truncate(reason, maxReason), mode: closeDiscard, err: ErrGap}
-	for c := range l.clients {
-		c.fail(req)
+	tell := &reply{Op: "resync", Room: l.r.name, Reason: "messages lost"}
+	if fromStart {
+		tell.Resume = position{epoch: now.epoch}.String()
 	}
 	l.r.stats.resyncs.Add(uint64(len(l.clients)))
+	for c := range l.clients {
+		if c.mux != nil {
+			// Only this room is resynchronised: the connection stays.
+			delete(l.clients, c)
+			c.evict(l.r, tell)
+			continue
+		}
+		c.fail(req)
+	}
 	l.pos, l.known, l.behind = now, known, false
 }
 
-// fanout encodes m once and queues it to every client it is for.
+// fanout encodes m once for each kind of client that gets it (the room's
+// codec, the wsroom.v1 protocol) and queues the same bytes to every client
+// it is for.
 func (l *loop) fanout(m Message) {
 	r := l.r
-	payload, err := r.encode(m)
-	if err != nil {
-		r.reportAsync(nil, fmt.Errorf("wsroom: encode message %d: %w", m.Seq, err))
-		return
-	}
-	f := outFrame{seq: m.Seq, epoch: m.Epoch, data: r.newFrame(payload)}
+	fs := outFrames{r: r, m: m}
 	// On a single P, with no other message waiting, the loop writes to idle
 	// clients itself, saving a goroutine switch per delivery. With more Ps
 	// the writers spread the system calls over the cores, and under load
@@ -231,8 +240,59 @@ func (l *loop) fanout(m Message) {
 		if m.Except != "" && c.id == m.Except {
 			continue
 		}
-		c.enqueue(f, inline)
+		c.deliver(&fs, inline)
 	}
+	if fs.err != nil {
+		r.reportAsync(nil, fs.err)
+	}
+}
+
+// outFrames is one message's frames for a room's clients, each encoded
+// when first needed.
+type outFrames struct {
+	r          *Room
+	m          Message
+	codec, mux []byte
+	err        error // the first encoding error
+}
+
+// frame returns the frame for clients of the room's codec or, if mux, of
+// the wsroom.v1 protocol; ok is false if m cannot be encoded so.
+func (fs *outFrames) frame(mux bool) (f outFrame, ok bool) {
+	if fs.m.Presence != "" && !mux {
+		return outFrame{}, false // only clients of many rooms get presence
+	}
+	p := &fs.codec
+	if mux {
+		p = &fs.mux
+	}
+	if *p == nil {
+		var err error
+		if mux {
+			*p, err = fs.r.muxFrame(fs.m)
+		} else {
+			*p, err = fs.r.codecFrame(fs.m)
+		}
+		if err != nil {
+			*p = []byte{}
+			if fs.err == nil {
+				fs.err = err
+			}
+		}
+	}
+	if len(*p) == 0 {
+		return outFrame{}, false
+	}
+	return outFrame{seq: fs.m.Seq, epoch: fs.m.Epoch, data: *p}, true
+}
+
+// codecFrame returns the frame of m for clients of the room's codec.
+func (r *Room) codecFrame(m Message) ([]byte, error) {
+	payload, err := r.encode(m)
+	if err != nil {
+		return nil, fmt.Errorf("wsroom: encode message %d: %w", m.Seq, err)
+	}
+	return r.newFrame(payload), nil
 }
 
 // keep is the room's keeper: it subscribes the room to its broker, reads
@@ -242,8 +302,17 @@ func (r *Room) keep() {
 	if !r.subscribe() {
 		return
 	}
+	var tick <-chan time.Time
+	if r.cfg.presenceEvents > 0 {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		tick = t.C
+	}
+	sent := int64(-1) // the member count last sent
 	for {
 		select {
+		case <-tick:
+			sent = r.countMembers(sent)
 		case req := <-r.wantc:
 			res := r.fetch(req)
 			select {

@@ -38,9 +38,26 @@ type Message struct {
 	// never replayed: typing indicators, presence, cursors.
 	Ephemeral bool
 
+	// Presence, when not empty, marks an event a room publishes about its
+	// members (see WithPresenceEvents): "join" or "leave", with From the
+	// member's client ID and Data its Info; or "count", with Data the
+	// number of members in decimal. Such messages are ephemeral and reach
+	// only clients of many rooms.
+	Presence string
+
 	// Data is the payload, as the room's Codec decoded it.
 	Data []byte
 }
+
+// Presence events.
+const (
+	presenceJoin  = "join"
+	presenceLeave = "leave"
+	presenceCount = "count"
+)
+
+// presenceFlags maps presence events to flag bits of the binary form.
+var presenceFlags = map[string]byte{presenceJoin: 2, presenceLeave: 4, presenceCount: 6}
 
 // messageVersion is the first byte of a Message's binary form.
 const messageVersion = 1
@@ -56,6 +73,7 @@ func (m Message) MarshalBinary() ([]byte, error) {
 	if m.Ephemeral {
 		flags |= 1
 	}
+	flags |= presenceFlags[m.Presence]
 	b = append(b, flags)
 	b = binary.AppendUvarint(b, m.Seq)
 	var ms int64
@@ -73,11 +91,16 @@ func (m Message) MarshalBinary() ([]byte, error) {
 // UnmarshalBinary decodes a message written by MarshalBinary. Data is
 // copied, so b may be reused afterwards.
 func (m *Message) UnmarshalBinary(b []byte) error {
-	if len(b) < 2 || b[0] != messageVersion || b[1]&^1 != 0 {
+	if len(b) < 2 || b[0] != messageVersion || b[1]&^7 != 0 {
 		return errBadMessage
 	}
 	var out Message
 	out.Ephemeral = b[1]&1 != 0
+	for name, f := range presenceFlags {
+		if b[1]&6 == f {
+			out.Presence = name
+		}
+	}
 	b = b[2:]
 	seq, n := binary.Uvarint(b)
 	if n <= 0 {

@@ -53,6 +53,10 @@ const (
 	DefaultPublishRetry = 10 * time.Second
 	DefaultMaxRooms     = 10000
 
+	// DefaultMaxRoomsPerClient is how many rooms a connection of many
+	// rooms may be in at once (see WithMaxRoomsPerClient).
+	DefaultMaxRoomsPerClient = 100
+
 	// DefaultRateLimit and DefaultRateBurst are each client's default rate
 	// limit: 20 messages a second on average, in bursts of up to 40, with
 	// the Throttle policy. A client that floods the room is slowed to
@@ -91,23 +95,29 @@ type config struct {
 	idleTimeout time.Duration
 	validName   func(string) error
 	maxRooms    int
+
+	// Connections of many rooms only.
+	joinCheck         func(*Client, string) error
+	maxRoomsPerClient int
+	presenceEvents    int
 }
 
 func defaultConfig() config {
 	return config{
-		codec:        Text(),
-		sendBuffer:   DefaultSendBuffer,
-		readLimit:    DefaultReadLimit,
-		writeTimeout: DefaultWriteTimeout,
-		pingInterval: DefaultPingInterval,
-		pongTimeout:  DefaultPongTimeout,
-		logger:       slog.New(slog.DiscardHandler),
-		idleTimeout:  DefaultIdleTimeout,
-		validName:    ValidRoomName,
-		maxRooms:     DefaultMaxRooms,
-		rateLimit:    DefaultRateLimit,
-		rateBurst:    DefaultRateBurst,
-		publishRetry: DefaultPublishRetry,
+		codec:             Text(),
+		sendBuffer:        DefaultSendBuffer,
+		readLimit:         DefaultReadLimit,
+		writeTimeout:      DefaultWriteTimeout,
+		pingInterval:      DefaultPingInterval,
+		pongTimeout:       DefaultPongTimeout,
+		logger:            slog.New(slog.DiscardHandler),
+		idleTimeout:       DefaultIdleTimeout,
+		validName:         ValidRoomName,
+		maxRooms:          DefaultMaxRooms,
+		maxRoomsPerClient: DefaultMaxRoomsPerClient,
+		rateLimit:         DefaultRateLimit,
+		rateBurst:         DefaultRateBurst,
+		publishRetry:      DefaultPublishRetry,
 	}
 }
 
@@ -132,29 +142,33 @@ func newConfig(opts []Option) (config, error) {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	if cfg.store != nil && cfg.broker != nil {
-		var own Store
-		switch b := cfg.broker.(type) {
-		case *LocalBroker:
-			own = b.Store()
-		case Store:
-			own = b
-		}
-		if own != nil && !sameStore(own, cfg.store) {
-			return config{}, errSplitHistory
-		}
+	own := storeOf(cfg.broker)
+	if cfg.store != nil && own != nil && !sameStore(own, cfg.store) {
+		return config{}, errSplitHistory
 	}
 	if cfg.store == nil {
-		if s, ok := cfg.broker.(Store); ok {
-			cfg.store = s
-		} else {
-			cfg.store = NewMemoryStore(0, DefaultHistoryAge)
-		}
+		cfg.store = own
+	}
+	if cfg.store == nil {
+		cfg.store = NewMemoryStore(0, DefaultHistoryAge)
 	}
 	if cfg.broker == nil {
 		cfg.broker = NewLocalBroker(cfg.store)
 	}
 	return cfg, nil
+}
+
+// storeOf returns the Store a Broker numbers messages in, when it says:
+// the Broker itself if it is a Store, or what its Store method returns
+// (LocalBroker's, also when another Broker embeds it).
+func storeOf(b Broker) Store {
+	switch b := b.(type) {
+	case Store:
+		return b
+	case interface{ Store() Store }:
+		return b.Store()
+	}
+	return nil
 }
 
 // sameStore reports whether a and b are one Store. Stores of types that
@@ -410,4 +424,42 @@ func WithMaxRooms(n int) Option {
 		}
 		cfg.maxRooms = n
 	}
+}
+
+// WithJoinCheck sets a hook that decides whether a client of many rooms
+// (see Registry.MuxHandler) may join the room called room: a non-nil error
+// refuses the join with the error code "forbidden" and the error's text.
+// It runs on the client's reading goroutine, for joins the client asks
+// for, not for Client.Join. Default: none, every join is allowed. Registry
+// only.
+func WithJoinCheck(fn func(c *Client, room string) error) Option {
+	return func(cfg *config) { cfg.joinCheck = fn }
+}
+
+// WithMaxRoomsPerClient sets how many rooms a client of many rooms may be
+// in at once (default DefaultMaxRoomsPerClient, 100; n < 1 selects the
+// default); a join beyond it gets the error code "too_many_rooms".
+// Registry only.
+func WithMaxRoomsPerClient(n int) Option {
+	return func(cfg *config) {
+		if n < 1 {
+			n = DefaultMaxRoomsPerClient
+		}
+		cfg.maxRoomsPerClient = n
+	}
+}
+
+// WithPresenceEvents makes rooms tell their members of many rooms (see
+// Registry.MuxHandler) who joins and leaves, as "presence" frames of the
+// wsroom.v1 protocol, on every node: a join or leave is published through
+// the Broker as an ephemeral message. Joins and leaves of clients of one
+// room count too. In a room with more than limit members, joins and leaves
+// are not sent, since their traffic grows with the square of the room's
+// size; instead each node sends its members of many rooms the number of
+// members, at most once a second, when it changed. The number is the
+// Broker's Presence count when it has one (asked once a second per room
+// with members on the node), else the node's. limit <= 0 turns presence
+// events off (the default).
+func WithPresenceEvents(limit int) Option {
+	return func(cfg *config) { cfg.presenceEvents = max(limit, 0) }
 }

@@ -104,21 +104,32 @@ func (r *Room) publish(ctx context.Context, m Message) error {
 	return r.cfg.broker.Publish(ctx, r.name, m)
 }
 
+// publishSeq publishes m and returns it as numbered, when the Broker is a
+// Sequencer; otherwise as it was.
+func (r *Room) publishSeq(ctx context.Context, m Message) (Message, error) {
+	if !r.isOpen() {
+		return Message{}, ErrClosed
+	}
+	if s, ok := r.cfg.broker.(Sequencer); ok {
+		return s.PublishSeq(ctx, r.name, m)
+	}
+	return m, r.cfg.broker.Publish(ctx, r.name, m)
+}
+
 // publishLocal encodes m once and queues it to the local clients keep
 // accepts.
 func (r *Room) publishLocal(m Message, keep func(*Client) bool) error {
 	if !r.isOpen() {
 		return ErrClosed
 	}
-	payload, err := r.encode(m)
-	if err != nil {
+	if _, err := r.encode(m); err != nil {
 		return err
 	}
-	frame := r.newFrame(payload)
+	fs := outFrames{r: r, m: m}
 	for _, c := range r.Clients() {
 		if keep(c) {
-			c.enqueue(outFrame{data: frame}, false)
+			c.deliver(&fs, false)
 		}
 	}
-	return nil
+	return fs.err
 }

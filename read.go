@@ -84,53 +84,71 @@ func (c *Client) readLoop() error {
 	}
 }
 
-// publish publishes a message the client sent. While the broker fails, it
-// retries with backoff, and the client's next message waits: the client is
-// slowed, not lied to. If the broker still fails after the publish retry
-// time, the client is closed with websocket.StatusTryAgainLater, so that it
-// knows to send again.
+// publish publishes a message a client of one room sent. While the broker
+// fails, it retries (see publishRetry); if the broker still fails after the
+// publish retry time, the client is closed with
+// websocket.StatusTryAgainLater, so that it knows to send again.
 func (c *Client) publish(m Message) error {
-	r := c.room
+	_, err := c.publishRetry(c.room, m, false)
+	if errors.Is(err, ErrUnavailable) {
+		c.stats.closedUnavailable.Add(1)
+		c.requestClose(websocket.StatusTryAgainLater, "wsroom: message not published, send it again", closeDrain)
+	}
+	return err
+}
+
+// publishRetry publishes a message a client sent to r and, if seq is set,
+// returns it as numbered (when the Broker is a Sequencer). While the broker fails, it
+// retries with backoff, and the client's next message waits: the client is
+// slowed, not lied to. After the publish retry time it returns an error
+// wrapping ErrUnavailable.
+func (c *Client) publishRetry(r *Room, m Message, seq bool) (Message, error) {
 	backoff := 20 * time.Millisecond
 	deadline := time.Now().Add(r.cfg.publishRetry)
 	for {
 		ctx, cancel := context.WithTimeout(c.ctx, r.cfg.writeTimeout)
-		err := r.publish(ctx, m)
+		out := m
+		var err error
+		if seq {
+			out, err = r.publishSeq(ctx, m)
+		} else {
+			err = r.publish(ctx, m)
+		}
 		cancel()
 		if err == nil || errors.Is(err, ErrClosed) {
-			return err
+			return out, err
 		}
 		r.reportError(c, err)
 		if time.Now().Add(backoff).After(deadline) {
-			r.stats.closedUnavailable.Add(1)
-			c.requestClose(websocket.StatusTryAgainLater, "wsroom: message not published, send it again", closeDrain)
-			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+			return Message{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 		r.stats.publishRetries.Add(1)
 		if !c.sleep(backoff) {
-			return ErrClosed
+			return Message{}, ErrClosed
 		}
 		backoff = min(2*backoff, time.Second)
 	}
 }
 
-// sleep waits for d, or until the client is closing; it reports whether it
-// waited the whole time.
+// sleep waits for d, or until the connection is finished; it reports
+// whether it waited the whole time. A connection that is closing but not
+// finished goes on reading, so that what the client sent before it knew of
+// the close is published.
 func (c *Client) sleep(d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
 		return true
-	case <-c.closing:
+	case <-c.aborted:
 		return false
 	}
 }
 
 // reject reports bad input from the client and closes it with code.
 func (c *Client) reject(code websocket.StatusCode, err error) error {
-	c.room.stats.closedInvalid.Add(1)
-	c.room.reportError(c, err)
+	c.stats.closedInvalid.Add(1)
+	c.report(err)
 	c.requestClose(code, truncate(err.Error(), maxReason), closeDiscard)
 	return err
 }

@@ -4,10 +4,13 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"maps"
 	"net/http"
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/coder/websocket"
 )
 
 // Registry holds named rooms that share one set of options, one Store and
@@ -18,11 +21,14 @@ import (
 // Registry is safe for concurrent use by multiple goroutines. Call Close or
 // Shutdown to release its rooms.
 type Registry struct {
-	cfg config
+	cfg   config
+	stats counters // of connections of many rooms
 
 	mu     sync.Mutex
 	rooms  map[string]*entry
 	closed bool
+	conns  sync.WaitGroup       // connections of many rooms
+	muxes  map[*Client]struct{} // connections of many rooms
 }
 
 type entry struct {
@@ -33,7 +39,7 @@ type entry struct {
 // NewRegistry returns an empty registry whose rooms are configured by opts.
 // Like New, it panics if opts cannot work together.
 func NewRegistry(opts ...Option) *Registry {
-	return &Registry{cfg: mustConfig(opts), rooms: make(map[string]*entry)}
+	return &Registry{cfg: mustConfig(opts), rooms: make(map[string]*entry), muxes: make(map[*Client]struct{})}
 }
 
 // Room returns the room called name, making it if needed. It returns the
@@ -171,35 +177,106 @@ func (g *Registry) Handler(pick func(*http.Request) string) http.Handler {
 // makes Room and the handler refuse new work. It returns when all are done,
 // or with ctx.Err().
 func (g *Registry) Shutdown(ctx context.Context) error {
-	rooms := g.closeAll()
-	errs := make([]error, len(rooms))
+	rooms, muxes := g.closeAll()
+	errs := make([]error, len(rooms)+1)
 	var wg sync.WaitGroup
 	for i, r := range rooms {
 		wg.Go(func() { errs[i] = r.Shutdown(ctx) })
 	}
-	wg.Wait()
+	for _, c := range muxes {
+		c.fail(&closeRequest{code: websocket.StatusGoingAway, reason: "wsroom: shutting down", mode: closeDrain, err: ErrClosed})
+	}
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		g.conns.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		errs[len(rooms)] = ctx.Err()
+	}
 	return errors.Join(errs...)
 }
 
-// Close closes every room at once, as Room.Close does.
+// Close closes every room and every connection of many rooms at once, as
+// Room.Close does.
 func (g *Registry) Close() error {
-	for _, r := range g.closeAll() {
+	rooms, muxes := g.closeAll()
+	for _, c := range muxes {
+		c.conn.CloseNow()
+	}
+	for _, r := range rooms {
 		r.Close()
 	}
+	g.conns.Wait()
 	return nil
 }
 
-func (g *Registry) closeAll() []*Room {
+// addConn counts a connection of many rooms about to start, unless the
+// registry is closed.
+func (g *Registry) addConn() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return false
+	}
+	g.conns.Add(1)
+	return true
+}
+
+// removeConn forgets a connection of many rooms that has ended.
+func (g *Registry) removeConn(c *Client) {
+	g.mu.Lock()
+	delete(g.muxes, c)
+	g.mu.Unlock()
+	g.conns.Done()
+}
+
+// track records a connection of many rooms, so that Close and Shutdown
+// close it; it reports false if the registry is closed.
+func (g *Registry) track(c *Client) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return false
+	}
+	g.muxes[c] = struct{}{}
+	return true
+}
+
+func (g *Registry) hook(c *Client, name string, fn func() error) error {
+	return runHook(c, name, fn, func(c *Client, err error) {
+		g.stats.errors.Add(1)
+		g.cfg.report(c, "", err)
+	})
+}
+
+// Stats returns the counters of the registry's connections of many rooms
+// (see MuxHandler): connections, not rooms, in Joins, Leaves and Clients;
+// their messages in and out, and how they were closed. Each Room's Stats
+// count its own messages and members.
+func (g *Registry) Stats() Stats {
+	s := g.stats.snapshot()
+	g.mu.Lock()
+	s.Clients = len(g.muxes)
+	g.mu.Unlock()
+	return s
+}
+
+func (g *Registry) closeAll() ([]*Room, []*Client) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.closed = true
+	muxes := slices.Collect(maps.Keys(g.muxes))
 	var out []*Room
 	for name, e := range g.rooms {
 		e.idle.Stop()
 		out = append(out, e.room)
 		delete(g.rooms, name)
 	}
-	return out
+	return out, muxes
 }
 
 var errRoomName = errors.New("wsroom: a room name is 1 to 64 letters, digits, '-', '_' or '.', and does not start with '.'")

@@ -29,106 +29,140 @@ func (r *Room) replayLen() int {
 	return int(min(max(replayBytes/r.cfg.readLimit, 8), 256))
 }
 
-// replay writes the history the client is owed before live messages: what
-// it missed, when it resumes, or the room's recent history. It runs before
-// any writer, and returns how to close the client if it cannot be served.
-//
-// The history is read and written a page at a time, so a client holds at
-// most about replayBytes of it, and frames come from the room's frame
-// cache, so clients that replay the same messages share them.
+// replay writes the history a client of one room is owed before live
+// messages: what it missed, when it resumes, or the room's recent history.
+// It runs before any writer, and returns how to close the client if it
+// cannot be served.
 func (c *Client) replay() *closeRequest {
 	r := c.room
 	if c.resume == nil && r.cfg.history == 0 {
 		return nil
 	}
 	var from position
-	remaining := -1 // no limit
+	limit := -1 // no limit
 	if p := c.resume; p != nil {
 		from = *p
-		c.lastEpoch, c.lastSeq = p.epoch, p.seq
+		c.home.lastEpoch, c.home.lastSeq = p.epoch, p.seq
 	} else {
-		ctx, cancel := context.WithTimeout(c.ctx, r.cfg.writeTimeout)
-		last, err := r.cfg.store.Last(ctx, r.name, 1)
-		cancel()
-		if err != nil {
+		var err error
+		if from, limit, err = r.lastN(c.ctx, r.cfg.history); err != nil {
 			return c.historyError(err)
 		}
-		if len(last) == 0 {
-			return nil
-		}
-		from = position{epoch: last[0].Epoch, seq: last[0].Seq - min(last[0].Seq, uint64(r.cfg.history))}
-		remaining = r.cfg.history
 	}
-	for remaining != 0 {
-		req, more := c.replayPage(&from, &remaining)
-		if req != nil || !more {
-			return req
+	err := r.history(c.ctx, from, limit, false, c.home, func(batch []outFrame) error {
+		return c.write(batch, false)
+	})
+	var gap *gapError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &gap):
+		r.stats.resyncs.Add(1)
+		reason := "wsroom: cannot resume, resync"
+		if gap.resume != "" {
+			reason += " resume=" + gap.resume
+		}
+		return &closeRequest{code: StatusResync, reason: truncate(reason, maxReason), mode: closeDiscard, err: ErrGap}
+	case errors.Is(err, errSend):
+		return &closeRequest{mode: closeAbort, err: err}
+	default:
+		return c.historyError(err)
+	}
+}
+
+// errSend wraps the error of history's send function.
+var errSend = errors.New("wsroom: send history")
+
+// gapError says that the history cannot serve a position. resume, if not
+// empty, is the start of the room's current epoch, another than the
+// position's (":0" if the history is empty): every message from there can
+// be served.
+type gapError struct{ resume string }
+
+// gap returns the gapError of position p.
+func (r *Room) gap(ctx context.Context, p position) *gapError {
+	g := &gapError{}
+	if cur, err := r.position(ctx); err == nil && cur.epoch != p.epoch {
+		g.resume = position{epoch: cur.epoch}.String()
+	}
+	return g
+}
+
+func (e *gapError) Error() string { return ErrGap.Error() }
+func (e *gapError) Unwrap() error { return ErrGap }
+
+// lastN returns where the last n messages of the room start, and n (or
+// -1, with the zero position, when the room has no history).
+func (r *Room) lastN(ctx context.Context, n int) (position, int, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.writeTimeout)
+	defer cancel()
+	last, err := r.cfg.store.Last(ctx, r.name, 1)
+	if err != nil || len(last) == 0 {
+		return position{}, 0, err
+	}
+	return position{epoch: last[0].Epoch, seq: last[0].Seq - min(last[0].Seq, uint64(n))}, n, nil
+}
+
+// history reads the room's messages after from, at most limit of them if
+// limit >= 0, and hands them to send as frames (mux: of the wsroom.v1
+// protocol), a page at a time, so that a client holds at most about
+// replayBytes of history at once. Frames come from the room's frame cache,
+// so clients that replay the same messages share them. Each page gets the
+// write timeout anew: a long history is not a slow client. When from is
+// older than what the store keeps, history starts from what it keeps if a
+// limit was given, and returns a *gapError otherwise.
+func (r *Room) history(ctx context.Context, from position, limit int, mux bool, mem *membership, send func([]outFrame) error) error {
+	for limit != 0 {
+		more, err := r.historyPage(ctx, &from, &limit, mux, mem, send)
+		if err != nil || !more {
+			return err
 		}
 	}
 	return nil
 }
 
-// replayPage reads and writes the page of history after from, at most
-// remaining messages if remaining >= 0, and moves both on. Each page gets
-// the write timeout anew: a long history is not a slow client. It returns
-// how to close the client if it cannot be served, and whether there may be
-// more.
-func (c *Client) replayPage(from *position, remaining *int) (*closeRequest, bool) {
-	r := c.room
-	ctx, cancel := context.WithTimeout(c.ctx, r.cfg.writeTimeout)
+func (r *Room) historyPage(ctx context.Context, from *position, limit *int, mux bool, mem *membership, send func([]outFrame) error) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.writeTimeout)
 	defer cancel()
 	n := r.replayLen()
-	if *remaining > 0 {
-		n = min(n, *remaining)
+	if *limit > 0 {
+		n = min(n, *limit)
 	}
 	msgs, err := r.cfg.store.After(ctx, r.name, from.epoch, from.seq, n)
-	if errors.Is(err, ErrGap) && c.resume == nil {
+	if errors.Is(err, ErrGap) && *limit > 0 {
 		// The oldest of the last n is gone: start from what is kept.
 		msgs, err = r.cfg.store.Last(ctx, r.name, n)
-		*remaining = len(msgs)
+		*limit = len(msgs)
 	}
 	if errors.Is(err, ErrGap) {
-		r.stats.resyncs.Add(1)
-		reason := "wsroom: cannot resume, resync"
-		if cur := c.currentEpoch(ctx); cur != "" && cur != from.epoch {
-			reason += " resume=" + position{epoch: cur}.String()
-		}
-		return &closeRequest{code: StatusResync, reason: truncate(reason, maxReason), mode: closeDiscard, err: err}, false
+		return false, r.gap(ctx, *from)
 	}
 	if err != nil {
-		return c.historyError(err), false
+		return false, err
 	}
 	batch := make([]outFrame, 0, len(msgs))
 	for _, m := range msgs {
-		f, err := r.frames.get(r, m)
+		f, err := r.frames.get(r, m, mux)
 		if err != nil {
-			r.reportError(c, err)
+			r.reportAsync(nil, err)
 			continue
 		}
+		f.mem = mem
 		batch = append(batch, f)
 	}
-	if err := c.write(batch, false); err != nil {
-		return &closeRequest{mode: closeAbort, err: err}, false
+	if err := send(batch); err != nil {
+		return false, fmt.Errorf("%w: %w", errSend, err)
 	}
 	r.stats.replayed.Add(uint64(len(batch)))
 	if len(msgs) == 0 {
-		return nil, false
+		return false, nil
 	}
 	last := msgs[len(msgs)-1]
 	*from = position{epoch: last.Epoch, seq: last.Seq}
-	if *remaining > 0 {
-		*remaining = max(*remaining-len(msgs), 0)
+	if *limit > 0 {
+		*limit = max(*limit-len(msgs), 0)
 	}
-	return nil, len(msgs) == n
-}
-
-// currentEpoch returns the epoch of the room's history now, or "".
-func (c *Client) currentEpoch(ctx context.Context) string {
-	last, err := c.room.cfg.store.Last(ctx, c.room.name, 1)
-	if err != nil || len(last) == 0 {
-		return ""
-	}
-	return last[0].Epoch
+	return len(msgs) == n, nil
 }
 
 func (c *Client) historyError(err error) *closeRequest {
@@ -143,36 +177,46 @@ type frameCache struct {
 	max int
 
 	mu     sync.Mutex
-	frames map[position][]byte
-	order  []position
+	frames map[frameKey][]byte
+	order  []frameKey
 	bytes  int
 }
 
+// frameKey names the frame of one message for one kind of client.
+type frameKey struct {
+	position
+	mux bool // of the wsroom.v1 protocol, not of the room's codec
+}
+
 // get returns the frame of m, encoding it if the cache does not have it.
-func (fc *frameCache) get(r *Room, m Message) (outFrame, error) {
-	key := position{epoch: m.Epoch, seq: m.Seq}
+func (fc *frameCache) get(r *Room, m Message, mux bool) (outFrame, error) {
+	key := frameKey{position{epoch: m.Epoch, seq: m.Seq}, mux}
 	fc.mu.Lock()
 	data, ok := fc.frames[key]
 	fc.mu.Unlock()
 	if !ok {
-		payload, err := r.encode(m)
-		if err != nil {
-			return outFrame{}, fmt.Errorf("wsroom: encode message %d: %w", m.Seq, err)
+		var err error
+		if mux {
+			data, err = r.muxFrame(m)
+		} else {
+			data, err = r.codecFrame(m)
 		}
-		data = r.newFrame(payload)
+		if err != nil {
+			return outFrame{}, err
+		}
 		fc.put(key, data)
 	}
 	return outFrame{seq: m.Seq, epoch: m.Epoch, data: data}, nil
 }
 
-func (fc *frameCache) put(key position, data []byte) {
+func (fc *frameCache) put(key frameKey, data []byte) {
 	if len(data) > fc.max {
 		return
 	}
 	fc.mu.Lock()
 	defer fc.mu.Unlock()
 	if fc.frames == nil {
-		fc.frames = make(map[position][]byte)
+		fc.frames = make(map[frameKey][]byte)
 	}
 	if _, ok := fc.frames[key]; ok {
 		return

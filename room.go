@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,6 +59,7 @@ type Room struct {
 	final    []*Client      // the loop's clients when it returned
 
 	frames frameCache // encoded history frames shared by replays
+	acks   ackCache   // acks of recent publishes, for retried requests
 
 	mu          sync.Mutex
 	state       roomState
@@ -67,8 +69,9 @@ type Room struct {
 	unsubscribe func()
 	onIdle      func() // set by a Registry
 
-	joined atomic.Int64
-	stats  counters
+	joined  atomic.Int64
+	members atomic.Int64 // the room's members on every node, when known
+	stats   counters
 }
 
 type roomState int
@@ -288,6 +291,10 @@ func (r *Room) Shutdown(ctx context.Context) error {
 	r.mu.Unlock()
 	r.stop()
 	for _, c := range r.final {
+		if c.mux != nil {
+			c.evict(r, &reply{Op: "left", Room: r.name, Reason: "closed"})
+			continue
+		}
 		c.fail(&closeRequest{code: websocket.StatusGoingAway, reason: "wsroom: room shutting down", mode: closeDrain, err: ErrClosed})
 	}
 	done := make(chan struct{})
@@ -316,6 +323,10 @@ func (r *Room) Close() error {
 	r.mu.Unlock()
 	r.stop()
 	for _, c := range r.final {
+		if c.mux != nil {
+			c.evict(r, &reply{Op: "left", Room: r.name, Reason: "closed"})
+			continue
+		}
 		c.conn.CloseNow()
 	}
 	r.wg.Wait()
@@ -329,19 +340,22 @@ func (r *Room) reportError(c *Client, err error) {
 	r.report(c, err)
 }
 
-func (r *Room) report(c *Client, err error) {
+func (r *Room) report(c *Client, err error) { r.cfg.report(c, r.name, err) }
+
+// report logs err and passes it to the error hook.
+func (cfg *config) report(c *Client, room string, err error) {
 	if c != nil {
-		r.cfg.logger.Warn("wsroom: client error", "room", r.name, "client", c.id, "err", err)
+		cfg.logger.Warn("wsroom: client error", "room", room, "client", c.id, "err", err)
 	} else {
-		r.cfg.logger.Warn("wsroom: room error", "room", r.name, "err", err)
+		cfg.logger.Warn("wsroom: room error", "room", room, "err", err)
 	}
-	if r.cfg.onError != nil {
+	if cfg.onError != nil {
 		defer func() {
 			if p := recover(); p != nil {
-				r.cfg.logger.Error("wsroom: error hook panicked", "room", r.name, "panic", p)
+				cfg.logger.Error("wsroom: error hook panicked", "room", room, "panic", p)
 			}
 		}()
-		r.cfg.onError(c, err)
+		cfg.onError(c, err)
 	}
 }
 
@@ -377,11 +391,90 @@ func (e *hookPanic) Error() string {
 // reported and returned, as net/http does for handlers: one client's bad
 // luck must not take the server down.
 func (r *Room) hook(c *Client, name string, fn func() error) (err error) {
+	return runHook(c, name, fn, r.reportError)
+}
+
+func runHook(c *Client, name string, fn func() error, report func(*Client, error)) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = &hookPanic{name: name, value: p}
-			r.reportError(c, err)
+			report(c, err)
 		}
 	}()
 	return fn()
+}
+
+// position returns the position of the room's last stored message.
+func (r *Room) position(ctx context.Context) (position, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.writeTimeout)
+	defer cancel()
+	last, err := r.cfg.store.Last(ctx, r.name, 1)
+	if err != nil || len(last) == 0 {
+		return position{}, err
+	}
+	return position{epoch: last[0].Epoch, seq: last[0].Seq}, nil
+}
+
+// readAfter reads at most n messages after p, returning a *gapError if the
+// history cannot serve p.
+func (r *Room) readAfter(ctx context.Context, p position, n int) ([]Message, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.writeTimeout)
+	defer cancel()
+	msgs, err := r.cfg.store.After(ctx, r.name, p.epoch, p.seq, n)
+	if errors.Is(err, ErrGap) {
+		return nil, r.gap(ctx, p)
+	}
+	return msgs, err
+}
+
+// announce publishes a client's join or leave to the room's members of
+// many rooms on every node, if presence events are on and the room is not
+// crowded (see WithPresenceEvents).
+func (r *Room) announce(c *Client, kind string) {
+	if r.cfg.presenceEvents <= 0 || r.crowded() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.writeTimeout)
+	defer cancel()
+	m := Message{Time: time.Now(), Ephemeral: true, From: c.id, Presence: kind}
+	if kind == presenceJoin {
+		m.Data = []byte(c.member().Info)
+	}
+	if err := r.publish(ctx, m); err != nil && !errors.Is(err, ErrClosed) {
+		r.reportError(c, fmt.Errorf("wsroom: presence event: %w", err))
+	}
+}
+
+// crowded reports whether the room has more members than presence events
+// list one by one.
+func (r *Room) crowded() bool {
+	return max(int64(r.Len()), r.members.Load()) > int64(r.cfg.presenceEvents)
+}
+
+// countMembers refreshes the room's member count, from the Broker's
+// Presence if it has one, and, if the room is crowded and the count is not
+// sent, tells this node's members of many rooms. It returns the count sent.
+func (r *Room) countMembers(sent int64) int64 {
+	if r.Len() == 0 {
+		return sent
+	}
+	n := int64(r.Len())
+	if p, ok := r.cfg.broker.(Presence); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.writeTimeout)
+		ms, err := p.Members(ctx, r.name)
+		cancel()
+		if err == nil {
+			n = int64(len(ms))
+		}
+	}
+	r.members.Store(n)
+	if !r.crowded() || n == sent {
+		return sent
+	}
+	select {
+	case r.inbox <- Message{Time: time.Now(), Ephemeral: true, Presence: presenceCount, Data: strconv.AppendInt(nil, n, 10)}:
+		return n
+	default:
+		return sent
+	}
 }

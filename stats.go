@@ -40,9 +40,13 @@ type counters struct {
 // Stats returns a snapshot of the room's counters. It is cheap: a few atomic
 // loads, no lock.
 func (r *Room) Stats() Stats {
-	s := &r.stats
+	st := r.stats.snapshot()
+	st.Clients = r.Len()
+	return st
+}
+
+func (s *counters) snapshot() Stats {
 	return Stats{
-		Clients:         r.Len(),
 		Joins:           s.joins.Load(),
 		Leaves:          s.leaves.Load(),
 		MessagesIn:      s.messagesIn.Load(),

@@ -18,6 +18,7 @@ type outFrame struct {
 	seq   uint64
 	epoch string
 	data  []byte
+	mem   *membership // the room the message is of, for numbered messages
 }
 
 type closeMode int
@@ -48,13 +49,15 @@ var queuePool = sync.Pool{New: func() any { return new([]outFrame) }}
 // up. If the socket takes only part of it, the connection keeps the rest
 // and a writer finishes it before anything else.
 func (c *Client) enqueue(f outFrame, inline bool) bool {
-	r := c.room
 	c.mu.Lock()
 	if c.closeReq != nil {
 		c.mu.Unlock()
 		return false
 	}
-	if inline && r.rawFrames && len(c.queue) == 0 && !c.writing && !c.replaying && !c.stopped {
+	if f.mem != nil && f.mem.replaying && c.mux != nil {
+		return c.holdLocked(f)
+	}
+	if inline && c.raw && len(c.queue) == 0 && !c.writing && !c.replayingLocked() && !c.stopped {
 		c.writing = true // the writer's token, held for this attempt
 		c.mu.Unlock()
 		res, err := c.writeNow(f)
@@ -84,25 +87,73 @@ func (c *Client) enqueue(f outFrame, inline bool) bool {
 		}
 	}
 	defer c.mu.Unlock()
-	if len(c.queue) >= r.cfg.sendBuffer {
-		switch r.cfg.slowPolicy {
-		case DropNewest:
-			r.stats.dropped.Add(1)
-			return false
-		case DropOldest:
-			n := copy(c.queue, c.queue[1:])
-			c.queue[n] = outFrame{}
-			c.queue = c.queue[:n]
-			r.stats.dropped.Add(1)
-		default:
-			r.stats.closedSlow.Add(1)
-			c.setCloseLocked(&closeRequest{code: websocket.StatusPolicyViolation, reason: "wsroom: send buffer full", mode: closeDiscard, err: ErrSlow})
-			return false
-		}
+	if !c.roomLocked(&c.queue) {
+		return false
 	}
 	c.queue = append(c.queueOrNew(), f)
 	c.startWriterLocked()
 	return true
+}
+
+// roomLocked makes room for one more frame in *q, by the slow-client
+// policy, and reports whether there is.
+func (c *Client) roomLocked(q *[]outFrame) bool {
+	if len(*q) < c.cfg.sendBuffer {
+		return true
+	}
+	switch c.cfg.slowPolicy {
+	case DropNewest:
+		c.stats.dropped.Add(1)
+		return false
+	case DropOldest:
+		n := copy(*q, (*q)[1:])
+		(*q)[n] = outFrame{}
+		*q = (*q)[:n]
+		c.stats.dropped.Add(1)
+		return true
+	default:
+		c.stats.closedSlow.Add(1)
+		c.setCloseLocked(&closeRequest{code: websocket.StatusPolicyViolation, reason: "wsroom: send buffer full", mode: closeDiscard, err: ErrSlow})
+		return false
+	}
+}
+
+// holdLocked keeps a live frame of a room whose history is still being
+// sent, until it is (see muxConn.join).
+func (c *Client) holdLocked(f outFrame) bool {
+	defer c.mu.Unlock()
+	if !c.roomLocked(&f.mem.held) {
+		return false
+	}
+	f.mem.held = append(f.mem.held, f)
+	return true
+}
+
+// replayingLocked reports whether the one room of a client is sending its
+// history, which the client writes itself before any writer runs.
+func (c *Client) replayingLocked() bool {
+	return c.home != nil && c.home.replaying
+}
+
+// deliver queues a message of fs's room for the client.
+func (c *Client) deliver(fs *outFrames, inline bool) {
+	if c.mux == nil {
+		if f, ok := fs.frame(false); ok {
+			f.mem = c.home
+			c.enqueue(f, inline)
+		}
+		return
+	}
+	c.mu.Lock()
+	mem := c.mux.rooms[fs.r]
+	c.mu.Unlock()
+	if mem == nil {
+		return // left meanwhile
+	}
+	if f, ok := fs.frame(true); ok {
+		f.mem = mem
+		c.enqueue(f, inline)
+	}
 }
 
 // queueOrNew returns the queue, or an empty one from the pool if there is
@@ -117,21 +168,30 @@ func (c *Client) queueOrNew() []outFrame {
 // writeNow writes f if the socket takes it without waiting, holding the
 // writer's token.
 func (c *Client) writeNow(f outFrame) (tryResult, error) {
-	if f.seq != 0 {
-		if f.epoch == c.lastEpoch && f.seq <= c.lastSeq {
-			return tryWhole, nil // the client has it
-		}
+	if f.has() {
+		return tryWhole, nil // the client has it
 	}
 	res, n, err := c.fc.tryWrite(f.data)
 	if err != nil || res == tryBusy {
 		return res, err
 	}
-	if f.seq != 0 {
-		c.lastEpoch, c.lastSeq = f.epoch, f.seq
-	}
-	c.room.stats.messagesOut.Add(1)
-	c.room.stats.bytesOut.Add(uint64(n))
+	f.sent()
+	c.stats.messagesOut.Add(1)
+	c.stats.bytesOut.Add(uint64(n))
 	return res, nil
+}
+
+// has reports whether the client was sent f's message already. Only the
+// holder of the writer's token may call it, and sent.
+func (f *outFrame) has() bool {
+	return f.seq != 0 && f.mem != nil && f.epoch == f.mem.lastEpoch && f.seq <= f.mem.lastSeq
+}
+
+// sent records that the client was sent f's message.
+func (f *outFrame) sent() {
+	if f.seq != 0 && f.mem != nil {
+		f.mem.lastEpoch, f.mem.lastSeq = f.epoch, f.seq
+	}
 }
 
 // requestClose asks for the connection to be closed with code and reason.
@@ -147,6 +207,7 @@ func (c *Client) fail(req *closeRequest) {
 	set := c.setCloseLocked(req)
 	c.mu.Unlock()
 	if set && req.mode == closeAbort {
+		c.markAborted()
 		c.conn.CloseNow()
 	}
 }
@@ -156,6 +217,7 @@ func (c *Client) fail(req *closeRequest) {
 // unless one was set.
 func (c *Client) abort(err error) {
 	c.fail(&closeRequest{mode: closeAbort, err: err})
+	c.markAborted()
 	c.conn.CloseNow()
 }
 
@@ -177,7 +239,7 @@ func (c *Client) setCloseLocked(req *closeRequest) bool {
 // replayed, or the client is gone. Writers exit when the queue is empty, so
 // an idle client has no writer goroutine.
 func (c *Client) startWriterLocked() {
-	if c.writing || c.replaying || c.stopped {
+	if c.writing || c.replayingLocked() || c.stopped {
 		return
 	}
 	c.writing = true
@@ -196,6 +258,10 @@ func (c *Client) writeLoop() {
 		if len(batch) == 0 && req == nil && !partial {
 			c.writing = false
 			c.mu.Unlock()
+			select {
+			case c.drained <- struct{}{}:
+			default:
+			}
 			return
 		}
 		c.mu.Unlock()
@@ -209,7 +275,7 @@ func (c *Client) writeLoop() {
 			queuePool.Put(&batch)
 		}
 		if err != nil {
-			c.room.stats.closedWrite.Add(1)
+			c.stats.closedWrite.Add(1)
 			c.abort(err)
 			return // writing stays set: the connection is finished
 		}
@@ -217,14 +283,46 @@ func (c *Client) writeLoop() {
 			if req.mode == closeAbort {
 				c.conn.CloseNow()
 			} else {
-				// Bounded: the close frame's write by the write timeout,
-				// the wait for the peer's answer by coder/websocket (5s).
-				// The connection is closed either way.
-				c.conn.Close(req.code, req.reason)
+				c.closeGracefully(req)
 			}
 			return
 		}
 	}
+}
+
+// closeWait bounds how long a closing connection waits for the peer's
+// close frame, beyond the publish retry time, reading (and publishing) what
+// the peer sent before it got ours.
+const closeWait = 5 * time.Second
+
+// closeGracefully writes the close frame, then keeps reading until the
+// peer's close frame comes, so that every message the client sent before it
+// knew of the close is published, not dropped; then it closes the
+// connection. The close frame's write is bounded by the write timeout, the
+// wait by closeWait plus the publish retry time. With compression on,
+// coder/websocket closes the connection its way: it waits up to 5s for the
+// peer's close frame and drops the messages before it.
+func (c *Client) closeGracefully(req *closeRequest) {
+	defer c.markAborted()
+	if !c.raw {
+		c.conn.Close(req.code, req.reason)
+		return
+	}
+	if err := c.fc.writeClose(req.code, req.reason); err == nil {
+		t := time.NewTimer(closeWait + c.cfg.publishRetry)
+		select {
+		case <-c.readDone:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	c.conn.CloseNow()
+}
+
+// markAborted records that the connection is finished, so that the reader
+// waits for nothing more.
+func (c *Client) markAborted() {
+	c.abortOnce.Do(func() { close(c.aborted) })
 }
 
 // iovPool recycles the lists of frames handed to writev.
@@ -236,28 +334,26 @@ func (c *Client) write(batch []outFrame, partial bool) error {
 	if len(batch) == 0 && !partial {
 		return nil
 	}
-	r := c.room
 	iovp := iovPool.Get().(*net.Buffers)
 	iov := (*iovp)[:0]
 	var bytes uint64
-	for _, f := range batch {
-		if f.seq != 0 {
-			if f.epoch == c.lastEpoch && f.seq <= c.lastSeq {
-				continue
-			}
-			c.lastEpoch, c.lastSeq = f.epoch, f.seq
+	for i := range batch {
+		f := &batch[i]
+		if f.has() {
+			continue
 		}
+		f.sent()
 		iov = append(iov, f.data)
 		bytes += uint64(len(f.data))
 	}
 	n := len(iov)
 	var err error
-	if r.rawFrames {
+	if c.raw {
 		err = c.fc.writeFrames(iov)
 	} else {
-		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.writeTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.writeTimeout)
 		for _, f := range iov {
-			if err = c.conn.Write(ctx, r.cfg.codec.MessageType(), f); err != nil {
+			if err = c.conn.Write(ctx, c.messageType(), f); err != nil {
 				break
 			}
 		}
@@ -269,15 +365,22 @@ func (c *Client) write(batch []outFrame, partial bool) error {
 	if err != nil {
 		return err
 	}
-	r.stats.messagesOut.Add(uint64(n))
-	r.stats.bytesOut.Add(bytes)
+	c.stats.messagesOut.Add(uint64(n))
+	c.stats.bytesOut.Add(bytes)
 	return nil
+}
+
+// messageType is the frame type of the messages the client is sent.
+func (c *Client) messageType() websocket.MessageType {
+	if c.mux != nil {
+		return websocket.MessageText
+	}
+	return c.cfg.codec.MessageType()
 }
 
 // ping pings the client from the ping timer's goroutine and drops it if no
 // pong comes back in time; then it sets the timer for the next ping.
 func (c *Client) ping() {
-	r := c.room
 	c.mu.Lock()
 	if c.stopped || c.closeReq != nil {
 		c.mu.Unlock()
@@ -290,8 +393,8 @@ func (c *Client) ping() {
 	ctx, cancel := context.WithCancel(c.ctx)
 	defer cancel()
 	// The timer records the reason before the connection fails.
-	timeout := time.AfterFunc(r.cfg.pongTimeout, func() {
-		r.stats.closedPing.Add(1)
+	timeout := time.AfterFunc(c.cfg.pongTimeout, func() {
+		c.stats.closedPing.Add(1)
 		c.abort(ErrPongTimeout)
 		cancel()
 	})
@@ -304,7 +407,7 @@ func (c *Client) ping() {
 	}
 	c.mu.Lock()
 	if !c.stopped {
-		c.pingTimer.Reset(r.cfg.pingInterval)
+		c.pingTimer.Reset(c.cfg.pingInterval)
 	}
 	c.mu.Unlock()
 }
