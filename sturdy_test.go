@@ -800,3 +800,43 @@ func TestCloseKeepsWhatTheClientSent(t *testing.T) {
 		t.Errorf("messages sent before the close (-want +got):\n%s", diff)
 	}
 }
+
+// A room whose Store fails when it starts retries until it knows where its
+// history ends; a client that cannot wait that long is told to try again.
+func TestRoomStartRetriesItsStore(t *testing.T) {
+	t.Run("recovers", func(t *testing.T) {
+		store := &lastFailStore{MemoryStore: wsroom.NewMemoryStore(0, 0)}
+		store.fails.Store(3)
+		f := newFixture(t, wsroom.WithStore(store))
+		c := f.dial(t, "")
+		publishAll(t, f.room, "hello")
+		if got := read(t, c); got != "hello" {
+			t.Errorf("got %q, want hello", got)
+		}
+		if n := f.room.Stats().Errors; n < 3 {
+			t.Errorf("Stats().Errors = %d, want the 3 failures counted", n)
+		}
+	})
+	t.Run("gives up with 1013", func(t *testing.T) {
+		store := &lastFailStore{MemoryStore: wsroom.NewMemoryStore(0, 0)}
+		store.fails.Store(1 << 30)
+		f := newFixture(t, wsroom.WithStore(store), wsroom.WithWriteTimeout(300*time.Millisecond))
+		c := dialURL(t, f.url)
+		if code, _ := closeStatus(t, c); code != websocket.StatusTryAgainLater {
+			t.Errorf("closed with %v, want 1013", code)
+		}
+	})
+}
+
+// lastFailStore fails the next fails calls of Last.
+type lastFailStore struct {
+	*wsroom.MemoryStore
+	fails atomic.Int64
+}
+
+func (s *lastFailStore) Last(ctx context.Context, room string, n int) ([]wsroom.Message, error) {
+	if s.fails.Add(-1) >= 0 {
+		return nil, errors.New("store starting")
+	}
+	return s.MemoryStore.Last(ctx, room, n)
+}
