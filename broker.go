@@ -67,8 +67,8 @@ type Presence interface {
 
 // Member is one client in a room's presence list.
 type Member struct {
-	ID   string // the client's ID
-	Info string // the client's identity, when it is a string or a fmt.Stringer
+	ID   string `json:"id"`   // the client's ID
+	Info string `json:"info"` // the client's identity, when it is a string or a fmt.Stringer
 }
 
 // LocalBroker is the Broker of a single process: it numbers messages through

@@ -501,7 +501,10 @@ func (c *Client) presenceIn(r *Room, update func(context.Context) error) {
 	}
 }
 
-// publishReq publishes a client's "pub" and acks it.
+// publishReq publishes a client's "pub" and acks it. A pub whose id the
+// registry has seen from the same identity in the same room within ackTTL
+// is not published again: it gets the first one's ack, once that one is
+// done.
 func (c *Client) publishReq(req *request) error {
 	c.mu.Lock()
 	mem := c.mux.byName[req.Room]
@@ -518,9 +521,15 @@ func (c *Client) publishReq(req *request) error {
 		return protoErr(codeBadRequest, "%v", err)
 	}
 	id := req.id()
-	key := ackKey{who: c.member().Info, id: id}
-	if id != "" {
-		if a, ok := r.acks.get(key); ok {
+	var e *ackEntry
+	if id != "" && !req.Ephemeral {
+		var first bool
+		key := ackKey{room: r.name, who: c.member().Info, id: id}
+		if e, first = c.mux.g.acks.begin(key); !first {
+			a, err := e.wait(c.aborted)
+			if err != nil {
+				return err
+			}
 			c.enqueue(outFrame{data: a.frame()}, false)
 			return nil
 		}
@@ -528,22 +537,26 @@ func (c *Client) publishReq(req *request) error {
 	m := Message{Time: time.Now(), From: c.id, Ephemeral: req.Ephemeral, Data: data}
 	m, err = c.publishRetry(r, m, id != "")
 	if errors.Is(err, ErrClosed) {
-		return protoErr(codeUnavailable, "wsroom: room %q is closing", r.name)
+		err = protoErr(codeUnavailable, "wsroom: room %q is closing", r.name)
+	} else if err != nil {
+		err = protoErr(codeUnavailable, "%v", err)
+	}
+	var a *reply
+	if err == nil && id != "" {
+		a = &reply{Op: "ack", ID: id, Room: r.name}
+		if m.Seq != 0 {
+			a.at(position{epoch: m.Epoch, seq: m.Seq})
+		}
+	}
+	if e != nil {
+		c.mux.g.acks.finish(e, a, err)
 	}
 	if err != nil {
-		return protoErr(codeUnavailable, "%v", err)
+		return err
 	}
-	if id == "" {
-		return nil
+	if a != nil {
+		c.enqueue(outFrame{data: a.frame()}, false)
 	}
-	a := &reply{Op: "ack", ID: id, Room: r.name}
-	if m.Seq != 0 {
-		a.at(position{epoch: m.Epoch, seq: m.Seq})
-	}
-	if !req.Ephemeral {
-		r.acks.put(key, a)
-	}
-	c.enqueue(outFrame{data: a.frame()}, false)
 	return nil
 }
 
@@ -565,49 +578,76 @@ func (c *Client) sendMux(data []byte) error {
 	return nil
 }
 
-// ackKey names a publish for idempotent retries: who sent it (the
-// authorized identity's text) and its request id.
-type ackKey struct{ who, id string }
+// ackKey names a publish for idempotent retries: its room, who sent it
+// (the authorized identity's text) and its request id.
+type ackKey struct{ room, who, id string }
 
-// ackTTL is how long a room remembers the ack of a publish, and ackMax how
-// many it remembers.
+// ackTTL is how long a registry remembers the ack of a publish, and ackMax
+// how many it remembers.
 const (
 	ackTTL = 2 * time.Minute
-	ackMax = 1024
+	ackMax = 1 << 16
 )
 
-// ackCache remembers the acks of a room's recent publishes.
+// ackCache remembers the acks of a registry's recent publishes, and the
+// publishes still under way, so that a retry is never published twice.
 type ackCache struct {
 	mu    sync.Mutex
-	acks  map[ackKey]ackEntry
-	order []ackKey
+	acks  map[ackKey]*ackEntry
+	order []*ackEntry
 }
 
 type ackEntry struct {
-	ack *reply
-	at  time.Time
+	key  ackKey
+	at   time.Time
+	done chan struct{} // closed when the publish is done
+	ack  *reply        // its ack, once done; nil if it failed
+	err  error
 }
 
-func (ac *ackCache) get(k ackKey) (*reply, bool) {
-	ac.mu.Lock()
-	defer ac.mu.Unlock()
-	e, ok := ac.acks[k]
-	if !ok || time.Since(e.at) > ackTTL {
-		return nil, false
+// wait waits for the publish of e to be done, or for stop, and returns its
+// ack or its error.
+func (e *ackEntry) wait(stop <-chan struct{}) (*reply, error) {
+	select {
+	case <-e.done:
+		return e.ack, e.err
+	case <-stop:
+		return nil, ErrClosed
 	}
-	return e.ack, true
 }
 
-func (ac *ackCache) put(k ackKey, a *reply) {
+// begin returns the entry of k and whether the caller is first: then it
+// publishes and calls finish. Others wait on the entry.
+func (ac *ackCache) begin(k ackKey) (*ackEntry, bool) {
+	now := time.Now()
 	ac.mu.Lock()
 	defer ac.mu.Unlock()
 	if ac.acks == nil {
-		ac.acks = make(map[ackKey]ackEntry)
+		ac.acks = make(map[ackKey]*ackEntry)
 	}
-	for len(ac.order) >= ackMax {
-		delete(ac.acks, ac.order[0])
+	if e := ac.acks[k]; e != nil && now.Sub(e.at) <= ackTTL {
+		return e, false
+	}
+	for len(ac.order) > 0 && (len(ac.order) >= ackMax || now.Sub(ac.order[0].at) > ackTTL) {
+		if old := ac.order[0]; ac.acks[old.key] == old {
+			delete(ac.acks, old.key)
+		}
 		ac.order = ac.order[1:]
 	}
-	ac.acks[k] = ackEntry{a, time.Now()}
-	ac.order = append(ac.order, k)
+	e := &ackEntry{key: k, at: now, done: make(chan struct{})}
+	ac.acks[k] = e
+	ac.order = append(ac.order, e)
+	return e, true
+}
+
+// finish records how the publish of e ended. A failed publish is
+// forgotten, so that a retry publishes it.
+func (ac *ackCache) finish(e *ackEntry, a *reply, err error) {
+	ac.mu.Lock()
+	e.ack, e.err = a, err
+	if err != nil && ac.acks[e.key] == e {
+		delete(ac.acks, e.key)
+	}
+	ac.mu.Unlock()
+	close(e.done)
 }

@@ -23,6 +23,7 @@ import (
 type Registry struct {
 	cfg   config
 	stats counters // of connections of many rooms
+	acks  ackCache // of publishes by connections of many rooms
 
 	mu     sync.Mutex
 	rooms  map[string]*entry

@@ -59,7 +59,6 @@ type Room struct {
 	final    []*Client      // the loop's clients when it returned
 
 	frames frameCache // encoded history frames shared by replays
-	acks   ackCache   // acks of recent publishes, for retried requests
 
 	mu          sync.Mutex
 	state       roomState
