@@ -187,14 +187,14 @@ const stableAfter = 5 * time.Second
 
 // reconnector runs connections one after the other, with backoff between
 // them, until ctx is done or a handshake fails for good. serve runs one
-// connection and returns when it ends.
+// connection and returns why it ended, or nil when the client is closed.
 func reconnector(ctx context.Context, cfg *config, conn *websocket.Conn, open func(context.Context) (*websocket.Conn, error), serve func(*websocket.Conn) error) error {
 	attempt := 0
 	for {
 		start := time.Now()
 		err := serve(conn)
-		if ctx.Err() != nil {
-			return nil
+		if err == nil || ctx.Err() != nil {
+			return nil // closed
 		}
 		if time.Since(start) > stableAfter {
 			attempt = 0
@@ -407,6 +407,10 @@ func (c *Client) serve(conn *websocket.Conn) error {
 
 	c.mu.Lock()
 	c.sess = nil
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
 	// A frame the server closes for cannot be sent again as it is.
 	code := websocket.CloseStatus(err)
 	refused := code == websocket.StatusUnsupportedData || code == websocket.StatusInvalidFramePayloadData || code == websocket.StatusMessageTooBig
