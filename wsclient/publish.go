@@ -62,9 +62,9 @@ func (r *Room) publish(ctx context.Context, data []byte, ephemeral bool) (Ack, e
 	}
 	c := r.c
 	c.mu.Lock()
-	if r.err != nil {
+	if err := r.buf.err; err != nil {
 		c.mu.Unlock()
-		return Ack{}, r.err
+		return Ack{}, err
 	}
 	p := &pending{room: r, id: c.newIDLocked(), ephemeral: ephemeral, done: make(chan struct{})}
 	p.frame = outFrame{Op: "pub", Room: r.name, ID: p.id, Data: data, Ephemeral: ephemeral}

@@ -109,12 +109,7 @@ type Room struct {
 	leaveID  string
 	joined   bool // once
 	members  []Member
-	queue    []item
-	nmsgs    int           // messages in queue
-	wake     chan struct{} // closed when the queue gets an item, for waiting readers
-	waiting  int
-	err      error // why the room ended
-	done     chan struct{}
+	buf      buffer     // for the reader; buf.err is why the room ended
 	pubs     []*pending // in order
 	retry    *time.Timer
 }
@@ -126,18 +121,17 @@ const (
 	joinFromEmpty        // the position is in an empty history: last maxLast
 )
 
-// item is what Next returns next.
-type item struct {
-	msg Message
-	err error // a *ResyncError
-}
-
 // Join joins the room called name and returns once the server has said so
 // (or failed it, with an *Error, or ctx is done). After a reconnection the
 // Client joins it again by itself, resuming after the last message the
 // room took. A name the Client is in already is an error.
 func (c *Client) Join(ctx context.Context, name string, opts ...JoinOption) (*Room, error) {
-	r := &Room{c: c, name: name, ready: make(chan struct{}), wake: make(chan struct{}), done: make(chan struct{})}
+	r := &Room{c: c, name: name, ready: make(chan struct{})}
+	r.buf = newBuffer(&c.mu, func() {
+		if r.behind {
+			r.catchUpLocked()
+		}
+	})
 	for _, o := range opts {
 		o(r)
 	}
@@ -166,7 +160,7 @@ func (c *Client) Join(ctx context.Context, name string, opts ...JoinOption) (*Ro
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !r.joined {
-		return nil, r.err
+		return nil, r.buf.err
 	}
 	return r, nil
 }
@@ -185,7 +179,7 @@ func (r *Room) Members() []Member {
 
 // Done returns a channel closed when the room has ended; Next returns why
 // once the buffered messages are read.
-func (r *Room) Done() <-chan struct{} { return r.done }
+func (r *Room) Done() <-chan struct{} { return r.buf.done }
 
 // Next returns the room's next message, waiting for one until ctx is done.
 // It returns a *ResyncError, without ending the room, when the room must be
@@ -199,47 +193,20 @@ func (r *Room) Done() <-chan struct{} { return r.done }
 // so that the reader still gets every numbered message, or a
 // *ResyncError if the server's history no longer holds them.
 func (r *Room) Next(ctx context.Context) (Message, error) {
-	c := r.c
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for {
-		if len(r.queue) > 0 {
-			it := r.queue[0]
-			r.queue[0] = item{}
-			r.queue = r.queue[1:]
-			if it.err == nil {
-				r.nmsgs--
-			}
-			if r.behind && r.nmsgs == 0 {
-				r.catchUpLocked()
-			}
-			return it.msg, it.err
-		}
-		if r.err != nil {
-			return Message{}, r.err
-		}
-		wake := r.wake
-		r.waiting++
-		c.mu.Unlock()
-		select {
-		case <-wake:
-		case <-ctx.Done():
-		}
-		c.mu.Lock()
-		r.waiting--
-		if err := ctx.Err(); err != nil {
-			return Message{}, err
-		}
-	}
+	return r.buf.next(ctx)
 }
 
 // Messages returns an iterator over the room's messages, as Next returns
 // them: a *ResyncError is yielded and the iteration goes on; any other
 // error is yielded last.
 func (r *Room) Messages(ctx context.Context) iter.Seq2[Message, error] {
+	return messages(ctx, r.Next)
+}
+
+func messages(ctx context.Context, next func(context.Context) (Message, error)) iter.Seq2[Message, error] {
 	return func(yield func(Message, error) bool) {
 		for {
-			m, err := r.Next(ctx)
+			m, err := next(ctx)
 			_, resync := err.(*ResyncError)
 			if !yield(m, err) || err != nil && !resync {
 				return
@@ -254,7 +221,7 @@ func (r *Room) Messages(ctx context.Context) iter.Seq2[Message, error] {
 func (r *Room) Leave(ctx context.Context) error {
 	c := r.c
 	c.mu.Lock()
-	if r.err == nil && !r.leaving {
+	if r.buf.err == nil && !r.leaving {
 		r.leaving = true
 		r.leaveID = c.newIDLocked()
 		if !r.onServer || !c.sendLocked(&outFrame{Op: "leave", Room: r.name, ID: r.leaveID}) {
@@ -263,7 +230,7 @@ func (r *Room) Leave(ctx context.Context) error {
 	}
 	c.mu.Unlock()
 	select {
-	case <-r.done:
+	case <-r.buf.done:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -272,7 +239,7 @@ func (r *Room) Leave(ctx context.Context) error {
 
 // joinLocked sends a join for r if it should be joined and can be.
 func (c *Client) joinLocked(r *Room) {
-	if c.sess == nil || r.onServer || r.behind || r.leaving || r.err != nil {
+	if c.sess == nil || r.onServer || r.behind || r.leaving || r.buf.err != nil {
 		return
 	}
 	f := &outFrame{Op: "join", Room: r.name, ID: c.newIDLocked(), Members: r.wantMembers}
@@ -298,7 +265,7 @@ func (r *Room) joinedLocked(f *inFrame) {
 		r.epoch, r.seq = f.Epoch, f.Seq-min(f.Seq, uint64(r.last))
 	case joinFromEmpty:
 		if f.Seq > maxLast {
-			r.pushLocked(item{err: &ResyncError{Room: r.name, Reason: "more messages than a join can ask for since an empty history"}})
+			r.buf.pushLocked(item{err: &ResyncError{Room: r.name, Reason: "more messages than a join can ask for since an empty history"}})
 		}
 		r.epoch, r.seq = f.Epoch, f.Seq-min(f.Seq, maxLast)
 	}
@@ -346,9 +313,7 @@ func (r *Room) resyncLocked(reason, resume string) {
 			r.epoch, r.seq, r.hasPos = resume[:i], seq, true
 		}
 	}
-	if n := len(r.queue); n == 0 || r.queue[n-1].err == nil {
-		r.pushLocked(item{err: &ResyncError{Room: r.name, Reason: reason}})
-	}
+	r.buf.pushLocked(item{err: &ResyncError{Room: r.name, Reason: reason}})
 	r.c.joinLocked(r)
 }
 
@@ -360,7 +325,7 @@ func (r *Room) msgLocked(f *inFrame) {
 	if f.Seq != 0 && f.Epoch == r.epoch && f.Seq <= r.seq {
 		return // had it
 	}
-	if r.nmsgs >= r.c.cfg.buffer {
+	if r.buf.nmsgs >= r.c.cfg.buffer {
 		if f.Seq != 0 {
 			r.behind = true
 		}
@@ -373,8 +338,7 @@ func (r *Room) msgLocked(f *inFrame) {
 	if f.Seq != 0 {
 		r.epoch, r.seq, r.hasPos = f.Epoch, f.Seq, true
 	}
-	r.nmsgs++
-	r.pushLocked(item{msg: m})
+	r.buf.pushLocked(item{msg: m})
 }
 
 // catchUpLocked joins again a room that dropped messages, now that its
@@ -387,14 +351,6 @@ func (r *Room) catchUpLocked() {
 		r.onServer = false
 	}
 	r.c.joinLocked(r)
-}
-
-func (r *Room) pushLocked(it item) {
-	r.queue = append(r.queue, it)
-	if r.waiting > 0 {
-		close(r.wake)
-		r.wake = make(chan struct{})
-	}
 }
 
 // disconnectedLocked forgets the server's side of the room when the
@@ -417,10 +373,9 @@ func (r *Room) quitLocked() {
 // endLocked ends the room with err: it is forgotten by the client, its
 // publishes fail with err, and its reader gets err after the buffer.
 func (r *Room) endLocked(err error) {
-	if r.err != nil {
+	if !r.buf.endLocked(err) {
 		return
 	}
-	r.err = err
 	if r.c.rooms[r.name] == r {
 		delete(r.c.rooms, r.name)
 	}
@@ -432,10 +387,5 @@ func (r *Room) endLocked(err error) {
 	}
 	if !r.joined {
 		close(r.ready)
-	}
-	close(r.done)
-	if r.waiting > 0 {
-		close(r.wake)
-		r.wake = make(chan struct{})
 	}
 }
