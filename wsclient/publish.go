@@ -17,8 +17,8 @@ type Ack struct {
 }
 
 // ErrDisconnected is returned by Room.PublishEphemeral when the connection
-// was lost before the server answered: an ephemeral message is not sent
-// again.
+// was lost before the server answered (an ephemeral message is not sent
+// again), and by Stream.Send between connections.
 var ErrDisconnected = errors.New("wsclient: connection lost before the ack")
 
 // pending is a publish waiting for its ack.

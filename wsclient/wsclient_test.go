@@ -35,6 +35,12 @@ type fixture struct {
 
 func newFixture(t *testing.T, opts ...wsroom.Option) *fixture {
 	t.Helper()
+	return newFixtureOf(t, (*wsroom.Registry).MuxHandler, opts...)
+}
+
+// newFixtureOf is newFixture with the handler handler returns.
+func newFixtureOf(t *testing.T, handler func(*wsroom.Registry) http.Handler, opts ...wsroom.Option) *fixture {
+	t.Helper()
 	f := &fixture{}
 	opts = append([]wsroom.Option{
 		wsroom.WithCodec(wsroom.JSON()),
@@ -51,7 +57,7 @@ func newFixture(t *testing.T, opts ...wsroom.Option) *fixture {
 		}),
 	}, opts...)
 	f.reg = wsroom.NewRegistry(opts...)
-	h := f.reg.MuxHandler()
+	h := handler(f.reg)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if f.refuse.Load() {
 			http.Error(w, "not now", http.StatusServiceUnavailable)
