@@ -546,3 +546,70 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 		t.Errorf("Err() = %v, want ErrClosed", c2.Err())
 	}
 }
+
+// lossyBroker loses deliveries while dropping is set, as a broker does
+// while its connection to the engine is down.
+type lossyBroker struct {
+	*wsroom.LocalBroker
+	dropping atomic.Bool
+	mu       sync.Mutex
+	lost     []func(error)
+}
+
+func (b *lossyBroker) Subscribe(ctx context.Context, room string, deliver func(wsroom.Message), lost func(error)) (func(), error) {
+	b.mu.Lock()
+	b.lost = append(b.lost, lost)
+	b.mu.Unlock()
+	return b.LocalBroker.Subscribe(ctx, room, func(m wsroom.Message) {
+		if !b.dropping.Load() {
+			deliver(m)
+		}
+	}, lost)
+}
+
+// reconnected tells every subscriber that messages may have been missed.
+func (b *lossyBroker) reconnected() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, f := range b.lost {
+		f(errors.New("connection to the engine dropped"))
+	}
+}
+
+// A room the server resynchronises while the connection stays up is
+// reported and joined again; the other room is not disturbed.
+func TestResyncOfOneRoomLive(t *testing.T) {
+	store := wsroom.NewMemoryStore(2, 0)
+	b := &lossyBroker{LocalBroker: wsroom.NewLocalBroker(store)}
+	f := newFixture(t, wsroom.WithBroker(b))
+	c := f.dial(t)
+	a := join(t, c, "a", wsclient.Last(5))
+	other := join(t, c, "b")
+	publish(t, f.reg, "a", `1`)
+	if got := short(next(t, a)); got != "1:1" {
+		t.Fatalf("got %s", got)
+	}
+	b.dropping.Store(true)
+	for i := 2; i <= 5; i++ { // the store keeps only 4 and 5
+		publish(t, f.reg, "a", fmt.Sprint(i))
+	}
+	b.dropping.Store(false)
+	b.reconnected()
+	var re *wsclient.ResyncError
+	if _, err := a.Next(t.Context()); !errors.As(err, &re) || re.Room != "a" {
+		t.Fatalf("Next = %v, want a *ResyncError for a", err)
+	}
+	got := []string{short(next(t, a)), short(next(t, a))}
+	publish(t, f.reg, "a", `6`)
+	got = append(got, short(next(t, a)))
+	if diff := cmp.Diff([]string{"4:4", "5:5", "6:6"}, got); diff != "" {
+		t.Errorf("after the resync, with Last(5) (-want +got):\n%s", diff)
+	}
+	publish(t, f.reg, "b", `"still here"`)
+	if got := short(next(t, other)); got != `1:"still here"` {
+		t.Errorf("room b: %s", got)
+	}
+	if d := f.dials.Load(); d != 1 {
+		t.Errorf("%d handshakes, want 1", d)
+	}
+}
