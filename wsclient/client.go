@@ -38,9 +38,9 @@ import (
 // wsroom.Subprotocol.
 const Subprotocol = "wsroom.v1"
 
-// ErrClosed is returned by the methods of a Client, and of its Rooms, once
-// the Client is closed.
-var ErrClosed = errors.New("wsclient: client closed")
+// ErrClosed is returned by the methods of a Client and its Rooms, or of a
+// Stream, once it is closed.
+var ErrClosed = errors.New("wsclient: closed")
 
 // Option configures Dial and DialStream.
 type Option func(*config)
@@ -81,8 +81,8 @@ func WithHTTPClient(hc *http.Client) Option {
 
 // WithBackoff sets the bounds of the wait between reconnection attempts
 // (default 250ms and 30s). The n-th attempt in a row waits a random time
-// between half and all of min(hi, lo×2ⁿ); a connection that lasted a
-// while resets n.
+// between half and all of min(hi, lo×2ⁿ); a connection that lasted 5s
+// resets n.
 func WithBackoff(lo, hi time.Duration) Option {
 	return func(cfg *config) {
 		if lo > 0 {
@@ -126,10 +126,12 @@ type DialError struct {
 	Err        error
 }
 
+// Error returns the status and the handshake's error.
 func (e *DialError) Error() string {
 	return fmt.Sprintf("wsclient: handshake refused with HTTP %d: %v", e.StatusCode, e.Err)
 }
 
+// Unwrap returns the handshake's error.
 func (e *DialError) Unwrap() error { return e.Err }
 
 // permanent reports whether err from a handshake means that trying again
@@ -235,7 +237,6 @@ func (cfg *config) report(err error) {
 // Client and its Rooms are safe for concurrent use by multiple goroutines.
 type Client struct {
 	cfg    config
-	url    string
 	prefix string // of request ids
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -267,7 +268,6 @@ type session struct {
 func Dial(ctx context.Context, url string, opts ...Option) (*Client, error) {
 	c := &Client{
 		cfg:     newConfig(opts),
-		url:     url,
 		done:    make(chan struct{}),
 		rooms:   make(map[string]*Room),
 		pending: make(map[string]*pending),

@@ -37,6 +37,7 @@ type ResyncError struct {
 	Reason string
 }
 
+// Error names the room and the server's reason.
 func (e *ResyncError) Error() string {
 	return fmt.Sprintf("wsclient: room %q must be resynchronised: %s", e.Room, e.Reason)
 }
@@ -50,6 +51,7 @@ type LeftError struct {
 	Reason string
 }
 
+// Error names the room and the reason.
 func (e *LeftError) Error() string {
 	return fmt.Sprintf("wsclient: left room %q: %s", e.Room, e.Reason)
 }
@@ -63,6 +65,7 @@ type Error struct {
 	Room    string
 }
 
+// Error returns the code and the server's message.
 func (e *Error) Error() string { return fmt.Sprintf("wsclient: %s: %s", e.Code, e.Message) }
 
 // JoinOption configures Client.Join.

@@ -613,3 +613,44 @@ func TestResyncOfOneRoomLive(t *testing.T) {
 		t.Errorf("%d handshakes, want 1", d)
 	}
 }
+
+// Handshakes carry WithHeader's headers; a publish the server closes the
+// connection for fails instead of being sent again, and the client goes on.
+func TestHeaderAndRefusedPublish(t *testing.T) {
+	f := newFixture(t, wsroom.WithReadLimit(1024), wsroom.WithAuthorize(func(r *http.Request) (any, error) {
+		if r.Header.Get("Authorization") != "Bearer sesame" {
+			return nil, &wsroom.HTTPError{Code: http.StatusUnauthorized}
+		}
+		return "ana", nil
+	}))
+	var de *wsclient.DialError
+	if _, err := wsclient.Dial(t.Context(), f.url); !errors.As(err, &de) || de.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("Dial without the header = %v, want 401", err)
+	}
+	c := f.dial(t, wsclient.WithHeader(http.Header{"Authorization": {"Bearer sesame"}}))
+	a := join(t, c, "a", wsclient.Members())
+	if ms := a.Members(); len(ms) != 1 || ms[0].Info != "ana" {
+		t.Errorf("Members() = %+v, want ana", ms)
+	}
+	big := []byte(`"` + strings.Repeat("x", 2000) + `"`)
+	if _, err := a.Publish(t.Context(), big); err == nil {
+		t.Error("Publish over the server's read limit: no error")
+	}
+	if ack, err := a.Publish(t.Context(), []byte(`"small"`)); err != nil || ack.Seq != 1 {
+		t.Errorf("Publish after the refused one = %+v, %v; want seq 1", ack, err)
+	}
+	var got []string
+	for m, err := range a.Messages(t.Context()) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, short(m))
+		break
+	}
+	if diff := cmp.Diff([]string{`1:"small"`}, got); diff != "" {
+		t.Errorf("room a (-want +got):\n%s", diff)
+	}
+	if d := f.dials.Load(); d != 2 {
+		t.Errorf("%d connections, want 2", d)
+	}
+}
