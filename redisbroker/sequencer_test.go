@@ -77,6 +77,10 @@ func TestPublishSeq(t *testing.T) {
 	}
 
 	delivered := s.waitN(t, total+1)
+	time.Sleep(100 * time.Millisecond) // let a duplicate, if any, arrive
+	if delivered = s.snapshot(); len(delivered) != total+1 {
+		t.Fatalf("got %d deliveries, want %d: %v", len(delivered), total+1, describe(delivered))
+	}
 	stored, err := nodes[0].After(t.Context(), room, epoch, 0, 0)
 	if err != nil {
 		t.Fatalf("After error: %v", err)
@@ -87,7 +91,7 @@ func TestPublishSeq(t *testing.T) {
 	// The ephemeral message may overtake the other node's last ones.
 	var numbered []wsroom.Message
 	var ephs int
-	for _, d := range delivered[:total+1] {
+	for _, d := range delivered {
 		if d.Ephemeral {
 			ephs++
 			if d.Seq != 0 || d.Epoch != "" || string(d.Data) != "typing" {
@@ -98,7 +102,7 @@ func TestPublishSeq(t *testing.T) {
 		numbered = append(numbered, d)
 	}
 	if ephs != 1 || len(numbered) != total {
-		t.Fatalf("got %d ephemeral and %d numbered deliveries, want 1 and %d", ephs, len(numbered), total)
+		t.Fatalf("got %d ephemeral and %d numbered deliveries, want 1 and %d: %v", ephs, len(numbered), total, describe(delivered))
 	}
 	same := func(a, b wsroom.Message) bool {
 		return a.Seq == b.Seq && a.Epoch == b.Epoch && a.Time.Equal(b.Time) && a.From == b.From && string(a.Data) == string(b.Data)
@@ -116,4 +120,17 @@ func TestPublishSeq(t *testing.T) {
 			t.Errorf("stored message %d is %d %q %v %q %q, PublishSeq returned %d %q %v %q %q", k, st.Seq, st.Epoch, st.Time, st.From, st.Data, r.Seq, r.Epoch, r.Time, r.From, r.Data)
 		}
 	}
+}
+
+// describe lists messages as seq:data, ephemeral ones as e:data.
+func describe(ms []wsroom.Message) []string {
+	var out []string
+	for _, m := range ms {
+		if m.Ephemeral {
+			out = append(out, "e:"+string(m.Data))
+		} else {
+			out = append(out, fmt.Sprintf("%d:%s", m.Seq, m.Data))
+		}
+	}
+	return out
 }
