@@ -78,9 +78,10 @@ func TestPublishSeq(t *testing.T) {
 		t.Errorf("ephemeral PublishSeq returned %+v, want it unnumbered, as published", eph)
 	}
 
-	delivered := s.wait(t, total+1, 10*time.Second)
+	s.wait(t, total+1, 10*time.Second)
 	time.Sleep(100 * time.Millisecond) // let a duplicate, if any, arrive
-	if delivered = s.get(); len(delivered) != total+1 {
+	delivered := s.get()
+	if len(delivered) != total+1 {
 		t.Fatalf("got %d deliveries, want %d: %v", len(delivered), total+1, describe(delivered))
 	}
 	stored, err := nodes[0].After(t.Context(), room, epoch, 0, 0)
