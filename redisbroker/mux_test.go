@@ -185,7 +185,7 @@ func (c *muxClient) waitFor(t *testing.T, what string, cond func() bool) {
 		case <-c.more:
 		case <-deadline.C:
 			fs, _ := c.all()
-			t.Fatalf("%s: no %s within %v; %d frames read, last %v", c.name, what, muxWait, len(fs), fs[max(len(fs)-3, 0):])
+			t.Fatalf("%s: no %s within %v; %d frames read, the last %v", c.name, what, muxWait, len(fs), fs[max(len(fs)-10, 0):])
 		}
 	}
 }
@@ -515,6 +515,9 @@ func TestMuxResyncOneRoom(t *testing.T) {
 	if j := c.filter(func(f muxFrame) bool { return f.ID == "again" })[0]; j.Op != "joined" || j.Seq != missed+1 {
 		t.Fatalf("join again: %v, want joined at seq %d", j, missed+1)
 	}
+	// Publish only once the history is sent: the new message pushes the
+	// oldest out of it.
+	c.waitFor(t, "the last messages of "+rooms[0], func() bool { return len(c.msgs(rooms[0])) >= 1+limit })
 	publish(rooms[0], `"live"`)
 	c.waitFor(t, "the rest of "+rooms[0], func() bool { return len(c.msgs(rooms[0])) >= 1+limit+1 })
 	var got []string
