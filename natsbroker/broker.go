@@ -170,12 +170,21 @@ func (b *Broker) Close() error {
 // arrives, Publish may return an error for a message that subscribers
 // receive.
 func (b *Broker) Publish(ctx context.Context, room string, m wsroom.Message) error {
+	_, err := b.PublishSeq(ctx, room, m)
+	return err
+}
+
+// PublishSeq is Publish, returning the message as numbered and stored (as
+// Append returns it), as subscribers receive it. An ephemeral message is
+// returned as announced: with Seq 0, no epoch, and its Time set to the
+// current time if it was zero. It implements wsroom.Sequencer, so that the
+// acks of connections of many rooms carry the message's position.
+func (b *Broker) PublishSeq(ctx context.Context, room string, m wsroom.Message) (wsroom.Message, error) {
 	if !m.Ephemeral {
-		_, err := b.Append(ctx, room, m)
-		return err
+		return b.Append(ctx, room, m)
 	}
 	if err := b.checkOpen(); err != nil {
-		return err
+		return wsroom.Message{}, err
 	}
 	m.Seq, m.Epoch = 0, ""
 	if m.Time.IsZero() {
@@ -183,9 +192,9 @@ func (b *Broker) Publish(ctx context.Context, room string, m wsroom.Message) err
 	}
 	data, _ := m.MarshalBinary()
 	if err := b.nc.Publish(b.live+roomToken(room), data); err != nil {
-		return fmt.Errorf("natsbroker: publishing to room %q: %w", room, err)
+		return wsroom.Message{}, fmt.Errorf("natsbroker: publishing to room %q: %w", room, err)
 	}
-	return nil
+	return m, nil
 }
 
 // Subscribe implements wsroom.Broker. The first subscription to a room on

@@ -191,11 +191,21 @@ func (b *Broker) closed() bool {
 // its Except is cleared, and its Time is set to the current time if zero. An
 // ephemeral message is published as it is, with Seq 0 and no epoch.
 func (b *Broker) Publish(ctx context.Context, room string, m wsroom.Message) error {
+	_, err := b.PublishSeq(ctx, room, m)
+	return err
+}
+
+// PublishSeq is Publish, returning the message as numbered and stored: with
+// its Seq, Epoch and Time (to the millisecond), as subscribers receive it.
+// An ephemeral message is returned as published, with Seq 0 and no epoch.
+// It implements wsroom.Sequencer, so that the acks of connections of many
+// rooms carry the message's position.
+func (b *Broker) PublishSeq(ctx context.Context, room string, m wsroom.Message) (wsroom.Message, error) {
 	if b.err != nil {
-		return b.err
+		return wsroom.Message{}, b.err
 	}
 	if b.closed() {
-		return ErrClosed
+		return wsroom.Message{}, ErrClosed
 	}
 	var err error
 	if m.Ephemeral {
@@ -206,12 +216,12 @@ func (b *Broker) Publish(ctx context.Context, room string, m wsroom.Message) err
 			err = b.client.Publish(ctx, b.channel(room), payload).Err()
 		}
 	} else {
-		_, err = b.append(ctx, room, m, b.channel(room))
+		m, err = b.append(ctx, room, m, b.channel(room))
 	}
 	if err != nil {
-		return fmt.Errorf("redisbroker: publish to room %q: %w", room, err)
+		return wsroom.Message{}, fmt.Errorf("redisbroker: publish to room %q: %w", room, err)
 	}
-	return nil
+	return m, nil
 }
 
 // Subscribe implements wsroom.Broker. The first subscription of a room on a

@@ -127,11 +127,22 @@ func (s *sink) waitFor(t testing.TB, ok func(wsroom.Message) bool) []wsroom.Mess
 	}
 }
 
-// waitN returns the first n or more deliveries, failing t after wait.
+// waitN returns the deliveries once there are n or more, failing t after
+// wait.
 func (s *sink) waitN(t testing.TB, n int) []wsroom.Message {
 	t.Helper()
-	var i int
-	return s.waitFor(t, func(wsroom.Message) bool { i++; return i >= n })
+	deadline := time.After(wait)
+	for {
+		got := s.snapshot()
+		if len(got) >= n {
+			return got
+		}
+		select {
+		case <-s.more:
+		case <-deadline:
+			t.Fatalf("%d deliveries did not arrive within %v; got %d", n, wait, len(got))
+		}
+	}
 }
 
 func subscribe(t testing.TB, b *Broker, room string) *sink {
