@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -531,4 +532,50 @@ func TestMuxPresenceEvents(t *testing.T) {
 	if *count != 3 {
 		t.Errorf("count = %d, want 3", *count)
 	}
+}
+
+// A publish retried while the first is still under way, from another
+// connection, waits for it and gets its ack: the message is stored once.
+func TestMuxRetryWhileFirstInFlight(t *testing.T) {
+	store := wsroom.NewMemoryStore(0, 0)
+	b := &gatedBroker{LocalBroker: wsroom.NewLocalBroker(store), gate: make(chan struct{})}
+	f := newMux(t, wsroom.WithBroker(b), wsroom.WithCodec(wsroom.JSON()))
+	first := f.dial(t)
+	send(t, first, `{"op":"join","room":"a"}`)
+	expect(t, first, "joined")
+	send(t, first, `{"op":"pub","room":"a","id":"x-1","data":1}`)
+	waitUntil(t, "the first publish is held", func() bool { return b.held.Load() == 1 })
+	first.CloseNow()
+	retry := f.dial(t)
+	send(t, retry, `{"op":"join","room":"a","resume":":0"}`)
+	expect(t, retry, "joined")
+	send(t, retry, `{"op":"pub","room":"a","id":"x-1","data":1}`)
+	time.Sleep(50 * time.Millisecond) // the retry waits for the first
+	close(b.gate)
+	var ack frame
+	for ack.Op != "ack" {
+		ack = recv(t, retry)
+	}
+	if ack.Seq != 1 {
+		t.Errorf("retry's ack = %+v, want seq 1", ack)
+	}
+	if last, _ := store.Last(t.Context(), "a", 10); len(last) != 1 {
+		t.Errorf("store holds %d messages, want the publish once", len(last))
+	}
+	if n := b.held.Load(); n != 1 {
+		t.Errorf("the broker was asked %d times, want once", n)
+	}
+}
+
+// gatedBroker holds each PublishSeq until gate closes.
+type gatedBroker struct {
+	*wsroom.LocalBroker
+	gate chan struct{}
+	held atomic.Int64
+}
+
+func (b *gatedBroker) PublishSeq(ctx context.Context, room string, m wsroom.Message) (wsroom.Message, error) {
+	b.held.Add(1)
+	<-b.gate
+	return b.LocalBroker.PublishSeq(context.Background(), room, m)
 }
