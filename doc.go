@@ -9,13 +9,80 @@
 //	rooms := wsroom.NewRegistry(wsroom.WithCodec(wsroom.JSON()), wsroom.WithHistory(50))
 //	mux.Handle("GET /rooms/{name}", rooms.Handler(nil))
 //
-// Server code publishes with Room.Publish (to everyone, to all but one, to a
-// filtered set) and Client.Send (to one client). Hooks (WithOnJoin,
+// A Registry also serves connections that are in many rooms at once, through
+// MuxHandler (see "Many rooms on one connection" below). Server code
+// publishes with Room.Publish or Registry.Publish (to everyone, to all but
+// one, to a filtered set) and Client.Send (to one client). Hooks (WithOnJoin,
 // WithOnLeave, WithOnMessage, WithOnError) and WithAuthorize let the
 // application see and steer what happens. The examples show each entry
 // point, and examples/chat is a complete application.
 //
-// # The path of a message
+// # History and resume
+//
+// Every numbered message is kept in the room's Store (a MemoryStore by
+// default, bounded by count and age; durable and cluster-wide stores live in
+// their own modules). WithHistory sends newcomers the last messages. A client
+// that lost its connection resumes by adding the position of the last
+// message it saw to the handshake URL:
+//
+//	ws://host/rooms/lobby?resume=EPOCH:SEQ
+//
+// The room then sends exactly the messages after that position, then live
+// ones, with no gap and no duplicate, even while others keep publishing.
+// History is read and written a page at a time, so a joining client holds at
+// most about 1 MiB of it at once (at least 8 messages; 256 at most), and
+// clients that replay the same messages share one copy of each frame.
+//
+// If the history no longer covers that position (it was trimmed, or the
+// epoch changed because the history was lost), or the room itself lost
+// messages it cannot read back, the client is closed with StatusResync
+// (4000). When the room's history moved to a new epoch, the close reason
+// ends in "resume=EPOCH:0", the start of the new epoch: a client that
+// reconnects with that resume parameter gets every message stored in the
+// new epoch. Otherwise it reconnects without resume. A malformed resume
+// parameter is answered with 400. The JSON codec puts "seq" and "epoch" in
+// each envelope; with the raw Text and Binary codecs clients see only
+// payloads and cannot resume.
+//
+// # Many rooms on one connection
+//
+// Registry.MuxHandler serves connections that join and leave the
+// Registry's rooms by message, in the wsroom.v1 protocol of PROTOCOL.md
+// (subprotocol Subprotocol): each joins with its own resume position or the
+// last N messages, publishes with an id to get an ack once the message is
+// stored (a retried id is published once), gets an error reply with a
+// stable code for a bad request, and is resynchronised room by room. Server
+// code joins such a client to a room with Client.Join and removes it with
+// Client.Leave; WithJoinCheck decides who may join which room, and
+// WithPresenceEvents tells members who comes and goes. Both kinds of client
+// can share a room.
+//
+// # Concurrency
+//
+// Room, Registry, Client, MemoryStore and LocalBroker are safe for concurrent
+// use. Each client has one goroutine that reads for as long as it is
+// connected (the handler returns once the connection is upgraded), a writer
+// only while it has messages queued, and the ping timer's goroutine for the
+// length of each ping. Each room has its loop and its keeper. Hooks run on
+// the goroutine of the client they concern, and the error hook for errors of
+// the room on its keeper, never on the room's loop, so a slow hook slows
+// only its own client or room. No lock is held while a hook runs. A hook that panics is
+// recovered, as net/http recovers handlers: the panic goes to the error hook,
+// and a message hook's panic closes its client with 1011.
+//
+// # Shutdown
+//
+// Room.Close and Registry.Close close every connection at once.
+// Room.Shutdown and Registry.Shutdown refuse new handshakes (503) and
+// publishes (ErrClosed), write what is already queued to each client, close
+// it with 1001 (going away) and wait for every goroutine to end, or for the
+// context. http.Server.Shutdown does not wait for WebSocket connections,
+// which it no longer tracks once upgraded, so call both:
+//
+//	srv.Shutdown(ctx)  // stop accepting, finish plain HTTP requests
+//	room.Shutdown(ctx) // then say goodbye to WebSocket clients
+//
+// # Inside: the path of a message
 //
 //  1. A client's reading goroutine reads a frame, checks
 //     its size (WithReadLimit) and rate (WithRateLimit), and lets the Codec
@@ -57,58 +124,6 @@
 // A client whose queue is full (WithSendBuffer) gets the SlowPolicy: closed
 // with 1008 by default, so it reconnects and resumes; DropOldest and
 // DropNewest are there for streams where only the latest state matters.
-//
-// # History and resume
-//
-// Every numbered message is kept in the room's Store (a MemoryStore by
-// default, bounded by count and age; durable and cluster-wide stores live in
-// their own modules). WithHistory sends newcomers the last messages. A client
-// that lost its connection resumes by adding the position of the last
-// message it saw to the handshake URL:
-//
-//	ws://host/rooms/lobby?resume=EPOCH:SEQ
-//
-// The room then sends exactly the messages after that position, then live
-// ones, with no gap and no duplicate, even while others keep publishing.
-// History is read and written a page at a time, so a joining client holds at
-// most about 1 MiB of it at once (at least 8 messages; 256 at most), and
-// clients that replay the same messages share one copy of each frame.
-//
-// If the history no longer covers that position (it was trimmed, or the
-// epoch changed because the history was lost), or the room itself lost
-// messages it cannot read back, the client is closed with StatusResync
-// (4000). When the room's history moved to a new epoch, the close reason
-// ends in "resume=EPOCH:0", the start of the new epoch: a client that
-// reconnects with that resume parameter gets every message stored in the
-// new epoch. Otherwise it reconnects without resume. A malformed resume
-// parameter is answered with 400. The JSON codec puts "seq" and "epoch" in
-// each envelope; with the raw Text and Binary codecs clients see only
-// payloads and cannot resume.
-//
-// # Concurrency
-//
-// Room, Registry, Client, MemoryStore and LocalBroker are safe for concurrent
-// use. Each client has one goroutine that reads for as long as it is
-// connected (the handler returns once the connection is upgraded), a writer
-// only while it has messages queued, and the ping timer's goroutine for the
-// length of each ping. Each room has its loop and its keeper. Hooks run on
-// the goroutine of the client they concern, and the error hook for errors of
-// the room on its keeper, never on the room's loop, so a slow hook slows
-// only its own client or room. No lock is held while a hook runs. A hook that panics is
-// recovered, as net/http recovers handlers: the panic goes to the error hook,
-// and a message hook's panic closes its client with 1011.
-//
-// # Shutdown
-//
-// Room.Close and Registry.Close close every connection at once.
-// Room.Shutdown and Registry.Shutdown refuse new handshakes (503) and
-// publishes (ErrClosed), write what is already queued to each client, close
-// it with 1001 (going away) and wait for every goroutine to end, or for the
-// context. http.Server.Shutdown does not wait for WebSocket connections,
-// which it no longer tracks once upgraded, so call both:
-//
-//	srv.Shutdown(ctx)  // stop accepting, finish plain HTTP requests
-//	room.Shutdown(ctx) // then say goodbye to WebSocket clients
 //
 // # Limits and defaults
 //
