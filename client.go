@@ -94,6 +94,34 @@ func newConn(cfg *config, stats *counters, conn *websocket.Conn, fc *frameConn, 
 	return c
 }
 
+// hook runs an application hook for the client, as Room.hook does.
+func (c *Client) hook(name string, fn func() error) error {
+	if c.room != nil {
+		return c.room.hook(c, name, fn)
+	}
+	return c.mux.g.hook(c, name, fn)
+}
+
+// admit runs the admit hook, if any, and reports whether the client may
+// stay; a refused client is closed with the hook's code and reason.
+func (c *Client) admit() bool {
+	if c.cfg.admit == nil {
+		return true
+	}
+	err := c.hook("admit", func() error { return c.cfg.admit(c) })
+	if err == nil {
+		return true
+	}
+	code, reason := websocket.StatusPolicyViolation, err.Error()
+	var ce websocket.CloseError
+	if errors.As(err, &ce) {
+		code, reason = ce.Code, ce.Reason
+	}
+	c.conn.Close(code, truncate(reason, maxReason))
+	c.cancel(err)
+	return false
+}
+
 // report counts err and passes it to the logger and the error hook, on the
 // calling goroutine.
 func (c *Client) report(err error) {
@@ -185,17 +213,8 @@ var ErrPongTimeout = errors.New("wsroom: no pong in time")
 func (c *Client) serve() {
 	r := c.room
 	defer r.release()
-	if r.cfg.admit != nil {
-		if err := r.hook(c, "admit", func() error { return r.cfg.admit(c) }); err != nil {
-			code, reason := websocket.StatusPolicyViolation, err.Error()
-			var ce websocket.CloseError
-			if errors.As(err, &ce) {
-				code, reason = ce.Code, ce.Reason
-			}
-			c.conn.Close(code, truncate(reason, maxReason))
-			c.cancel(err)
-			return
-		}
+	if !c.admit() {
+		return
 	}
 	ready := r.awaitReady()
 	if !ready || !r.join(c) {

@@ -81,17 +81,8 @@ func (c *Client) serveMux() {
 	g := c.mux.g
 	defer g.removeConn(c)
 	cfg := c.cfg
-	if cfg.admit != nil {
-		if err := g.hook(c, "admit", func() error { return cfg.admit(c) }); err != nil {
-			code, reason := websocket.StatusPolicyViolation, err.Error()
-			var ce websocket.CloseError
-			if errors.As(err, &ce) {
-				code, reason = ce.Code, ce.Reason
-			}
-			c.conn.Close(code, truncate(reason, maxReason))
-			c.cancel(err)
-			return
-		}
+	if !c.admit() {
+		return
 	}
 	c.stats.joins.Add(1)
 	if cfg.onJoin != nil {
@@ -132,44 +123,18 @@ func (c *Client) serveMux() {
 // muxReadLoop reads and answers the client's requests until the connection
 // fails or the client must be closed.
 func (c *Client) muxReadLoop() error {
-	cfg := c.cfg
-	var lim *limiter
-	if cfg.rateLimit > 0 {
-		lim = newLimiter(cfg.rateLimit, cfg.rateBurst)
-	}
+	lim := c.newLimiter()
 	for {
-		typ, data, err := c.conn.Read(context.Background())
+		data, err := c.readFrame(lim, websocket.MessageText)
 		if err != nil {
-			if errors.Is(err, websocket.ErrMessageTooBig) {
-				c.stats.closedInvalid.Add(1)
-				c.report(err)
-			}
 			return err
 		}
-		c.stats.messagesIn.Add(1)
-		c.stats.bytesIn.Add(uint64(len(data)))
-		if typ != websocket.MessageText {
-			return c.rejectConn(websocket.StatusUnsupportedData, errors.New("wsroom: binary frame in the "+Subprotocol+" protocol"))
-		}
 		if !utf8.Valid(data) {
-			return c.rejectConn(websocket.StatusInvalidFramePayloadData, errInvalidUTF8)
-		}
-		if lim != nil {
-			if wait := lim.take(time.Now()); wait > 0 {
-				if cfg.ratePolicy == CloseOverLimit {
-					c.stats.closedRate.Add(1)
-					c.requestClose(websocket.StatusPolicyViolation, "wsroom: rate limit exceeded", closeDiscard)
-					return ErrRateLimited
-				}
-				c.stats.throttled.Add(1)
-				if !c.sleep(wait) {
-					return ErrClosed
-				}
-			}
+			return c.reject(websocket.StatusInvalidFramePayloadData, errInvalidUTF8)
 		}
 		req, err := parseRequest(data)
 		if errors.Is(err, errNotObject) {
-			return c.rejectConn(websocket.StatusInvalidFramePayloadData, err)
+			return c.reject(websocket.StatusInvalidFramePayloadData, err)
 		}
 		if err == nil {
 			err = c.serveRequest(req)
@@ -182,14 +147,6 @@ func (c *Client) muxReadLoop() error {
 			return err
 		}
 	}
-}
-
-// rejectConn reports bad input from a client of many rooms and closes it.
-func (c *Client) rejectConn(code websocket.StatusCode, err error) error {
-	c.stats.closedInvalid.Add(1)
-	c.report(err)
-	c.requestClose(code, truncate(err.Error(), maxReason), closeDiscard)
-	return err
 }
 
 // serveRequest carries out one request. A *protoError is answered; other

@@ -30,36 +30,11 @@ var ErrUnavailable = errors.New("wsroom: message not published, broker unavailab
 func (c *Client) readLoop() error {
 	r := c.room
 	cfg := &r.cfg
-	var lim *limiter
-	if cfg.rateLimit > 0 {
-		lim = newLimiter(cfg.rateLimit, cfg.rateBurst)
-	}
+	lim := c.newLimiter()
 	for {
-		typ, data, err := c.conn.Read(context.Background())
+		data, err := c.readFrame(lim, cfg.codec.MessageType())
 		if err != nil {
-			if errors.Is(err, websocket.ErrMessageTooBig) {
-				r.stats.closedInvalid.Add(1)
-				r.reportError(c, err)
-			}
 			return err
-		}
-		r.stats.messagesIn.Add(1)
-		r.stats.bytesIn.Add(uint64(len(data)))
-		if typ != cfg.codec.MessageType() {
-			return c.reject(websocket.StatusUnsupportedData, fmt.Errorf("wsroom: %v frame in a room of %v frames", typ, cfg.codec.MessageType()))
-		}
-		if lim != nil {
-			if wait := lim.take(time.Now()); wait > 0 {
-				if cfg.ratePolicy == CloseOverLimit {
-					r.stats.closedRate.Add(1)
-					c.requestClose(websocket.StatusPolicyViolation, "wsroom: rate limit exceeded", closeDiscard)
-					return ErrRateLimited
-				}
-				r.stats.throttled.Add(1)
-				if !c.sleep(wait) {
-					return ErrClosed
-				}
-			}
 		}
 		payload, err := r.check(data)
 		if err != nil {
@@ -82,6 +57,47 @@ func (c *Client) readLoop() error {
 			return err
 		}
 	}
+}
+
+// newLimiter returns the client's rate limiter, or nil if it has none.
+func (c *Client) newLimiter() *limiter {
+	if c.cfg.rateLimit <= 0 {
+		return nil
+	}
+	return newLimiter(c.cfg.rateLimit, c.cfg.rateBurst)
+}
+
+// readFrame reads the client's next frame, which must be of type typ, and
+// applies the rate limit: it waits (Throttle) or closes the client
+// (CloseOverLimit). An error ends the client.
+func (c *Client) readFrame(lim *limiter, typ websocket.MessageType) ([]byte, error) {
+	got, data, err := c.conn.Read(context.Background())
+	if err != nil {
+		if errors.Is(err, websocket.ErrMessageTooBig) {
+			c.stats.closedInvalid.Add(1)
+			c.report(err)
+		}
+		return nil, err
+	}
+	c.stats.messagesIn.Add(1)
+	c.stats.bytesIn.Add(uint64(len(data)))
+	if got != typ {
+		return nil, c.reject(websocket.StatusUnsupportedData, fmt.Errorf("wsroom: %v frame where %v frames are read", got, typ))
+	}
+	if lim != nil {
+		if wait := lim.take(time.Now()); wait > 0 {
+			if c.cfg.ratePolicy == CloseOverLimit {
+				c.stats.closedRate.Add(1)
+				c.requestClose(websocket.StatusPolicyViolation, "wsroom: rate limit exceeded", closeDiscard)
+				return nil, ErrRateLimited
+			}
+			c.stats.throttled.Add(1)
+			if !c.sleep(wait) {
+				return nil, ErrClosed
+			}
+		}
+	}
+	return data, nil
 }
 
 // publish publishes a message a client of one room sent. While the broker
