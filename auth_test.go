@@ -8,11 +8,13 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/coder/websocket"
 	"github.com/google/go-cmp/cmp"
 	"github.com/wsroom/wsroom"
+	"github.com/wsroom/wsroom/wsroomtest"
 )
 
 // tokenAuth is an authorize hook that reads a credential offered as the
@@ -225,38 +227,44 @@ func TestOriginCheck(t *testing.T) {
 	})
 }
 
-// A client whose credential expires is closed with StatusExpired, after
-// what was queued for it.
+// A client whose credential expires is closed with StatusExpired, when it
+// expires (in virtual time), after what was queued for it.
 func TestExpiryClosesWithStatusExpired(t *testing.T) {
 	type session struct {
-		user    string
 		expires time.Time
 		timer   *time.Timer
 	}
-	room := wsroom.New(
-		wsroom.WithAuthorize(func(r *http.Request) (any, error) {
-			return &session{user: "ana", expires: time.Now().Add(50 * time.Millisecond)}, nil
-		}),
-		wsroom.WithOnJoin(func(c *wsroom.Client) {
-			s := c.Identity().(*session)
-			s.timer = time.AfterFunc(time.Until(s.expires), func() {
-				c.Send(c.Context(), []byte("goodbye"))
-				c.Close(wsroom.StatusExpired, "session expired")
-			})
-		}),
-		wsroom.WithOnLeave(func(c *wsroom.Client, _ error) {
-			if s := c.Identity().(*session); s.timer != nil {
-				s.timer.Stop()
-			}
-		}),
-	)
-	defer room.Close()
-	srv := newServer(t, room.Handler())
-	c := dialURL(t, "ws"+strings.TrimPrefix(srv.URL, "http"))
-	if got := read(t, c); got != "goodbye" {
-		t.Errorf("read %q, want goodbye", got)
-	}
-	if code, reason := closeStatus(t, c); code != wsroom.StatusExpired || reason != "session expired" {
-		t.Errorf("closed with %v %q, want 4001 \"session expired\"", code, reason)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		start := time.Now()
+		room := wsroom.New(
+			wsroom.WithPing(0, 0), // the client does not read, so would not answer
+			wsroom.WithAuthorize(func(r *http.Request) (any, error) {
+				return &session{expires: start.Add(time.Hour)}, nil
+			}),
+			wsroom.WithOnJoin(func(c *wsroom.Client) {
+				s := c.Identity().(*session)
+				s.timer = time.AfterFunc(time.Until(s.expires), func() {
+					c.Send(c.Context(), []byte("goodbye"))
+					c.Close(wsroom.StatusExpired, "session expired")
+				})
+			}),
+			wsroom.WithOnLeave(func(c *wsroom.Client, _ error) {
+				if s := c.Identity().(*session); s.timer != nil {
+					s.timer.Stop()
+				}
+			}),
+		)
+		defer room.Close()
+		c := wsroomtest.Dial(t, room.Handler(), "/")
+		time.Sleep(time.Hour - time.Second)
+		wsroomtest.WaitClients(t, room, 1)
+		c.Expect("goodbye")
+		if reason := c.ExpectClose(wsroom.StatusExpired); reason != "session expired" {
+			t.Errorf("close reason %q, want %q", reason, "session expired")
+		}
+		if d := time.Since(start); d != time.Hour {
+			t.Errorf("closed after %v, want 1h0m0s", d)
+		}
+		wsroomtest.WaitClients(t, room, 0)
+	})
 }
