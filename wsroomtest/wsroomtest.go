@@ -34,6 +34,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	neturl "net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -49,8 +50,9 @@ import (
 const Timeout = 10 * time.Second
 
 // Host is the host of a URL given to Dial as a path alone: "/rooms/lobby"
-// is "ws://room.test/rooms/lobby". A request whose Origin header is
-// "http://room.test" is then same-origin.
+// is "ws://room.test/rooms/lobby". The handler gets the request as a
+// server would, with this Host, so a handshake whose Origin header is
+// "http://room.test" is same-origin.
 const Host = "room.test"
 
 // Conn is a client connected to a handler in memory. Its methods fail the
@@ -101,7 +103,25 @@ func DialStatus(t testing.TB, h http.Handler, url string, opts *websocket.DialOp
 func dial(h http.Handler, url string, opts *websocket.DialOptions) (*websocket.Conn, *http.Response, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
 	defer cancel()
-	return wspipe.Dial(ctx, h, fullURL(url), opts)
+	return wspipe.Dial(ctx, asServer(h), fullURL(url), opts)
+}
+
+// asServer hands h the client's request as a server receives it: with its
+// Host (which the same-origin rule compares with the Origin), its
+// RequestURI and a path-only URL, and a remote address.
+func asServer(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r = r.Clone(r.Context())
+		if r.Host == "" {
+			r.Host = r.URL.Host
+		}
+		r.RequestURI = r.URL.RequestURI()
+		if u, err := neturl.ParseRequestURI(r.RequestURI); err == nil {
+			r.URL = u
+		}
+		r.RemoteAddr = "192.0.2.1:1234"
+		h.ServeHTTP(w, r)
+	})
 }
 
 func fullURL(url string) string {

@@ -183,3 +183,25 @@ func TestFailureMessages(t *testing.T) {
 		}
 	})
 }
+
+// The handler gets the request as a server does: an Origin of the
+// request's own host is same-origin; another is not.
+func TestOrigins(t *testing.T) {
+	room := wsroom.New()
+	defer room.Close()
+	var got *http.Request
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = r
+		room.Handler().ServeHTTP(w, r)
+	})
+	same := &websocket.DialOptions{HTTPHeader: http.Header{"Origin": {"http://" + wsroomtest.Host}}}
+	wsroomtest.DialWith(t, h, "/chat?x=1", same)
+	if got.Host != wsroomtest.Host || got.RequestURI != "/chat?x=1" || got.URL.String() != "/chat?x=1" || got.RemoteAddr == "" {
+		t.Errorf("the handler got Host %q, RequestURI %q, URL %q, RemoteAddr %q; want them as a server has them", got.Host, got.RequestURI, got.URL, got.RemoteAddr)
+	}
+	other := &websocket.DialOptions{HTTPHeader: http.Header{"Origin": {"http://elsewhere.test"}}}
+	if status := wsroomtest.DialStatus(t, h, "/chat", other); status != http.StatusForbidden {
+		t.Errorf("cross-origin handshake: status %d, want 403", status)
+	}
+	wsroomtest.DialWith(t, h, "ws://elsewhere.test/chat", other)
+}
