@@ -57,6 +57,19 @@
 // WithPresenceEvents tells members who comes and goes. Both kinds of client
 // can share a room.
 //
+// # Authentication
+//
+// Same-origin handshakes only, by default; WithOriginPatterns and
+// WithOriginCheck allow others. The authorize hook then reads the
+// request's credential: a session cookie, a header, or, since browsers
+// cannot set headers on a WebSocket handshake, a token offered as a
+// subprotocol (WithSubprotocols, OfferedSubprotocols). What it returns is
+// the client's Identity; WithJoinCheck decides which rooms a connection of
+// many rooms may join. A credential that expires while the client is
+// connected is the application's to enforce, by closing the client with
+// StatusExpired (4001). Package wsroomtest connects clients to a handler in
+// memory, to test all this.
+//
 // # Concurrency
 //
 // Room, Registry, Client, MemoryStore and LocalBroker are safe for concurrent
@@ -138,9 +151,10 @@
 // 24 hours, no history on join.
 //
 // Handshake answers, checked in this order: 426 for non-WebSocket requests,
-// 400 for a malformed handshake (method, version, key), 403 for a foreign
-// origin, 400 for a bad resume parameter or room name, 401/403 from the
-// authorize hook, 503 when the room is full or closed or the Registry holds
+// 400 for a malformed handshake (method, version, key, or none of the
+// subprotocols the handler speaks: WithSubprotocols, Subprotocol), 403 for
+// a foreign origin (WithOriginPatterns, WithOriginCheck), 400 for a bad
+// resume parameter or room name, 401/403 from the authorize hook, 503 when the room is full or closed or the Registry holds
 // its maximum of rooms. A Registry makes a room only for a handshake that
 // passed every check. Close codes: 1003 for the wrong frame type, 1007 for
 // invalid UTF-8 or a codec error, 1008 for a full send buffer, the rate
@@ -148,7 +162,9 @@
 // read limit, 1011 for a message hook's panic, 1013 when the Broker could
 // not take a client's message within the publish retry time (or a new
 // room's Store could not be read), 1001 on shutdown, 4000 (StatusResync)
-// for a resume the history cannot serve or a room that lost messages. A
+// for a resume the history cannot serve or a room that lost messages, and
+// 4001 (StatusExpired), never sent by wsroom itself, for the application to
+// close a client whose credential expired (see StatusExpired). A
 // client whose writes fail or time out is dropped without a close frame
 // (counted in Stats.ClosedWrite), during a close too.
 package wsroom

@@ -2,10 +2,15 @@ package wsroom_test
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"time"
 
@@ -274,4 +279,211 @@ func ExampleRegistry_MuxHandler() {
 	// msg chat id= seq=1 {"text":"hi"}
 	// ack chat id=p1 seq=1
 	// msg news id= seq=1 "extra!"
+}
+
+// A session cookie, which a browser sends with the handshake to its own
+// site: the authorize hook looks the session up. The same-origin rule
+// (the default) is what keeps other sites' pages from connecting with it.
+func ExampleWithAuthorize_cookie() {
+	sessions := map[string]string{"k7Qx9": "ana"} // session id → user, as the login handler stored it
+	room := wsroom.New(
+		wsroom.WithAuthorize(func(r *http.Request) (any, error) {
+			cookie, err := r.Cookie("session")
+			if err != nil {
+				return nil, &wsroom.HTTPError{Code: http.StatusUnauthorized, Message: "log in first"}
+			}
+			user, ok := sessions[cookie.Value]
+			if !ok {
+				return nil, &wsroom.HTTPError{Code: http.StatusUnauthorized, Message: "session ended"}
+			}
+			return user, nil
+		}),
+		wsroom.WithOnJoin(func(c *wsroom.Client) {
+			c.Send(c.Context(), fmt.Appendf(nil, "hello, %v", c.Identity()))
+		}),
+	)
+	defer room.Close()
+	srv := httptest.NewServer(room.Handler())
+	defer srv.Close()
+
+	ctx := context.Background()
+	_, resp, _ := websocket.Dial(ctx, wsURL(srv, ""), nil)
+	fmt.Println("without the cookie:", resp.StatusCode)
+
+	c, _, err := websocket.Dial(ctx, wsURL(srv, ""), &websocket.DialOptions{
+		HTTPHeader: http.Header{"Cookie": {"session=k7Qx9"}}, // what a browser sends
+	})
+	if err != nil {
+		panic(err)
+	}
+	defer c.CloseNow()
+	_, got, _ := c.Read(ctx)
+	fmt.Println(string(got))
+	// Output:
+	// without the cookie: 401
+	// hello, ana
+}
+
+// tokenKey signs the tokens of the examples; a real one is secret and
+// random.
+var tokenKey = []byte("example key, not a secret")
+
+// claims are what a token says: who, and until when.
+type claims struct {
+	User    string `json:"sub"`
+	Expires int64  `json:"exp"` // Unix milliseconds
+}
+
+// signToken returns a small signed token, like a JWT without its header:
+// base64url(JSON claims) "." base64url(HMAC-SHA256 of them). Both parts are
+// base64url without padding, so the token is a valid subprotocol name.
+func signToken(c claims) string {
+	payload, _ := json.Marshal(c)
+	mac := hmac.New(sha256.New, tokenKey)
+	mac.Write(payload)
+	enc := base64.RawURLEncoding
+	return enc.EncodeToString(payload) + "." + enc.EncodeToString(mac.Sum(nil))
+}
+
+// verifyToken returns the claims of a token signed with tokenKey and not
+// expired.
+func verifyToken(token string) (claims, error) {
+	enc := base64.RawURLEncoding
+	p, s, _ := strings.Cut(token, ".")
+	payload, err1 := enc.DecodeString(p)
+	sig, err2 := enc.DecodeString(s)
+	mac := hmac.New(sha256.New, tokenKey)
+	mac.Write(payload)
+	if err1 != nil || err2 != nil || !hmac.Equal(sig, mac.Sum(nil)) {
+		return claims{}, errors.New("bad token")
+	}
+	var c claims
+	if err := json.Unmarshal(payload, &c); err != nil {
+		return claims{}, err
+	}
+	if time.Now().UnixMilli() >= c.Expires {
+		return claims{}, errors.New("token expired")
+	}
+	return c, nil
+}
+
+// A browser cannot set headers on a WebSocket, so it offers its token as a
+// subprotocol next to the one the server speaks:
+//
+//	new WebSocket(url, ["chat.v1", "token." + token])
+//
+// The server selects "chat.v1" and never echoes the token. When the token
+// expires, the client is closed with StatusExpired (4001), to get a new
+// one and reconnect.
+func ExampleWithSubprotocols() {
+	type session struct {
+		user    string
+		expires time.Time
+		timer   *time.Timer // closes the client when the token expires
+	}
+	room := wsroom.New(
+		wsroom.WithSubprotocols("chat.v1"),
+		wsroom.WithAuthorize(func(r *http.Request) (any, error) {
+			for _, p := range wsroom.OfferedSubprotocols(r) {
+				if token, ok := strings.CutPrefix(p, "token."); ok {
+					c, err := verifyToken(token)
+					if err != nil {
+						return nil, &wsroom.HTTPError{Code: http.StatusUnauthorized, Message: err.Error()}
+					}
+					return &session{user: c.User, expires: time.UnixMilli(c.Expires)}, nil
+				}
+			}
+			return nil, &wsroom.HTTPError{Code: http.StatusUnauthorized, Message: "no token"}
+		}),
+		wsroom.WithOnJoin(func(c *wsroom.Client) {
+			s := c.Identity().(*session)
+			c.Send(c.Context(), fmt.Appendf(nil, "welcome, %s", s.user))
+			s.timer = time.AfterFunc(time.Until(s.expires), func() {
+				c.Close(wsroom.StatusExpired, "token expired")
+			})
+		}),
+		wsroom.WithOnLeave(func(c *wsroom.Client, _ error) {
+			if s := c.Identity().(*session); s.timer != nil {
+				s.timer.Stop()
+			}
+		}),
+	)
+	defer room.Close()
+	srv := httptest.NewServer(room.Handler())
+	defer srv.Close()
+
+	ctx := context.Background()
+	dial := func(c claims) (*websocket.Conn, *http.Response, error) {
+		return websocket.Dial(ctx, wsURL(srv, ""), &websocket.DialOptions{
+			Subprotocols: []string{"chat.v1", "token." + signToken(c)},
+		})
+	}
+	_, resp, _ := dial(claims{User: "ana", Expires: time.Now().Add(-time.Second).UnixMilli()})
+	fmt.Println("expired token:", resp.StatusCode)
+
+	c, resp, err := dial(claims{User: "ana", Expires: time.Now().Add(200 * time.Millisecond).UnixMilli()})
+	if err != nil {
+		panic(err)
+	}
+	defer c.CloseNow()
+	fmt.Println("subprotocol:", c.Subprotocol(), resp.Header.Get("Sec-WebSocket-Protocol"))
+	_, got, _ := c.Read(ctx)
+	fmt.Println(string(got))
+	_, _, err = c.Read(ctx) // 200ms later
+	var ce websocket.CloseError
+	errors.As(err, &ce)
+	fmt.Println("closed:", int(ce.Code), ce.Reason, ce.Code == wsroom.StatusExpired)
+	// Output:
+	// expired token: 401
+	// subprotocol: chat.v1 chat.v1
+	// welcome, ana
+	// closed: 4001 token expired true
+}
+
+// A join check for connections of many rooms: anyone may join the lobby,
+// and a team's room only its members.
+func ExampleWithJoinCheck() {
+	teams := map[string][]string{"ana": {"red"}, "ben": {"blue"}} // user → teams
+	rooms := wsroom.NewRegistry(
+		wsroom.WithAuthorize(func(r *http.Request) (any, error) {
+			user, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ") // a stand-in for a real check
+			if !ok {
+				return nil, &wsroom.HTTPError{Code: http.StatusUnauthorized}
+			}
+			return user, nil
+		}),
+		wsroom.WithJoinCheck(func(c *wsroom.Client, room string) error {
+			team, ok := strings.CutPrefix(room, "team-")
+			if !ok || slices.Contains(teams[c.Identity().(string)], team) {
+				return nil
+			}
+			return fmt.Errorf("%v is not in team %s", c.Identity(), team)
+		}),
+	)
+	defer rooms.Close()
+	mux := http.NewServeMux()
+	mux.Handle("GET /ws", rooms.MuxHandler())
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	ctx := context.Background()
+	c, _, err := websocket.Dial(ctx, wsURL(srv, "/ws"), &websocket.DialOptions{
+		Subprotocols: []string{wsroom.Subprotocol},
+		HTTPHeader:   http.Header{"Authorization": {"Bearer ana"}},
+	})
+	if err != nil {
+		panic(err)
+	}
+	defer c.CloseNow()
+	for i, room := range []string{"lobby", "team-red", "team-blue"} {
+		c.Write(ctx, websocket.MessageText, fmt.Appendf(nil, `{"op":"join","room":%q,"id":"j%d"}`, room, i+1))
+		_, b, _ := c.Read(ctx)
+		var f struct{ Op, Room, ID, Code, Message string }
+		json.Unmarshal(b, &f)
+		fmt.Println(strings.TrimSpace(fmt.Sprintln(f.Op, f.Room, f.ID, f.Code, f.Message)))
+	}
+	// Output:
+	// joined lobby j1
+	// joined team-red j2
+	// error team-blue j3 forbidden ana is not in team blue
 }

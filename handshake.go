@@ -49,7 +49,7 @@ var (
 // check has passed, so that no request that will be refused makes a room;
 // if the upgrade still fails, abandon gives the place back.
 func serveClient(cfg *config, w http.ResponseWriter, req *http.Request, acquire func() (*Room, error), abandon func(*Room)) {
-	identity, resume, ok := checkRequest(cfg, w, req)
+	identity, resume, ok := checkRequest(cfg, w, req, cfg.subprotocols, false)
 	if !ok {
 		return
 	}
@@ -60,10 +60,7 @@ func serveClient(cfg *config, w http.ResponseWriter, req *http.Request, acquire 
 		return
 	}
 	hw := &hijackWriter{ResponseWriter: w, timeout: r.cfg.writeTimeout, framed: r.rawFrames}
-	conn, err := websocket.Accept(hw, req, &websocket.AcceptOptions{
-		OriginPatterns:  cfg.origins,
-		CompressionMode: cfg.compression,
-	})
+	conn, err := websocket.Accept(hw, req, acceptOptions(cfg, cfg.subprotocols))
 	if err != nil {
 		abandon(r)
 		r.cfg.logger.Debug("wsroom: handshake failed", "room", r.name, "err", err)
@@ -75,9 +72,10 @@ func serveClient(cfg *config, w http.ResponseWriter, req *http.Request, acquire 
 }
 
 // checkRequest runs every check of a handshake, in order, the authorize
-// hook last, and answers a request that fails one. It returns the client's
-// identity and resume position.
-func checkRequest(cfg *config, w http.ResponseWriter, req *http.Request) (identity any, resume *position, ok bool) {
+// hook last, and answers a request that fails one. The handshake must offer
+// one of protos if it offers any subprotocol, or always if required (see
+// checkSubprotocol). It returns the client's identity and resume position.
+func checkRequest(cfg *config, w http.ResponseWriter, req *http.Request, protos []string, required bool) (identity any, resume *position, ok bool) {
 	if !headerHas(req.Header, "Connection", "upgrade") || !headerHas(req.Header, "Upgrade", "websocket") {
 		w.Header().Set("Upgrade", "websocket")
 		http.Error(w, "wsroom: this endpoint speaks WebSocket only", http.StatusUpgradeRequired)
@@ -87,7 +85,11 @@ func checkRequest(cfg *config, w http.ResponseWriter, req *http.Request) (identi
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return nil, nil, false
 	}
-	if err := checkOrigin(req, cfg.origins); err != nil {
+	if err := checkSubprotocol(req, protos, required); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return nil, nil, false
+	}
+	if err := checkOrigin(req, cfg.origins, cfg.originCheck); err != nil {
 		http.Error(w, err.Error(), http.StatusForbidden)
 		return nil, nil, false
 	}
@@ -131,8 +133,9 @@ func checkHandshake(req *http.Request) error {
 }
 
 // checkOrigin refuses a cross-origin request whose origin matches none of
-// patterns, as websocket.Accept does, before the authorize hook runs.
-func checkOrigin(req *http.Request, patterns []string) error {
+// patterns, as websocket.Accept does, and that check (if not nil) does not
+// allow, before the authorize hook runs.
+func checkOrigin(req *http.Request, patterns []string, check func(*http.Request) bool) error {
 	origin := req.Header.Get("Origin")
 	if origin == "" {
 		return nil
@@ -152,6 +155,9 @@ func checkOrigin(req *http.Request, patterns []string) error {
 		if ok, err := path.Match(strings.ToLower(p), strings.ToLower(target)); err == nil && ok {
 			return nil
 		}
+	}
+	if check != nil && check(req) {
+		return nil
 	}
 	return fmt.Errorf("wsroom: origin %q not allowed", origin)
 }

@@ -34,18 +34,19 @@ type muxConn struct {
 // Each room encodes a message once for all its members of this kind.
 //
 // The handshake is checked as by Handler, and a handshake that does not
-// offer the subprotocol gets 400. The Registry's options apply to each
-// connection and room; the message hook (WithOnMessage) does not: requests
-// are answered as PROTOCOL.md says, and WithJoinCheck decides who may join
-// which room. The join and leave hooks run when the connection opens and
-// ends.
+// offer the subprotocol gets 400, with the other 400s of a malformed
+// handshake, before the origin check. WithSubprotocols does not apply: the
+// handler selects Subprotocol only. A client may offer more, such as a
+// credential for the authorize hook (["wsroom.v1", "token.XYZ"], see
+// OfferedSubprotocols), which is never echoed.
+//
+// The Registry's options apply to each connection and room; the message
+// hook (WithOnMessage) does not: requests are answered as PROTOCOL.md says,
+// and WithJoinCheck decides who may join which room. The join and leave
+// hooks run when the connection opens and ends.
 func (g *Registry) MuxHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if !headerHas(req.Header, "Sec-WebSocket-Protocol", Subprotocol) && headerHas(req.Header, "Upgrade", "websocket") {
-			http.Error(w, "wsroom: this endpoint speaks the "+Subprotocol+" subprotocol (PROTOCOL.md)", http.StatusBadRequest)
-			return
-		}
-		identity, _, ok := checkRequest(&g.cfg, w, req)
+		identity, _, ok := checkRequest(&g.cfg, w, req, muxProtocols, true)
 		if !ok {
 			return
 		}
@@ -55,11 +56,7 @@ func (g *Registry) MuxHandler() http.Handler {
 			return
 		}
 		hw := &hijackWriter{ResponseWriter: w, timeout: g.cfg.writeTimeout, framed: g.cfg.compression == websocket.CompressionDisabled}
-		conn, err := websocket.Accept(hw, req, &websocket.AcceptOptions{
-			Subprotocols:    []string{Subprotocol},
-			OriginPatterns:  g.cfg.origins,
-			CompressionMode: g.cfg.compression,
-		})
+		conn, err := websocket.Accept(hw, req, acceptOptions(&g.cfg, muxProtocols))
 		if err != nil {
 			g.conns.Done()
 			return

@@ -75,6 +75,8 @@ type config struct {
 	slowPolicy   SlowPolicy
 	compression  websocket.CompressionMode
 	origins      []string
+	originCheck  func(*http.Request) bool // see WithOriginCheck (auth.go)
+	subprotocols []string                 // see WithSubprotocols (auth.go)
 	authorize    func(*http.Request) (any, error)
 	admit        func(*Client) error
 	onJoin       func(*Client)
