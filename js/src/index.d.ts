@@ -101,12 +101,6 @@ export interface ConnectionOptions {
   onClosed?(info: StateInfo): void;
 }
 
-interface Emitter<Events extends Record<string, (...args: any[]) => void>> {
-  /** Calls listener on each event of this type; returns a function that
-   * removes it. */
-  on<K extends keyof Events>(type: K, listener: Events[K]): () => void;
-}
-
 interface ConnectionEvents {
   state(state: ConnectionState, info: StateInfo): void;
   connecting(info: StateInfo): void;
@@ -239,8 +233,10 @@ export interface PublishOptions {
   ephemeral?: boolean;
 }
 
-export class Client implements Emitter<ClientEvents> {
+export class Client {
   private constructor();
+  /** Calls listener on each event of this type; returns a function that
+   * removes it. */
   on<K extends keyof ClientEvents>(type: K, listener: ClientEvents[K]): () => void;
   readonly url: URL;
   readonly state: ConnectionState;
@@ -258,8 +254,10 @@ export class Client implements Emitter<ClientEvents> {
   close(): void;
 }
 
-export class Room<T = unknown> implements Emitter<RoomEvents<T>> {
+export class Room<T = unknown> {
   private constructor();
+  /** Calls listener on each event of this type; returns a function that
+   * removes it. */
   on<K extends keyof RoomEvents<T>>(type: K, listener: RoomEvents<T>[K]): () => void;
   readonly client: Client;
   readonly name: string;
@@ -313,8 +311,10 @@ interface RoomConnectionEvents<T> extends ConnectionEvents {
   resync(info: ResyncInfo): void;
 }
 
-export class RoomConnection<T = unknown> implements Emitter<RoomConnectionEvents<T>> {
+export class RoomConnection<T = unknown> {
   private constructor();
+  /** Calls listener on each event of this type; returns a function that
+   * removes it. */
   on<K extends keyof RoomConnectionEvents<T>>(type: K, listener: RoomConnectionEvents<T>[K]): () => void;
   readonly url: URL;
   readonly state: ConnectionState;
