@@ -246,9 +246,11 @@ export class Client {
    * reconnect, resuming from its position. Throws if the client is already
    * in a room of this name. */
   join<T = unknown>(name: string, options?: JoinOptions<T>): Room<T>;
-  /** Sends a request frame with a new id; resolves with the reply that
-   * carries the id, rejects with a WsroomError. Low-level. */
-  request(frame: { op: string; [member: string]: unknown }): Promise<Record<string, unknown>>;
+  /** Sends a request frame with its id (a new one if it has none);
+   * resolves with the reply that carries the id, rejects with a
+   * WsroomError, at once when not connected. Low-level: e.g. a publish
+   * kept across page loads, sent again with its id. */
+  request(frame: { op: string; id?: string; [member: string]: unknown }): Promise<Record<string, any>>;
   /** Closes the connection for good; waiting publishes are rejected with
    * "closed". */
   close(): void;

@@ -308,11 +308,11 @@ export class Client extends Connection {
     );
   }
 
-  /** Sends a request frame with a new id; resolves with the reply that
-   * carries it, rejects with a WsroomError on an error reply or if the
+  /** Sends a request frame with its id, or a new one; resolves with the
+   * reply that carries it, rejects with a WsroomError on an error reply or if the
    * connection ends first. A low-level escape hatch; rooms use join. */
   request(frame) {
-    const id = this._id();
+    const id = frame.id || this._id();
     frame = { ...frame, id };
     if (!this._send(frame)) return fail("offline", "wsroom: not connected");
     return new Promise((resolve, reject) => this._pending.set(id, { frame, resolve, reject, sent: this._conn }));

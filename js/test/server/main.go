@@ -14,7 +14,8 @@
 //	                           message starts a new epoch
 //	POST /ctl/kick?room=R      removes every client of many rooms from R
 //
-// Each room keeps the last -history messages. The server stops when its
+// Each room keeps the last -history messages, and lives -idle without
+// clients. The server stops when its
 // standard input closes, so that it never outlives the test that started it.
 package main
 
@@ -36,6 +37,7 @@ import (
 
 func main() {
 	history := flag.Int("history", 20, "messages kept per room")
+	idle := flag.Duration("idle", 0, "how long a room without clients lives (0: the default)")
 	flag.Parse()
 
 	store := &resetStore{limit: *history}
@@ -48,6 +50,7 @@ func main() {
 			return r.URL.Query().Get("user"), nil
 		}),
 		wsroom.WithMaxRoomsPerClient(8),
+		wsroom.WithIdleTimeout(*idle),
 	)
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
