@@ -1,6 +1,7 @@
-# Every Go module in the repository: the core, each nested module, and the
-# tools module.
-MODULES := $(shell find . -name go.mod -not -path '*/testdata/*' -not -path './.*' -exec dirname {} \; | sort)
+# Every Go module in the repository: the core, each nested module (the
+# JavaScript client's test server, js/test/server, is one), and the tools
+# module.
+MODULES := $(shell find . -name go.mod -not -path '*/testdata/*' -not -path '*/node_modules/*' -not -path './.*' -exec dirname {} \; | sort)
 
 # The tools module (staticcheck, the module proxy writer, the test summary)
 # is not in go.work: its dependencies stay out of the workspace.
@@ -20,8 +21,11 @@ PROXYENV := GOPROXY=file://$(MODPROXY),$(shell go env GOPROXY) GONOSUMDB=$(shell
 # tested in the workspace (go.work), so against the core of this tree; the
 # tools module on its own. Tests of an adapter need its engine (Redis, NATS, PostgreSQL) and the
 # browser test needs Chromium; outside CI they skip with a message saying
-# what to start. The run ends with a summary of skipped and failed tests;
-# under CI (CI set) a skipped test fails it.
+# what to start. Then the JavaScript client's tests (js/, node --test
+# against a real server built from js/test/server), whose devDependencies
+# npm ci installs. The run ends with a summary of skipped and failed Go
+# tests; under CI (CI set) a skipped test fails it. Any failure, Go or
+# JavaScript, fails the run.
 test:
 	@ts=$$($(TOOLGO) tool -n testsummary) || exit 1; \
 	rec=$$(mktemp); trap 'rm -f "$$rec"' EXIT; failed=; \
@@ -34,6 +38,8 @@ test:
 				go test -json -race -count=1 ./...) || failed=1; \
 		done; \
 	done; \
+	echo "== npm test js"; \
+	(cd js && npm ci --ignore-scripts --no-audit --no-fund && npm test) || failed=1; \
 	$$ts report $${CI:+-fail-on-skip} -expected .ci/expected-skips "$$rec" && [ -z "$$failed" ]
 
 # lint checks formatting, then in each module on its own (GOWORK=off): go
