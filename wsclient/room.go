@@ -83,10 +83,6 @@ func Members() JoinOption {
 	return func(r *Room) { r.wantMembers = true }
 }
 
-// maxLast is the server's bound on "last", used to catch up a room that
-// joined while its history was empty.
-const maxLast = 1000
-
 // Room is the client's membership of one room, made by Client.Join. It
 // lasts across reconnections until Leave, the Client's Close, or the
 // server removing the client (see LeftError).
@@ -119,9 +115,8 @@ type Room struct {
 
 // How a join asks for history.
 const (
-	joinFresh     = iota // no position: last n
-	joinResume           // resume from the position
-	joinFromEmpty        // the position is in an empty history: last maxLast
+	joinFresh  = iota // no position: last n
+	joinResume        // resume from the position
 )
 
 // Join joins the room called name and returns once the server has said so
@@ -250,9 +245,9 @@ func (c *Client) joinLocked(r *Room) {
 	case r.hasPos && r.epoch != "":
 		f.Resume, r.joinMode = r.epoch+":"+strconv.FormatUint(r.seq, 10), joinResume
 	case r.hasPos:
-		// A position in an empty history cannot be resumed from
-		// (the server refuses an empty epoch): ask for what came since.
-		f.Last, r.joinMode = maxLast, joinFromEmpty
+		// A position in an empty history: ":0" asks for every message of
+		// whichever epoch the room has now.
+		f.Resume, r.joinMode = ":0", joinResume
 	default:
 		f.Last, r.joinMode = r.last, joinFresh
 	}
@@ -266,11 +261,6 @@ func (r *Room) joinedLocked(f *inFrame) {
 	switch r.joinMode {
 	case joinFresh:
 		r.epoch, r.seq = f.Epoch, f.Seq-min(f.Seq, uint64(r.last))
-	case joinFromEmpty:
-		if f.Seq > maxLast {
-			r.buf.pushLocked(item{err: &ResyncError{Room: r.name, Reason: "more messages than a join can ask for since an empty history"}})
-		}
-		r.epoch, r.seq = f.Epoch, f.Seq-min(f.Seq, maxLast)
 	}
 	r.hasPos = true
 	r.members = f.Members

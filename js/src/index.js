@@ -14,7 +14,6 @@ const PROTOCOL = "wsroom.v1";
 const STATUS_RESYNC = 4000;
 // The largest "last" the server honours; a room that was empty when joined
 // is rejoined with it (see Client#_join).
-const MAX_LAST = 1000;
 
 /** The error a request is rejected with; code is the protocol's error code
  * or one of the client's: "offline", "disconnected", "left", "closed". */
@@ -264,16 +263,15 @@ export class Client extends Connection {
 
   // _join sends the join of room, resuming from its position if it has
   // one. Without a position, it asks for the room's last messages as the
-  // application asked; a room that was empty when joined has no position
-  // to resume from ("":0 cannot be sent as resume), so it is rejoined with
-  // the largest "last", which brings every message published since.
+  // application asked; a room that was empty when joined resumes from ":0",
+  // every message of whichever epoch the room has now.
   _join(room) {
     room._in = false;
     if (room.state !== "left") room.state = "joining";
     const frame = { op: "join", room: room.name, id: this._id() };
     const p = room.position;
     if (p) frame.resume = positionString(p);
-    else if (room._wasEmpty) frame.last = MAX_LAST;
+    else if (room._wasEmpty) frame.resume = ":0";
     else if (room.options.last > 0) frame.last = room.options.last;
     if (room.options.members) frame.members = true;
     room._joinID = frame.id;
