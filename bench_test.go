@@ -276,7 +276,10 @@ func BenchmarkMuxRooms(b *testing.B) {
 		mux   bool
 	}{{"one-room", 1, false}, {"mux/rooms=1", 1, true}, {"mux/rooms=10", 10, true}} {
 		b.Run(tt.name, func(b *testing.B) {
-			reg := wsroom.NewRegistry(wsroom.WithPing(0, 0), wsroom.WithCodec(wsroom.JSON()))
+			// At most 64 messages per client are in flight on average, but
+			// one client may lag others by all of them: its buffer holds
+			// them all, so that no client is evicted.
+			reg := wsroom.NewRegistry(wsroom.WithPing(0, 0), wsroom.WithCodec(wsroom.JSON()), wsroom.WithSendBuffer(64*clients+64))
 			mux := http.NewServeMux()
 			mux.Handle("GET /rooms/{name}", reg.Handler(nil))
 			mux.Handle("GET /mux", reg.MuxHandler())
@@ -337,6 +340,9 @@ func BenchmarkMuxRooms(b *testing.B) {
 				published++
 			}
 			for delivered.Load() < published*clients {
+				if s := reg.Stats(); s.ClosedSlow+s.ClosedWrite != 0 {
+					b.Fatalf("clients were closed: %+v", s)
+				}
 				runtime.Gosched()
 			}
 			elapsed := time.Since(start)
