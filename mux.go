@@ -105,7 +105,7 @@ func (c *Client) serveMux() {
 	c.mu.Unlock()
 	c.wg.Wait()
 	for _, mem := range mems {
-		c.leaveRoom(mem, "", "")
+		c.leaveRoomFor(mem, "", "", "disconnected")
 	}
 	if reason == nil {
 		reason = err
@@ -306,6 +306,9 @@ func (c *Client) joinRoom(ctx context.Context, name string, req *request) error 
 		c.presenceIn(r, func(ctx context.Context) error { return p.Join(ctx, r.name, c.member()) })
 	}
 	r.announce(c, presenceJoin)
+	if fn := g.cfg.onRoomJoin; fn != nil {
+		c.hook("room join", func() error { fn(c, r); return nil })
+	}
 
 	// Live messages are held from here; the client gets the room's
 	// position, then the history it asked for, then them.
@@ -392,6 +395,11 @@ func (c *Client) sendHistory(batch []outFrame) error {
 // leaveRoom takes the client out of mem's room. A reason, if any, is sent
 // to the client in a "left" frame (with the request's id).
 func (c *Client) leaveRoom(mem *membership, reason, id string) {
+	c.leaveRoomFor(mem, reason, id, reason)
+}
+
+// leaveRoomFor is leaveRoom, telling the room leave hook why.
+func (c *Client) leaveRoomFor(mem *membership, reason, id, why string) {
 	r := mem.room
 	c.mu.Lock()
 	if c.mux.rooms[r] != mem {
@@ -403,6 +411,14 @@ func (c *Client) leaveRoom(mem *membership, reason, id string) {
 	c.mu.Unlock()
 	r.leave(c)
 	c.roomLeft(r, reason, id)
+	c.roomLeaveHook(r, why)
+}
+
+// roomLeaveHook runs the room leave hook, if any.
+func (c *Client) roomLeaveHook(r *Room, why string) {
+	if fn := c.cfg.onRoomLeave; fn != nil && why != "" {
+		c.hook("room leave", func() error { fn(c, r, why); return nil })
+	}
 }
 
 // roomLeft finishes a leave once the room's loop has forgotten the client.
@@ -441,6 +457,11 @@ func (c *Client) evict(r *Room, tell *reply) {
 		}
 		r.announce(c, presenceLeave)
 		r.stats.leaves.Add(1)
+		why := "closed"
+		if tell.Op == "resync" {
+			why = "resync"
+		}
+		c.roomLeaveHook(r, why)
 		r.release()
 	}()
 }
@@ -473,6 +494,15 @@ func (c *Client) publishReq(req *request) error {
 	data, err := r.check(req.Data)
 	if err != nil {
 		return protoErr(codeBadRequest, "%v", err)
+	}
+	if fn := c.cfg.onPublish; fn != nil {
+		var out []byte
+		if err := c.hook("publish", func() (err error) { out, err = fn(c, r, data); return err }); err != nil {
+			return protoErr(codeForbidden, "%v", err)
+		}
+		if data, err = r.check(out); err != nil {
+			return protoErr(codeBadRequest, "wsroom: the publish hook's data: %v", err)
+		}
 	}
 	id := req.id()
 	var e *ackEntry

@@ -579,3 +579,46 @@ func (b *gatedBroker) PublishSeq(ctx context.Context, room string, m wsroom.Mess
 	<-b.gate
 	return b.LocalBroker.PublishSeq(context.Background(), room, m)
 }
+
+// The room hooks of connections of many rooms say which room, and the
+// publish hook may change or refuse a publish.
+func TestMuxRoomHooks(t *testing.T) {
+	events := make(chan string, 16)
+	f := newMux(t, wsroom.WithCodec(wsroom.JSON()),
+		wsroom.WithOnRoomJoin(func(c *wsroom.Client, r *wsroom.Room) { events <- "join " + r.Name() }),
+		wsroom.WithOnRoomLeave(func(c *wsroom.Client, r *wsroom.Room, reason string) { events <- "leave " + r.Name() + " " + reason }),
+		wsroom.WithOnPublish(func(c *wsroom.Client, r *wsroom.Room, data []byte) ([]byte, error) {
+			if string(data) == `"spam"` {
+				return nil, errors.New("no spam")
+			}
+			return []byte(`{"said":` + string(data) + `}`), nil
+		}))
+	c := f.dial(t)
+	for _, room := range []string{"a", "b"} {
+		send(t, c, fmt.Sprintf(`{"op":"join","room":%q}`, room))
+		expect(t, c, "joined")
+	}
+	send(t, c, `{"op":"pub","room":"a","id":"1","data":"spam"}`)
+	if e := expect(t, c, "error"); e.Code != "forbidden" || e.Message != "no spam" {
+		t.Errorf("refused publish: %+v", e)
+	}
+	send(t, c, `{"op":"pub","room":"a","data":"hi"}`)
+	if m := expect(t, c, "msg"); string(m.Data) != `{"said":"hi"}` {
+		t.Errorf("published %s, want the hook's change", m.Data)
+	}
+	send(t, c, `{"op":"leave","room":"a"}`)
+	expect(t, c, "left")
+	c.Close(websocket.StatusNormalClosure, "")
+	var got []string
+	for len(got) < 4 {
+		select {
+		case e := <-events:
+			got = append(got, e)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("hooks ran %v, then nothing", got)
+		}
+	}
+	if diff := cmp.Diff([]string{"join a", "join b", "leave a requested", "leave b disconnected"}, got); diff != "" {
+		t.Errorf("hooks (-want +got):\n%s", diff)
+	}
+}

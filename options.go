@@ -102,6 +102,9 @@ type config struct {
 	joinCheck         func(*Client, string) error
 	maxRoomsPerClient int
 	presenceEvents    int
+	onRoomJoin        func(*Client, *Room)
+	onRoomLeave       func(*Client, *Room, string)
+	onPublish         func(*Client, *Room, []byte) ([]byte, error)
 }
 
 func defaultConfig() config {
@@ -464,4 +467,34 @@ func WithMaxRoomsPerClient(n int) Option {
 // events off (the default).
 func WithPresenceEvents(limit int) Option {
 	return func(cfg *config) { cfg.presenceEvents = max(limit, 0) }
+}
+
+// WithOnRoomJoin sets a hook called when a client of many rooms (see
+// Registry.MuxHandler) has joined room r, before the room's messages are
+// written to it. It runs on the goroutine that joined the client: its
+// reading goroutine, or the caller of Client.Join. Registry only.
+func WithOnRoomJoin(fn func(c *Client, r *Room)) Option {
+	return func(cfg *config) { cfg.onRoomJoin = fn }
+}
+
+// WithOnRoomLeave sets a hook called once when a client of many rooms has
+// left room r, with the reason: "requested" (it asked), "removed"
+// (Client.Leave), "closed" (the room closed), "resync" (the room lost
+// messages it owed the client), or "disconnected" (the connection ended).
+// It may run on the client's goroutines or on one of the room's. Registry
+// only.
+func WithOnRoomLeave(fn func(c *Client, r *Room, reason string)) Option {
+	return func(cfg *config) { cfg.onRoomLeave = fn }
+}
+
+// WithOnPublish sets a hook that sees every message a client of many rooms
+// publishes, before it is published: it returns the data to publish (the
+// same, or changed; it must suit the room's codec) or an error, which
+// refuses the publish with the error code "forbidden" and the error's
+// text. The acknowledgement is for what the hook returned. It runs on the
+// client's reading goroutine: the client's next request waits for it,
+// nobody else does. Default: none. Registry only; one-room clients have
+// WithOnMessage.
+func WithOnPublish(fn func(c *Client, r *Room, data []byte) ([]byte, error)) Option {
+	return func(cfg *config) { cfg.onPublish = fn }
 }
