@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -31,11 +32,13 @@ type Client struct {
 	fc       *frameConn
 	resume   *position
 
-	ctx       context.Context
-	cancel    context.CancelCauseFunc
-	readDone  chan struct{} // closed when the reader has stopped reading
-	aborted   chan struct{} // closed when the connection is finished
-	abortOnce sync.Once
+	ctx        context.Context
+	cancel     context.CancelCauseFunc
+	readDone   chan struct{} // closed when the reader has stopped reading
+	aborted    chan struct{} // closed when the connection is finished
+	reads      atomic.Int64  // messages read
+	publishing atomic.Bool   // a message the client sent is being published
+	abortOnce  sync.Once
 
 	mu        sync.Mutex
 	queue     []outFrame    // frames waiting for the writer

@@ -81,6 +81,7 @@ func (c *Client) readFrame(lim *limiter, typ websocket.MessageType) ([]byte, err
 	}
 	c.stats.messagesIn.Add(1)
 	c.stats.bytesIn.Add(uint64(len(data)))
+	c.reads.Add(1)
 	if got != typ {
 		return nil, c.reject(websocket.StatusUnsupportedData, fmt.Errorf("wsroom: %v frame where %v frames are read", got, typ))
 	}
@@ -119,6 +120,8 @@ func (c *Client) publish(m Message) error {
 // slowed, not lied to. After the publish retry time it returns an error
 // wrapping ErrUnavailable.
 func (c *Client) publishRetry(r *Room, m Message, seq bool) (Message, error) {
+	c.publishing.Store(true)
+	defer c.publishing.Store(false)
 	backoff := 20 * time.Millisecond
 	deadline := time.Now().Add(r.cfg.publishRetry)
 	for {

@@ -291,15 +291,20 @@ func (c *Client) writeLoop() {
 }
 
 // closeWait bounds how long a closing connection waits for the peer's
-// close frame, beyond the publish retry time, reading (and publishing) what
-// the peer sent before it got ours.
-const closeWait = 5 * time.Second
+// close frame after the last message it read: while the peer's messages
+// keep coming (those it sent before it got our close frame), or one is being
+// published, the wait goes on, for closeMax at most.
+const (
+	closeWait = 5 * time.Second
+	closeMax  = 30 * time.Second
+)
 
 // closeGracefully writes the close frame, then keeps reading until the
 // peer's close frame comes, so that every message the client sent before it
 // knew of the close is published, not dropped; then it closes the
 // connection. The close frame's write is bounded by the write timeout, the
-// wait by closeWait plus the publish retry time. With compression on,
+// wait by closeWait after the peer's last message and its publish, and by
+// closeMax in all. With compression on,
 // coder/websocket closes the connection its way: it waits up to 5s for the
 // peer's close frame and drops the messages before it.
 func (c *Client) closeGracefully(req *closeRequest) {
@@ -309,12 +314,23 @@ func (c *Client) closeGracefully(req *closeRequest) {
 		return
 	}
 	if err := c.fc.writeClose(req.code, req.reason); err == nil {
-		t := time.NewTimer(closeWait + c.cfg.publishRetry)
-		select {
-		case <-c.readDone:
-		case <-t.C:
+		t := time.NewTimer(closeWait)
+		defer t.Stop()
+		seen, end := c.reads.Load(), time.Now().Add(closeMax)
+	wait:
+		for {
+			select {
+			case <-c.readDone:
+				break wait
+			case <-t.C:
+				if now := c.reads.Load(); (now != seen || c.publishing.Load()) && time.Now().Before(end) {
+					seen = now
+					t.Reset(closeWait)
+					continue
+				}
+				break wait
+			}
 		}
-		t.Stop()
 	}
 	c.conn.CloseNow()
 }
