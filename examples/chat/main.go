@@ -63,6 +63,7 @@ func run() error {
 			return fmt.Errorf("open history %s: %w", *dbPath, err)
 		}
 		opts.Store = store
+		opts.StoredRooms = storedRooms(db)
 	}
 	if *filesDir != "" {
 		files, err := newDiskFiles(*filesDir)
@@ -127,4 +128,24 @@ func openDB(path string) (*sql.DB, error) {
 		return nil, fmt.Errorf("open history %s: %w", path, err)
 	}
 	return db, nil
+}
+
+// storedRooms lists the rooms with history in sqlstore's tables.
+func storedRooms(db *sql.DB) func(context.Context) ([]string, error) {
+	return func(ctx context.Context) ([]string, error) {
+		rows, err := db.QueryContext(ctx, "SELECT room FROM "+sqlstore.DefaultTablePrefix+"rooms ORDER BY room LIMIT 200")
+		if err != nil {
+			return nil, err
+		}
+		defer rows.Close()
+		var names []string
+		for rows.Next() {
+			var name string
+			if err := rows.Scan(&name); err != nil {
+				return nil, err
+			}
+			names = append(names, name)
+		}
+		return names, rows.Err()
+	}
 }
