@@ -41,15 +41,17 @@ type Options struct {
 	// Token, if not empty, must be sent by every client (the "token" query
 	// parameter) to connect, list rooms or upload a file.
 	Token string
-	// Store keeps the rooms' history (default: in memory).
+	// Store keeps the rooms' history (default: in memory). Not used with
+	// Broker.
 	Store wsroom.Store
-	// Broker carries messages between the nodes of a chat that runs as
-	// many processes (default: this process only, wsroom.NewLocalBroker
-	// over Store). It must number messages through Store.
+	// Broker, if set, carries messages between the nodes of a chat that
+	// runs as many processes, and keeps their history: a Broker that is
+	// also a Store, as redisbroker's and natsbroker's are. Default: this
+	// process only, wsroom.NewLocalBroker over Store.
 	Broker wsroom.Broker
 	// StoredRooms, if set, lists the rooms that have history in Store,
-	// which the lobby shows besides the rooms open now. Without it the
-	// lobby knows the rooms this process stored messages in.
+	// which the lobby shows besides the rooms open now and those this
+	// process published in.
 	StoredRooms func(ctx context.Context) ([]string, error)
 	// Files keeps shared files (default: in memory, at most 64 MiB).
 	Files FileStore
@@ -126,7 +128,7 @@ func NewServer(opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	if opts.Store == nil {
+	if opts.Store == nil && opts.Broker == nil {
 		opts.Store = wsroom.NewMemoryStore(1000, 0)
 	}
 	page, err := template.New("chat.tmpl").
@@ -142,13 +144,14 @@ func NewServer(opts Options) (*Server, error) {
 		conns:   make(map[string]*conn),
 		rosters: make(map[string]*roster),
 	}
-	s.index = &roomIndex{Store: opts.Store, rooms: make(map[string]bool)}
+	s.index = &roomIndex{rooms: make(map[string]bool)}
 	broker := opts.Broker
 	if broker == nil {
-		broker = wsroom.NewLocalBroker(s.index)
+		broker = wsroom.NewLocalBroker(opts.Store)
 	}
+	// The Registry takes the history from the Broker: LocalBroker's Store,
+	// or the Broker itself.
 	s.rooms = wsroom.NewRegistry(
-		wsroom.WithStore(s.index),
 		wsroom.WithBroker(s.stamp(broker)),
 		wsroom.WithAuthorize(s.authorize),
 		wsroom.WithOnJoin(s.onConnect),

@@ -35,6 +35,9 @@ func (b *stampBroker) Publish(ctx context.Context, room string, m wsroom.Message
 	if out == nil {
 		return nil
 	}
+	if !out.Ephemeral {
+		b.s.index.add(room)
+	}
 	return b.Broker.Publish(ctx, room, *out)
 }
 
@@ -45,6 +48,9 @@ func (b *stampBroker) PublishSeq(ctx context.Context, room string, m wsroom.Mess
 	if out == nil {
 		m.Seq, m.Epoch = 0, ""
 		return m, nil
+	}
+	if !out.Ephemeral {
+		b.s.index.add(room)
 	}
 	if seq, ok := b.Broker.(wsroom.Sequencer); ok {
 		return seq.PublishSeq(ctx, room, *out)
@@ -57,26 +63,20 @@ type stampPresence struct {
 	wsroom.Presence
 }
 
-// roomIndex is the Store of the chat: the one it is given, which also
-// remembers the rooms this process stored messages in, for the lobby.
+// roomIndex remembers the rooms this process published numbered messages
+// in, for the lobby.
 type roomIndex struct {
-	wsroom.Store
-
 	mu    sync.Mutex
 	rooms map[string]bool
 }
 
-func (x *roomIndex) Append(ctx context.Context, room string, m wsroom.Message) (wsroom.Message, error) {
-	m, err := x.Store.Append(ctx, room, m)
-	if err == nil {
-		x.mu.Lock()
-		x.rooms[room] = true
-		x.mu.Unlock()
-	}
-	return m, err
+func (x *roomIndex) add(room string) {
+	x.mu.Lock()
+	x.rooms[room] = true
+	x.mu.Unlock()
 }
 
-// names returns the rooms stored in, sorted.
+// names returns the rooms published in, sorted.
 func (x *roomIndex) names() []string {
 	x.mu.Lock()
 	defer x.mu.Unlock()
