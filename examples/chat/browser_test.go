@@ -9,6 +9,8 @@ import (
 	"image/png"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -663,4 +665,90 @@ func shotsDir(t *testing.T) string {
 		return d
 	}
 	return t.TempDir()
+}
+
+// failover is a front for several nodes: it sends each request to the
+// first node that is not marked dead, as a load balancer would.
+type failover struct {
+	mu    sync.Mutex
+	nodes []*url.URL
+	dead  map[int]bool
+}
+
+func (f *failover) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	var target *url.URL
+	for i, u := range f.nodes {
+		if !f.dead[i] {
+			target = u
+			break
+		}
+	}
+	f.mu.Unlock()
+	if target == nil {
+		http.Error(w, "no node", http.StatusBadGateway)
+		return
+	}
+	httputil.NewSingleHostReverseProxy(target).ServeHTTP(w, r)
+}
+
+func (f *failover) markDead(i int) {
+	f.mu.Lock()
+	f.dead[i] = true
+	f.mu.Unlock()
+}
+
+// A page on node A and one on node B of a Redis-backed pair see each
+// other's messages and presence; when node A dies, its page moves to B
+// and misses nothing, and gets nothing twice.
+func TestBrowserNodes(t *testing.T) {
+	nodes := newRedisNodes(t, 2)
+	browser := startBrowser(t)
+	var urls []*url.URL
+	for _, n := range nodes {
+		u, err := url.Parse(n.ts.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		urls = append(urls, u)
+	}
+	front := &failover{nodes: urls, dead: make(map[int]bool)}
+	fts := httptest.NewServer(front)
+	t.Cleanup(fts.Close)
+
+	ana := newTab(t, browser, "Ana (node A)", chromedp.WithNewBrowserContext())
+	ben := newTab(t, browser, "Ben (node B)", chromedp.WithNewBrowserContext())
+	ana.signIn(fts.URL+"/r/lobby", "Ana")
+	ben.signIn(nodes[1].ts.URL+"/r/lobby", "Ben")
+	for _, b := range []*tab{ana, ben} {
+		b.waitFor("presence of both", presence+` === "Ana,Ben"`, 10*time.Second)
+	}
+	ana.say("from node A")
+	ben.waitText("from node A")
+	ben.say("from node B")
+	ana.waitText("from node B")
+
+	front.markDead(0)
+	nodes[0].kill()
+	ana.waitFor("reconnecting", `document.getElementById("status").dataset.state !== "connected"`, 5*time.Second)
+	ben.say("while Ana moves")
+	ana.waitConnected()
+	ben.say("after the move")
+	ana.waitText("after the move")
+	ana.say("Ana from node B")
+	ben.waitText("Ana from node B")
+	for _, b := range []*tab{ana, ben} {
+		b.waitFor("presence of both after the move", presence+` === "Ana,Ben"`, 10*time.Second)
+	}
+	want := []string{"from node A", "from node B", "while Ana moves", "after the move", "Ana from node B"}
+	for _, b := range []*tab{ana, ben} {
+		if got := eval[[]string](b, texts); !slices.Equal(got, want) {
+			t.Errorf("%s sees %q, want %q", b.name, got, want)
+		}
+		if seqs := eval[string](b, `[...document.querySelectorAll(".messages:not([hidden]) .msg[data-seq]")].map(e => e.dataset.seq).join()`); seqs != "1,2,3,4,5" {
+			t.Errorf("%s has messages %s, want 1 to 5", b.name, seqs)
+		}
+	}
+	ana.checkProblems()
+	ben.checkProblems()
 }
