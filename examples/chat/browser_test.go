@@ -409,7 +409,16 @@ func TestBrowser(t *testing.T) {
 	if title := eval[string](ana, `document.title`); title != "(2) lobby · wsroom chat" {
 		t.Errorf("Ana's title %q, want (2) lobby · wsroom chat", title)
 	}
-	ana.screenshot(shots, "unread.png")
+	img := ana.screenshot(shots, "unread.png")
+	if out := os.Getenv("CHAT_SCREENSHOT"); out != "" {
+		b, err := os.ReadFile(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(out, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	ana.do("switch to other", chromedp.Click(chromedp.CSS(`#my-rooms button[data-room="other"]`)))
 	ana.waitText("still in other")
 	ana.waitFor("read", unread+` === "lobby:0,other:0"`, 5*time.Second)
@@ -427,18 +436,6 @@ func TestBrowser(t *testing.T) {
 	}
 	ben.do("back to the lobby", chromedp.Click(chromedp.CSS(`#my-rooms button[data-room="lobby"]`)))
 	ana.do("back to the lobby", chromedp.Click(chromedp.CSS(`#my-rooms button[data-room="lobby"]`)))
-
-	if out := os.Getenv("CHAT_SCREENSHOT"); out != "" {
-		ben.waitFor("the lobby", `location.pathname === "/r/lobby"`, 5*time.Second)
-		img := ben.screenshot(shots, "readme.png")
-		b, err := os.ReadFile(img)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(out, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
 
 	// A reload shows the history, once.
 	ben.waitFor("the lobby", `location.pathname === "/r/lobby"`, 5*time.Second)
