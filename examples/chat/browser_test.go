@@ -449,6 +449,14 @@ func TestBrowser(t *testing.T) {
 	}
 	ben.waitFor("the image after reload", shared+` && `+shared+`.naturalWidth === 240`, 10*time.Second)
 	ana.waitFor("Ben back", presence+` === "Ana,Ben"`, 10*time.Second)
+	// Ana reloads: the history of the room she is not looking at is not
+	// unread.
+	ana.do("reload", chromedp.Reload())
+	ana.waitConnected()
+	ana.waitFor("Ana's rooms", `[...document.querySelectorAll("#my-rooms button")].length === 2 && window.chat.rooms.get("other").list.querySelectorAll(".msg").length === 2`, 10*time.Second)
+	if u := eval[string](ana, unread); u != "lobby:0,other:0" {
+		t.Errorf("after a reload Ana's unread counts are %q, want none", u)
+	}
 
 	// Ben loses his connection while Ana and he write: his page says so,
 	// reconnects with backoff, resumes, shows what he missed once, and

@@ -180,7 +180,7 @@ function onState(state, info) {
       for (const r of rooms.values()) {
         addNote(r, "Connection lost. Messages you send wait and go out when it is back.", "lost");
         r.members.clear();
-        renderPresence();
+        renderPresence(r);
       }
     } else if (!wasOpen) diagnose();
   }
@@ -226,6 +226,7 @@ function openRoom(name) {
     typing: new Map(), // name → timer
     stick: true, // follows the newest message
     error: "",
+    base: null, // {epoch, seq} of the first joined: messages up to it are history
   };
   rooms.set(name, r);
   list.addEventListener("scroll", () => {
@@ -237,6 +238,8 @@ function openRoom(name) {
     members: true,
     onMessage: (data, msg) => onMessage(r, data, msg),
     onJoined(f) {
+      // What the room held when first joined is history, not unread.
+      if (!r.base) r.base = { epoch: f.epoch, seq: f.seq || 0 };
       r.members.clear();
       for (const m of f.members || []) r.members.set(m.id, m.info);
       renderPresence(r);
@@ -250,6 +253,7 @@ function openRoom(name) {
     onResync() {
       list.replaceChildren();
       r.lastDay = "";
+      r.base = null;
     },
     onError(err) {
       setRoomError(r, err.code === "forbidden" ? capital(err.message) + ": pick another name to join it." : "Cannot join " + name + ": " + err.message);
@@ -456,7 +460,8 @@ function onMessage(r, data, msg) {
       addDay(r, time);
       append(r, renderMessage(r, data, time, msg.seq));
       stopTyping(r, data.name);
-      if (data.name !== me && (r !== current || document.visibilityState === "hidden")) {
+      const old = r.base && msg.epoch === r.base.epoch && msg.seq <= r.base.seq;
+      if (!old && data.name !== me && (r !== current || document.visibilityState === "hidden")) {
         r.unread++;
         renderRoomList();
         updateTitle();
