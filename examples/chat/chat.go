@@ -53,6 +53,11 @@ type Options struct {
 	// which the lobby shows besides the rooms open now and those this
 	// process published in.
 	StoredRooms func(ctx context.Context) ([]string, error)
+	// RoomUsed, if set, is called the first time this process publishes a
+	// numbered message in a room, for StoredRooms to list it: a place to
+	// record room names where the history is not a table to read them
+	// from (Redis, NATS).
+	RoomUsed func(ctx context.Context, room string) error
 	// Files keeps shared files (default: in memory, at most 64 MiB).
 	Files FileStore
 	// RateLimit and RateBurst limit the frames each connection may send per

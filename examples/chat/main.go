@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 	"time"
 
@@ -73,6 +74,7 @@ func run() error {
 		b := redisbroker.New(client, redisbroker.WithHistoryLimit(1000), redisbroker.WithLogger(logger))
 		defer b.Close()
 		opts.Broker = b
+		opts.StoredRooms, opts.RoomUsed = redisRooms(client, "wsroom-chat:rooms")
 		history = "in Redis " + *redisAddr
 	case *natsURL != "":
 		nc, err := nats.Connect(*natsURL, nats.MaxReconnects(-1))
@@ -187,4 +189,17 @@ func storedRooms(db *sql.DB) func(context.Context) ([]string, error) {
 		}
 		return names, rows.Err()
 	}
+}
+
+// redisRooms keeps the names of the rooms with history in a Redis set.
+func redisRooms(client redis.UniversalClient, key string) (list func(context.Context) ([]string, error), add func(context.Context, string) error) {
+	list = func(ctx context.Context) ([]string, error) {
+		names, err := client.SRandMemberN(ctx, key, 200).Result()
+		slices.Sort(names)
+		return names, err
+	}
+	add = func(ctx context.Context, room string) error {
+		return client.SAdd(ctx, key, room).Err()
+	}
+	return list, add
 }

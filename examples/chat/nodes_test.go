@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -73,7 +74,8 @@ func newRedisNodes(t *testing.T, n int) []*node {
 		t.Cleanup(func() { client.Close() })
 		b := redisbroker.New(client, redisbroker.WithPrefix(prefix))
 		t.Cleanup(func() { b.Close() })
-		s, err := NewServer(Options{Broker: b})
+		list, add := redisRooms(client, prefix+"chat-rooms")
+		s, err := NewServer(Options{Broker: b, StoredRooms: list, RoomUsed: add})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -115,10 +117,13 @@ func TestRedisNodes(t *testing.T) {
 	if m := ana.next("msg"); m.p.Name != "Ben" || m.p.Text != "hello from B" || m.env.Seq != 2 {
 		t.Fatalf("Ana got %+v seq %d", m.p, m.env.Seq)
 	}
-	// The lobby of either node lists the room.
-	for _, n := range nodes {
-		if resp, body := get(t, n.ts.URL+"/api/rooms"); resp.StatusCode != http.StatusOK || body == `{"rooms":[]}`+"\n" {
-			t.Errorf("rooms: %d %s", resp.StatusCode, body)
-		}
+	// A room with history on node A only is in the lobby of node B too.
+	quiet := dial(t, nodes[0].ts, "quiet", "Ana")
+	quiet.waitPresence("Ana")
+	quiet.say("anyone?")
+	quiet.next("msg")
+	resp, body := get(t, nodes[1].ts.URL+"/api/rooms")
+	if want := `{"rooms":[{"name":"lobby","clients":1},{"name":"quiet","clients":0}]}`; resp.StatusCode != http.StatusOK || strings.TrimSpace(body) != want {
+		t.Errorf("node B's rooms: %d %s, want %s", resp.StatusCode, body, want)
 	}
 }

@@ -36,7 +36,7 @@ func (b *stampBroker) Publish(ctx context.Context, room string, m wsroom.Message
 		return nil
 	}
 	if !out.Ephemeral {
-		b.s.index.add(room)
+		b.s.roomUsed(ctx, room)
 	}
 	return b.Broker.Publish(ctx, room, *out)
 }
@@ -50,7 +50,7 @@ func (b *stampBroker) PublishSeq(ctx context.Context, room string, m wsroom.Mess
 		return m, nil
 	}
 	if !out.Ephemeral {
-		b.s.index.add(room)
+		b.s.roomUsed(ctx, room)
 	}
 	if seq, ok := b.Broker.(wsroom.Sequencer); ok {
 		return seq.PublishSeq(ctx, room, *out)
@@ -70,10 +70,25 @@ type roomIndex struct {
 	rooms map[string]bool
 }
 
-func (x *roomIndex) add(room string) {
+// add records room; it reports whether it is new.
+func (x *roomIndex) add(room string) bool {
 	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.rooms[room] {
+		return false
+	}
 	x.rooms[room] = true
-	x.mu.Unlock()
+	return true
+}
+
+// roomUsed records that a message is published in room, and tells
+// Options.RoomUsed the first time.
+func (s *Server) roomUsed(ctx context.Context, room string) {
+	if s.index.add(room) && s.opts.RoomUsed != nil {
+		if err := s.opts.RoomUsed(ctx, room); err != nil {
+			s.opts.Logger.Warn("chat: record room", "room", room, "err", err)
+		}
+	}
 }
 
 // names returns the rooms published in, sorted.
