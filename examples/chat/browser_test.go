@@ -9,6 +9,8 @@ import (
 	"image/png"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -175,7 +177,7 @@ func js(s string) string {
 }
 
 // texts is an expression listing the texts of the messages shown.
-const texts = `[...document.querySelectorAll("#messages .msg .text")].map(e => e.textContent)`
+const texts = `[...document.querySelectorAll(".messages:not([hidden]) .msg:not(.pending) .text")].map(e => e.textContent)`
 
 // signIn opens a room's page, signs in with name, and waits to be connected.
 func (b *tab) signIn(url, name string) {
@@ -242,21 +244,23 @@ func writePNG(t *testing.T, path string, w, h int) {
 	}
 }
 
-func TestBrowser(t *testing.T) {
+// views is an expression listing the views the page shows, by their
+// computed style: exactly one of sign-in, lobby and chat at a time.
+const views = `["signin", "lobby", "chat"].filter(id => getComputedStyle(document.getElementById(id)).display !== "none").join()`
+
+// presence is an expression listing the names the room's presence shows.
+const presence = `[...document.querySelectorAll("#presence li")].map(e => e.textContent).join()`
+
+// unread is an expression listing the unread counts of the room list, as
+// "room:n".
+const unread = `[...document.querySelectorAll("#my-rooms button")].map(b => b.dataset.room + ":" + ((b.querySelector(".unread") || {}).textContent || 0)).join()`
+
+func startBrowser(t *testing.T) context.Context {
+	t.Helper()
 	path := chromium(t)
 	if testing.Short() {
 		t.Skip("starts a browser")
 	}
-	s, err := NewServer(Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := &gate{next: s, blocked: make(map[string]bool)}
-	ts := httptest.NewServer(g)
-	t.Cleanup(ts.Close)
-	t.Cleanup(func() { s.Close() })
-	shots := t.TempDir()
-
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(path),
 		chromedp.UserDataDir(t.TempDir()),
@@ -277,16 +281,39 @@ func TestBrowser(t *testing.T) {
 	if err := chromedp.Do(browser); err != nil {
 		t.Fatalf("start chromium: %v", err)
 	}
+	return browser
+}
+
+func TestBrowser(t *testing.T) {
+	browser := startBrowser(t)
+	s, err := NewServer(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gate{next: s, blocked: make(map[string]bool)}
+	ts := httptest.NewServer(g)
+	t.Cleanup(ts.Close)
+	t.Cleanup(func() { s.Close() })
+	shots := shotsDir(t)
+
 	// Two profiles: each person has their own localStorage.
 	ana := newTab(t, browser, "Ana", chromedp.WithNewBrowserContext())
 	ben := newTab(t, browser, "Ben", chromedp.WithNewBrowserContext())
 	room := ts.URL + "/r/lobby"
 
-	// Sign in, and see each other.
+	// Sign in, and see each other. The sign-in view and the room never
+	// show together.
+	ana.do("open", chromedp.Navigate(room), chromedp.WaitVisible(chromedp.ID("name")))
+	if v := eval[string](ana, views); v != "signin" {
+		t.Errorf("before sign-in the page shows %q, want signin only", v)
+	}
 	ana.signIn(room, "Ana")
 	ben.signIn(room, "  Ben ")
 	for _, b := range []*tab{ana, ben} {
-		b.waitFor("presence of both", `[...document.querySelectorAll("#presence li")].map(e => e.textContent).join() === "Ana,Ben"`, 10*time.Second)
+		if v := eval[string](b, views); v != "chat" {
+			t.Errorf("%s: after sign-in the page shows %q, want chat only", b.name, v)
+		}
+		b.waitFor("presence of both", presence+` === "Ana,Ben"`, 10*time.Second)
 		if n := eval[string](b, `document.getElementById("count").textContent`); n != "2" {
 			t.Errorf("%s: count %q, want 2", b.name, n)
 		}
@@ -316,36 +343,74 @@ func TestBrowser(t *testing.T) {
 	if v := eval[string](ana, `document.getElementById("text").value`); v != "" {
 		t.Errorf("Ana's box still holds %q after sending", v)
 	}
+	if n := eval[int](ben, `document.querySelectorAll(".messages:not([hidden]) .day").length`); n != 1 {
+		t.Errorf("Ben sees %d date separators, want 1", n)
+	}
 
-	// HTML from a person stays text.
+	// HTML from a person stays text; http(s) URLs become safe links, other
+	// schemes do not.
 	const attack = `<img src=x onerror=alert(1)><script>alert(2)</script><b>bold</b>`
 	ben.say(attack)
 	ana.waitText(attack)
 	for _, b := range []*tab{ana, ben} {
-		if n := eval[int](b, `document.querySelectorAll("#messages img, #messages script, #messages b").length`); n != 0 {
+		if n := eval[int](b, `document.querySelectorAll(".messages img, .messages script, .messages b").length`); n != 0 {
 			t.Errorf("%s: the message made %d elements", b.name, n)
 		}
 	}
-	ana.say("Nice try, Ben.")
-	ben.waitText("Nice try, Ben.")
+	const links = "see https://go.dev/doc, or javascript:alert(1) and http://example.com/a?b=c."
+	ana.say(links)
+	ben.waitText(links)
+	got := eval[[]string](ben, `[...document.querySelectorAll(".messages .text a")].map(a => a.href + " " + a.rel + " " + a.textContent)`)
+	want := []string{"https://go.dev/doc noopener noreferrer https://go.dev/doc", "http://example.com/a?b=c noopener noreferrer http://example.com/a?b=c"}
+	if !slices.Equal(got, want) {
+		t.Errorf("links %q, want %q", got, want)
+	}
 
-	// An image shared by Ana shows inline for Ben.
+	// An image shared by Ana shows inline for Ben, in a fixed box.
 	png := filepath.Join(t.TempDir(), "sunset.png")
 	writePNG(t, png, 240, 120)
 	ana.do("attach", chromedp.SetUploadFiles(chromedp.ID("file"), []string{png}))
-	const shared = `document.querySelector("#messages img.shared")`
+	const shared = `document.querySelector(".messages:not([hidden]) img.shared")`
 	for _, b := range []*tab{ben, ana} {
 		b.waitFor("the image", shared+` && `+shared+`.complete && `+shared+`.naturalWidth === 240`, 10*time.Second)
+		b.waitFor("scrolled to the newest", `(l => l.scrollHeight - l.scrollTop - l.clientHeight < 2)(document.querySelector(".messages:not([hidden])"))`, 5*time.Second)
 	}
 	if alt := eval[string](ben, shared+`.alt`); alt != "sunset.png" {
 		t.Errorf("image alt %q, want sunset.png", alt)
 	}
+	// A file that is not an image is a readable download.
+	txt := filepath.Join(t.TempDir(), "notes.txt")
+	os.WriteFile(txt, []byte("some notes\n"), 0o644)
+	ana.do("attach text", chromedp.SetUploadFiles(chromedp.ID("file"), []string{txt}))
+	ben.waitFor("the text file", `[...document.querySelectorAll(".messages .file")].map(e => e.textContent).includes("notes.txt Text, 11 B")`, 10*time.Second)
 	ben.say("Lovely!")
 	ana.waitText("Lovely!")
-	ana.screenshot(shots, "ana.png")
-	ben.screenshot(shots, "ben.png")
+
+	// Two rooms on one connection: Ana and Ben both join "other"; what
+	// Ben says there is unread for Ana, who looks at the lobby, until she
+	// switches rooms, without a reload.
+	for _, b := range []*tab{ben, ana} {
+		b.do("join other",
+			chromedp.Click(chromedp.ID("all-rooms")),
+			chromedp.WaitVisible(chromedp.ID("room")),
+			chromedp.SendKeys(chromedp.ID("room"), "other"),
+			chromedp.Click(chromedp.CSS("#goto-form button")),
+			chromedp.WaitVisible(chromedp.ID("text")),
+		)
+		b.waitFor("in other", `location.pathname === "/r/other"`, 5*time.Second)
+	}
+	ana.waitFor("both in other", presence+` === "Ana,Ben"`, 10*time.Second)
+	ana.do("back to the lobby", chromedp.Click(chromedp.CSS(`#my-rooms button[data-room="lobby"]`)))
+	ana.waitFor("the lobby", `location.pathname === "/r/lobby"`, 5*time.Second)
+	eval[bool](ana, `window.sameDocument = true`)
+	ben.say("psst, in other")
+	ben.say("still in other")
+	ana.waitFor("2 unread in other", unread+` === "lobby:0,other:2"`, 10*time.Second)
+	if title := eval[string](ana, `document.title`); title != "(2) lobby · wsroom chat" {
+		t.Errorf("Ana's title %q, want (2) lobby · wsroom chat", title)
+	}
+	img := ana.screenshot(shots, "unread.png")
 	if out := os.Getenv("CHAT_SCREENSHOT"); out != "" {
-		img := ben.screenshot(shots, "readme.png")
 		b, err := os.ReadFile(img)
 		if err != nil {
 			t.Fatal(err)
@@ -354,8 +419,26 @@ func TestBrowser(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	ana.do("switch to other", chromedp.Click(chromedp.CSS(`#my-rooms button[data-room="other"]`)))
+	ana.waitText("still in other")
+	ana.waitFor("read", unread+` === "lobby:0,other:0"`, 5*time.Second)
+	if title := eval[string](ana, `document.title`); title != "other · wsroom chat" {
+		t.Errorf("Ana's title %q, want other · wsroom chat", title)
+	}
+	if !eval[bool](ana, `window.sameDocument === true`) {
+		t.Error("switching rooms reloaded the page")
+	}
+	if got := eval[[]string](ana, texts); !slices.Equal(got, []string{"psst, in other", "still in other"}) {
+		t.Errorf("other shows %q, want its own messages only", got)
+	}
+	if n := eval[int](ana, `window.chat.client.rooms.size`); n != 2 {
+		t.Errorf("Ana's client is in %d rooms, want 2", n)
+	}
+	ben.do("back to the lobby", chromedp.Click(chromedp.CSS(`#my-rooms button[data-room="lobby"]`)))
+	ana.do("back to the lobby", chromedp.Click(chromedp.CSS(`#my-rooms button[data-room="lobby"]`)))
 
 	// A reload shows the history, once.
+	ben.waitFor("the lobby", `location.pathname === "/r/lobby"`, 5*time.Second)
 	before := eval[[]string](ben, texts)
 	ben.do("reload", chromedp.Reload())
 	ben.waitConnected()
@@ -365,15 +448,27 @@ func TestBrowser(t *testing.T) {
 		t.Errorf("after reload Ben sees %q, want %q", after, before)
 	}
 	ben.waitFor("the image after reload", shared+` && `+shared+`.naturalWidth === 240`, 10*time.Second)
-	ana.waitFor("Ben back", `[...document.querySelectorAll("#presence li")].map(e => e.textContent).join() === "Ana,Ben"`, 10*time.Second)
+	ana.waitFor("Ben back", presence+` === "Ana,Ben"`, 10*time.Second)
+	// Ana reloads: the history of the room she is not looking at is not
+	// unread.
+	ana.do("reload", chromedp.Reload())
+	ana.waitConnected()
+	ana.waitFor("Ana's rooms", `[...document.querySelectorAll("#my-rooms button")].length === 2 && window.chat.rooms.get("other").list.querySelectorAll(".msg").length === 2`, 10*time.Second)
+	if u := eval[string](ana, unread); u != "lobby:0,other:0" {
+		t.Errorf("after a reload Ana's unread counts are %q, want none", u)
+	}
 
-	// Ben loses his connection while Ana writes: his page reconnects with
-	// backoff, resumes, and shows what he missed, once.
-	lastSeq := eval[string](ben, `[...document.querySelectorAll("#messages li[data-seq]")].pop().dataset.seq`)
+	// Ben loses his connection while Ana and he write: his page says so,
+	// reconnects with backoff, resumes, shows what he missed once, and
+	// sends what he wrote meanwhile, once.
 	g.block("Ben", true)
 	kick(t, s, "lobby", "Ben")
 	ben.waitFor("reconnecting", `document.getElementById("status").dataset.state === "reconnecting"`, 5*time.Second)
+	ben.waitFor("connection lost mark", `!!document.querySelector(".messages:not([hidden]) .note.lost")`, 5*time.Second)
 	ana.say("while you were away 1")
+	ben.say("written offline 1")
+	ben.say("written offline 2")
+	ben.waitFor("two waiting", `document.querySelectorAll(".messages:not([hidden]) .msg.pending").length === 2`, 5*time.Second)
 	ana.say("while you were away 2")
 	ana.waitText("while you were away 2")
 	if eval[bool](ben, texts+`.includes("while you were away 1")`) {
@@ -382,71 +477,46 @@ func TestBrowser(t *testing.T) {
 	g.block("Ben", false)
 	ben.waitConnected()
 	ben.waitText("while you were away 2")
-	want := eval[[]string](ana, texts)
+	ana.waitText("written offline 2")
+	ben.waitFor("nothing waiting", `document.querySelectorAll(".msg.pending").length === 0`, 10*time.Second)
+	ben.waitFor("back mark", `!!document.querySelector(".messages:not([hidden]) .note.back")`, 5*time.Second)
+	want = eval[[]string](ana, texts)
 	if got := eval[[]string](ben, texts); strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("after resuming Ben sees %q, want %q", got, want)
 	}
-	resumes := g.resumesOf("Ben")
-	if r := resumes[len(resumes)-1]; !strings.HasSuffix(r, ":"+lastSeq) {
-		t.Errorf("Ben resumed with %q, want the position of message %s, the last he saw", r, lastSeq)
+	for _, text := range []string{"written offline 1", "written offline 2"} {
+		if n := strings.Count(strings.Join(want, "\n"), text); n != 1 {
+			t.Errorf("Ana sees %q %d times, want once", text, n)
+		}
 	}
-	if len(resumes) < 3 {
-		t.Errorf("Ben's handshakes: %q; want some refused ones before the resume", resumes)
+	if g.handshakes("Ben") < 3 {
+		t.Errorf("Ben's handshakes: %d; want some refused ones before the resume", g.handshakes("Ben"))
 	}
 
-	// When the history cannot serve the resume (4000), the page starts
-	// afresh from the recent history.
-	g.breakNextResume()
-	kick(t, s, "lobby", "Ben")
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		r := g.resumesOf("Ben")
-		if n := len(r); n >= 2 && strings.HasPrefix(r[n-2], "bogus:") && r[n-1] == "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Ben's reconnects: %q; want a refused resume then a fresh start", r)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	ben.waitConnected()
-	ben.waitFor("history after resync", texts+`.length === `+fmt.Sprint(len(want)), 10*time.Second)
-	if got := eval[[]string](ben, texts); strings.Join(got, "\n") != strings.Join(want, "\n") {
-		t.Errorf("after the resync Ben sees %q, want %q", got, want)
-	}
-
-	// A second tab of Ben's: a bad room name is explained, then another room
-	// keeps its messages to itself.
-	other := newTab(t, ben.ctx, "Ben (other room)")
+	// A second tab of Ben's: a bad room name is explained, then the same
+	// person is in the room from two tabs under one name.
+	other := newTab(t, ben.ctx, "Ben (second tab)")
 	other.do("bad room", chromedp.Navigate(ts.URL+"/r/no%20spaces"))
 	other.waitFor("bad room message", `(document.getElementById("page-error") || {}).textContent === `+
 		js(`"no spaces" is not a valid room name: a room name is 1 to 64 letters, digits, '-', '_' or '.', and does not start with '.'.`), 5*time.Second)
 	other.do("lobby", chromedp.Navigate(ts.URL+"/"))
-	other.waitFor("room list", `[...document.querySelectorAll("#rooms li")].map(e => e.textContent).join() === "lobby 2 people"`, 10*time.Second)
+	other.waitFor("room list", `[...document.querySelectorAll("#rooms li")].map(e => e.textContent).join() === "lobby 3 connected,other 3 connected"`, 10*time.Second)
+	other.screenshot(shots, "lobby.png")
 	other.do("bad room in the form",
 		chromedp.SendKeys(chromedp.ID("room"), ".hidden"),
 		chromedp.Click(chromedp.CSS("#goto-form button")),
 	)
 	other.waitFor("form error", `document.getElementById("room-error").textContent.includes("is not a valid room name")`, 5*time.Second)
-	other.do("good room in the form",
-		chromedp.SetValue(chromedp.ID("room"), "other"),
-		chromedp.Click(chromedp.CSS("#goto-form button")),
-		chromedp.WaitVisible(chromedp.ID("text")), // the room's page
-	)
-	other.waitConnected()
-	if loc := eval[string](other, `location.pathname`); loc != "/r/other" {
-		t.Errorf("the form went to %s, want /r/other", loc)
-	}
-	other.waitFor("alone in other", `document.getElementById("count").textContent === "1"`, 5*time.Second)
-	ana.say("only for the lobby")
-	other.say("only for the other room")
-	ben.waitText("only for the lobby")
-	other.waitText("only for the other room")
-	if got := eval[[]string](other, texts); len(got) != 1 {
-		t.Errorf("the other room shows %q, want its own message only", got)
-	}
-	if eval[bool](ana, texts+`.includes("only for the other room")`) {
-		t.Error("the lobby got the other room's message")
+	other.do("the lobby from the list", chromedp.Click(chromedp.CSS(`#rooms a[href="/r/lobby"]`)))
+	other.waitFor("no stale error", `document.getElementById("room-error").hidden && document.getElementById("chat-error").hidden`, 5*time.Second)
+	other.waitText("while you were away 2")
+	ana.say("to both of Ben's tabs")
+	ben.waitText("to both of Ben's tabs")
+	other.waitText("to both of Ben's tabs")
+	for _, b := range []*tab{ana, other} {
+		if p := eval[string](b, presence); p != "Ana,Ben" {
+			t.Errorf("%s: presence %q, want Ana,Ben (Ben once)", b.name, p)
+		}
 	}
 
 	// A server with a token: the page asks for it and says when it is
@@ -466,6 +536,7 @@ func TestBrowser(t *testing.T) {
 		chromedp.Click(chromedp.CSS("#signin-form button")),
 	)
 	dee.waitConnected()
+	dee.waitFor("Dee in", presence+` === "Dee"`, 5*time.Second)
 	dee2 := newTab(t, browser, "another Dee", chromedp.WithNewBrowserContext())
 	dee2.do("same name",
 		chromedp.Navigate(ts2.URL+"/r/lobby"),
@@ -475,6 +546,9 @@ func TestBrowser(t *testing.T) {
 		chromedp.Click(chromedp.CSS("#signin-form button")),
 	)
 	dee2.waitFor("name taken message", `document.getElementById("signin-error").textContent === "Someone in lobby is already called dee"`, 5*time.Second)
+	if v := eval[string](dee2, views); v != "signin" {
+		t.Errorf("refused sign-in shows %q, want signin only", v)
+	}
 
 	for _, b := range []*tab{ana, ben, other, dee, dee2} {
 		b.checkProblems()
@@ -488,33 +562,24 @@ func newTokenServer(t *testing.T, token string) *httptest.Server {
 }
 
 // gate stands between the browser and the chat server, to play network
-// trouble: it refuses the handshakes of some names, and can break a resume
-// position. It records the resume parameter of every handshake.
+// trouble: it refuses the handshakes of some names, and counts them.
 type gate struct {
 	next http.Handler
 
-	mu          sync.Mutex
-	blocked     map[string]bool
-	breakResume bool
-	resumes     map[string][]string // name → resume parameters, in order
+	mu      sync.Mutex
+	blocked map[string]bool
+	tries   map[string]int // name → handshakes
 }
 
 func (g *gate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if strings.HasPrefix(r.URL.Path, "/rooms/") {
-		q := r.URL.Query()
-		name, resume := q.Get("name"), q.Get("resume")
+	if r.URL.Path == "/ws" {
+		name := r.URL.Query().Get("name")
 		g.mu.Lock()
 		blocked := g.blocked[name]
-		if !blocked && resume != "" && g.breakResume {
-			g.breakResume = false
-			resume = "bogus:" + resume[strings.LastIndexByte(resume, ':')+1:]
-			q.Set("resume", resume)
-			r.URL.RawQuery = q.Encode()
+		if g.tries == nil {
+			g.tries = make(map[string]int)
 		}
-		if g.resumes == nil {
-			g.resumes = make(map[string][]string)
-		}
-		g.resumes[name] = append(g.resumes[name], resume)
+		g.tries[name]++
 		g.mu.Unlock()
 		if blocked {
 			http.Error(w, "blocked by the test", http.StatusServiceUnavailable)
@@ -530,18 +595,10 @@ func (g *gate) block(name string, on bool) {
 	g.mu.Unlock()
 }
 
-// breakNextResume makes the next handshake that resumes ask for a position
-// in an epoch the room never had.
-func (g *gate) breakNextResume() {
-	g.mu.Lock()
-	g.breakResume = true
-	g.mu.Unlock()
-}
-
-func (g *gate) resumesOf(name string) []string {
+func (g *gate) handshakes(name string) int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return slices.Clone(g.resumes[name])
+	return g.tries[name]
 }
 
 // kick closes name's connection to room from the server's side.
@@ -558,4 +615,146 @@ func kick(t *testing.T, s *Server, room, name string) {
 		}
 	}
 	t.Fatalf("%s is not in %s", name, room)
+}
+
+// On a phone (390×450) the messages get most of the screen, and a page
+// scrolled up offers to jump to the newest message.
+func TestBrowserPhone(t *testing.T) {
+	browser := startBrowser(t)
+	_, ts := newTestServer(t, Options{RateLimit: 1000, RateBurst: 1000})
+	ana := dial(t, ts, "lobby", "Ana")
+	ana.waitPresence("Ana")
+	for i := range 30 {
+		ana.say(fmt.Sprintf("message %d, long enough to take a line or two on a phone", i))
+	}
+	for range 30 {
+		ana.next("msg")
+	}
+
+	ben := newTab(t, browser, "Ben", chromedp.WithNewBrowserContext())
+	ben.do("phone", chromedp.EmulateViewport(390, 450))
+	ben.signIn(ts.URL+"/r/lobby", "Ben")
+	ben.waitFor("history", texts+`.length === 30`, 10*time.Second)
+	const list = `document.querySelector(".messages:not([hidden])")`
+	ben.waitFor("at the newest", `(l => l.scrollHeight - l.scrollTop - l.clientHeight < 2)(`+list+`)`, 5*time.Second)
+	if h := eval[float64](ben, list+`.getBoundingClientRect().height`); h < 0.5*450 {
+		t.Errorf("the messages are %.0f px high on a 450 px screen, want at least half", h)
+	}
+	if w := eval[float64](ben, `document.documentElement.scrollWidth`); w > 390 {
+		t.Errorf("the page is %.0f px wide on a 390 px screen", w)
+	}
+	if v := eval[string](ben, views); v != "chat" {
+		t.Errorf("the page shows %q, want chat only", v)
+	}
+	ben.screenshot(shotsDir(t), "phone.png")
+
+	const jump = `getComputedStyle(document.getElementById("jump")).display !== "none"`
+	if eval[bool](ben, jump) {
+		t.Error("jump button shown at the newest message")
+	}
+	eval[float64](ben, list+`.scrollTop = 0`)
+	ben.waitFor("jump button", jump, 5*time.Second)
+	ana.say("new while Ben reads old ones")
+	ben.waitText("new while Ben reads old ones")
+	if eval[bool](ben, `(l => l.scrollHeight - l.scrollTop - l.clientHeight < 2)(`+list+`)`) {
+		t.Error("a new message scrolled Ben away from what he reads")
+	}
+	ben.do("jump", chromedp.Click(chromedp.ID("jump")))
+	ben.waitFor("at the newest again", `(l => l.scrollHeight - l.scrollTop - l.clientHeight < 2)(`+list+`) && !(`+jump+`)`, 5*time.Second)
+	ben.checkProblems()
+}
+
+// shotsDir is where screenshots go: $CHAT_SHOTS, to look at them after the
+// test, or a temporary directory.
+func shotsDir(t *testing.T) string {
+	if d := os.Getenv("CHAT_SHOTS"); d != "" {
+		return d
+	}
+	return t.TempDir()
+}
+
+// failover is a front for several nodes: it sends each request to the
+// first node that is not marked dead, as a load balancer would.
+type failover struct {
+	mu    sync.Mutex
+	nodes []*url.URL
+	dead  map[int]bool
+}
+
+func (f *failover) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	var target *url.URL
+	for i, u := range f.nodes {
+		if !f.dead[i] {
+			target = u
+			break
+		}
+	}
+	f.mu.Unlock()
+	if target == nil {
+		http.Error(w, "no node", http.StatusBadGateway)
+		return
+	}
+	httputil.NewSingleHostReverseProxy(target).ServeHTTP(w, r)
+}
+
+func (f *failover) markDead(i int) {
+	f.mu.Lock()
+	f.dead[i] = true
+	f.mu.Unlock()
+}
+
+// A page on node A and one on node B of a Redis-backed pair see each
+// other's messages and presence; when node A dies, its page moves to B
+// and misses nothing, and gets nothing twice.
+func TestBrowserNodes(t *testing.T) {
+	nodes := newRedisNodes(t, 2)
+	browser := startBrowser(t)
+	var urls []*url.URL
+	for _, n := range nodes {
+		u, err := url.Parse(n.ts.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		urls = append(urls, u)
+	}
+	front := &failover{nodes: urls, dead: make(map[int]bool)}
+	fts := httptest.NewServer(front)
+	t.Cleanup(fts.Close)
+
+	ana := newTab(t, browser, "Ana (node A)", chromedp.WithNewBrowserContext())
+	ben := newTab(t, browser, "Ben (node B)", chromedp.WithNewBrowserContext())
+	ana.signIn(fts.URL+"/r/lobby", "Ana")
+	ben.signIn(nodes[1].ts.URL+"/r/lobby", "Ben")
+	for _, b := range []*tab{ana, ben} {
+		b.waitFor("presence of both", presence+` === "Ana,Ben"`, 10*time.Second)
+	}
+	ana.say("from node A")
+	ben.waitText("from node A")
+	ben.say("from node B")
+	ana.waitText("from node B")
+
+	front.markDead(0)
+	nodes[0].kill()
+	ana.waitFor("reconnecting", `document.getElementById("status").dataset.state !== "connected"`, 5*time.Second)
+	ben.say("while Ana moves")
+	ana.waitConnected()
+	ben.say("after the move")
+	ana.waitText("after the move")
+	ana.say("Ana from node B")
+	ben.waitText("Ana from node B")
+	for _, b := range []*tab{ana, ben} {
+		b.waitFor("presence of both after the move", presence+` === "Ana,Ben"`, 10*time.Second)
+	}
+	want := []string{"from node A", "from node B", "while Ana moves", "after the move", "Ana from node B"}
+	for _, b := range []*tab{ana, ben} {
+		if got := eval[[]string](b, texts); !slices.Equal(got, want) {
+			t.Errorf("%s sees %q, want %q", b.name, got, want)
+		}
+		if seqs := eval[string](b, `[...document.querySelectorAll(".messages:not([hidden]) .msg[data-seq]")].map(e => e.dataset.seq).join()`); seqs != "1,2,3,4,5" {
+			t.Errorf("%s has messages %s, want 1 to 5", b.name, seqs)
+		}
+	}
+	ana.checkProblems()
+	ben.checkProblems()
 }

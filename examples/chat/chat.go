@@ -20,7 +20,6 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/coder/websocket"
 	"github.com/wsroom/wsroom"
 )
 
@@ -33,20 +32,6 @@ const (
 	HistoryLen = 50      // messages a newcomer sees
 )
 
-// Close codes, in the range reserved for applications, that tell the page
-// why the server closed its connection.
-const (
-	// StatusNameTaken refuses a client whose name someone in the room took
-	// between its handshake and its admission. The client gets no message
-	// before it. The page asks for another name.
-	StatusNameTaken websocket.StatusCode = 4001
-	// StatusReplaced closes a client when the same browser tab joined the
-	// room again (its key matches), as happens when it reconnects before the
-	// server noticed the old connection was gone. The page does not
-	// reconnect: a newer connection of its own is in charge.
-	StatusReplaced websocket.StatusCode = 4002
-)
-
 //go:embed templates static
 var assets embed.FS
 
@@ -54,15 +39,30 @@ var assets embed.FS
 // and files in memory and no token.
 type Options struct {
 	// Token, if not empty, must be sent by every client (the "token" query
-	// parameter) to join a room, list rooms or upload a file.
+	// parameter) to connect, list rooms or upload a file.
 	Token string
-	// Store keeps the rooms' history (default: in memory).
+	// Store keeps the rooms' history (default: in memory). Not used with
+	// Broker.
 	Store wsroom.Store
+	// Broker, if set, carries messages between the nodes of a chat that
+	// runs as many processes, and keeps their history: a Broker that is
+	// also a Store, as redisbroker's and natsbroker's are. Default: this
+	// process only, wsroom.NewLocalBroker over Store.
+	Broker wsroom.Broker
+	// StoredRooms, if set, lists the rooms that have history in Store,
+	// which the lobby shows besides the rooms open now and those this
+	// process published in.
+	StoredRooms func(ctx context.Context) ([]string, error)
+	// RoomUsed, if set, is called the first time this process publishes a
+	// numbered message in a room, for StoredRooms to list it: a place to
+	// record room names where the history is not a table to read them
+	// from (Redis, NATS).
+	RoomUsed func(ctx context.Context, room string) error
 	// Files keeps shared files (default: in memory, at most 64 MiB).
 	Files FileStore
-	// RateLimit and RateBurst limit the messages each client may send per
-	// second, typing notices included (defaults 5 and 10). Beyond that the
-	// server stops reading from the client for a while.
+	// RateLimit and RateBurst limit the frames each connection may send per
+	// second, joins and typing notices included (defaults 10 and 40).
+	// Beyond that the server stops reading from the client for a while.
 	RateLimit float64
 	RateBurst int
 	// IdleTimeout is how long a room without clients lives on (default a
@@ -72,41 +72,52 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// Server is the chat: an http.Handler serving the pages, the WebSocket rooms
-// and the file endpoints.
+// PresenceLimit is the largest room whose joins and leaves are sent to the
+// pages one by one; larger rooms get a head count.
+const PresenceLimit = 200
+
+// Server is the chat: an http.Handler serving the pages, the WebSocket
+// endpoint of every room (one connection per page, in many rooms) and the
+// file endpoints.
 type Server struct {
 	opts  Options
 	rooms *wsroom.Registry
+	index *roomIndex
 	files FileStore
 	page  *template.Template
 	mux   *http.ServeMux
 
 	mu      sync.Mutex
-	rosters map[string]*roster // room name → who is in it
-
-	// admitGate, if set (by tests, before serving), is called at the start
-	// of the admit hook, so that tests can line clients up there.
-	admitGate func(*wsroom.Client)
+	conns   map[string]*conn   // client ID → connection on this node
+	rosters map[string]*roster // room name → who is in it on this node
 }
 
-// roster is the set of names in one room. A name belongs to at most one
-// client at a time. The admit hook adds a client, the leave hook removes it.
+// conn is a page's connection: who it is, and the rooms it joined.
+type conn struct {
+	id    identity
+	rooms map[string]bool
+}
+
+// roster is the set of names in one room. A name belongs to one person (one
+// key) at a time, who may be in the room from several tabs.
 type roster struct {
 	members map[string]*member // folded name → member
-	version uint64             // bumped on every change, so pages can order presence updates
 }
 
 type member struct {
-	client *wsroom.Client
-	name   string
-	key    string
+	name  string
+	key   string
+	conns map[string]bool // client IDs
 }
 
-// identity is what the authorize hook attaches to each client.
+// identity is what the authorize hook attaches to each connection. Its
+// String, the name, is the member's "info" in presence events.
 type identity struct {
 	Name string // display name, trimmed
-	Key  string // random key of the browser tab, or ""
+	Key  string // random key of the person (the browser's), or ""
 }
+
+func (id identity) String() string { return id.Name }
 
 // NewServer returns a chat server configured by opts.
 func NewServer(opts Options) (*Server, error) {
@@ -114,7 +125,7 @@ func NewServer(opts Options) (*Server, error) {
 		opts.Files = newMemoryFiles(64 << 20)
 	}
 	if opts.RateLimit <= 0 {
-		opts.RateLimit, opts.RateBurst = 5, 10
+		opts.RateLimit, opts.RateBurst = 10, 40
 	}
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = wsroom.DefaultIdleTimeout
@@ -122,29 +133,40 @@ func NewServer(opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.Store == nil && opts.Broker == nil {
+		opts.Store = wsroom.NewMemoryStore(1000, 0)
+	}
 	page, err := template.New("chat.tmpl").
 		Funcs(template.FuncMap{"mib": func(n int) int { return n >> 20 }}).
 		ParseFS(assets, "templates/chat.tmpl")
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{opts: opts, files: opts.Files, page: page, rosters: make(map[string]*roster)}
-	roomOpts := []wsroom.Option{
-		wsroom.WithCodec(wsroom.JSON()),
-		wsroom.WithHistory(HistoryLen),
+	s := &Server{
+		opts:    opts,
+		files:   opts.Files,
+		page:    page,
+		conns:   make(map[string]*conn),
+		rosters: make(map[string]*roster),
+	}
+	s.index = &roomIndex{rooms: make(map[string]bool)}
+	broker := opts.Broker
+	if broker == nil {
+		broker = wsroom.NewLocalBroker(opts.Store)
+	}
+	// The Registry takes the history from the Broker: LocalBroker's Store,
+	// or the Broker itself.
+	s.rooms = wsroom.NewRegistry(
+		wsroom.WithBroker(s.stamp(broker)),
 		wsroom.WithAuthorize(s.authorize),
-		wsroom.WithAdmit(s.admit),
-		wsroom.WithOnJoin(s.onJoin),
-		wsroom.WithOnLeave(s.onLeave),
-		wsroom.WithOnMessage(s.onMessage),
+		wsroom.WithOnJoin(s.onConnect),
+		wsroom.WithOnLeave(s.onDisconnect),
+		wsroom.WithJoinCheck(s.joinCheck),
+		wsroom.WithPresenceEvents(PresenceLimit),
 		wsroom.WithRateLimit(opts.RateLimit, opts.RateBurst, wsroom.Throttle),
 		wsroom.WithIdleTimeout(opts.IdleTimeout),
 		wsroom.WithLogger(opts.Logger),
-	}
-	if opts.Store != nil {
-		roomOpts = append(roomOpts, wsroom.WithStore(opts.Store))
-	}
-	s.rooms = wsroom.NewRegistry(roomOpts...)
+	)
 
 	static, err := fs.Sub(assets, "static")
 	if err != nil {
@@ -154,7 +176,7 @@ func NewServer(opts Options) (*Server, error) {
 	mux.HandleFunc("GET /{$}", s.serveLobby)
 	mux.HandleFunc("GET /r", s.serveGoto)
 	mux.HandleFunc("GET /r/{room}", s.serveRoom)
-	mux.Handle("GET /rooms/{name}", s.rooms.Handler(nil))
+	mux.Handle("GET /ws", s.rooms.MuxHandler())
 	mux.HandleFunc("GET /api/rooms", s.serveRooms)
 	mux.HandleFunc("GET /api/check", s.serveCheck)
 	mux.HandleFunc("POST /api/rooms/{room}/files", s.serveUpload)
@@ -231,7 +253,7 @@ func (s *Server) tokenOK(token string) bool {
 	return s.opts.Token == "" || subtle.ConstantTimeCompare([]byte(token), []byte(s.opts.Token)) == 1
 }
 
-// taken reports whether name belongs to someone else in room: a client
+// taken reports whether name belongs to someone else in room: a person
 // whose key is not key.
 func (s *Server) taken(room, name, key string) bool {
 	s.mu.Lock()
@@ -244,8 +266,7 @@ func (s *Server) taken(room, name, key string) bool {
 	return m != nil && (key == "" || m.key != key)
 }
 
-// memberByKey reports whether name is in room, connected from the browser
-// tab with key.
+// memberByKey reports whether name is in room, connected with key.
 func (s *Server) memberByKey(room, name, key string) bool {
 	if key == "" {
 		return false
@@ -260,9 +281,107 @@ func (s *Server) memberByKey(room, name, key string) bool {
 	return m != nil && m.key == key
 }
 
-// The messages of the chat protocol. Pages send {"type":"msg","text":...},
-// {"type":"typing"} and {"type":"file","id":...}; everything they receive
-// is one of these, inside the JSON codec's envelope.
+// Hooks of the rooms.
+
+// authorize runs before the WebSocket upgrade. It checks the token, the
+// name and the key; the browser cannot read these answers, so the page asks
+// /api/check first, which applies the same rules. Whether the name is free
+// is decided per room, by joinCheck.
+func (s *Server) authorize(r *http.Request) (any, error) {
+	q := r.URL.Query()
+	if !s.tokenOK(q.Get("token")) {
+		return nil, &wsroom.HTTPError{Code: http.StatusUnauthorized, Message: "chat: wrong or missing token"}
+	}
+	name, err := cleanName(q.Get("name"))
+	if err != nil {
+		return nil, &wsroom.HTTPError{Code: http.StatusBadRequest, Message: "chat: " + err.Error()}
+	}
+	key := q.Get("key")
+	if !validKey(key) {
+		return nil, &wsroom.HTTPError{Code: http.StatusBadRequest, Message: "chat: " + errBadKey.Error()}
+	}
+	return identity{Name: name, Key: key}, nil
+}
+
+// onConnect records a page's connection, so that what it publishes can be
+// signed with its name.
+func (s *Server) onConnect(c *wsroom.Client) {
+	s.mu.Lock()
+	s.conns[c.ID()] = &conn{id: c.Identity().(identity), rooms: make(map[string]bool)}
+	s.mu.Unlock()
+}
+
+// onDisconnect releases the names the connection held.
+func (s *Server) onDisconnect(c *wsroom.Client, _ error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cn := s.conns[c.ID()]
+	if cn == nil {
+		return
+	}
+	delete(s.conns, c.ID())
+	fold := foldName(cn.id.Name)
+	for room := range cn.rooms {
+		r := s.rosters[room]
+		if r == nil || r.members[fold] == nil {
+			continue
+		}
+		m := r.members[fold]
+		delete(m.conns, c.ID())
+		if len(m.conns) == 0 {
+			delete(r.members, fold)
+		}
+		if len(r.members) == 0 {
+			delete(s.rosters, room)
+		}
+	}
+}
+
+// errNameTaken is how a join is refused when someone else in the room has
+// the name.
+type errNameTaken struct{ room, name string }
+
+func (e errNameTaken) Error() string {
+	return fmt.Sprintf("someone in %s is already called %s", e.room, e.name)
+}
+
+// joinCheck claims the connection's name in room. A name belongs to one
+// person: connections with the same key (the tabs of one browser) share
+// it, anyone else is refused. The name is released when the person's last
+// connection in the room ends.
+func (s *Server) joinCheck(c *wsroom.Client, room string) error {
+	id := c.Identity().(identity)
+	fold := foldName(id.Name)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cn := s.conns[c.ID()]
+	if cn == nil {
+		return errors.New("not connected")
+	}
+	r := s.rosters[room]
+	if r == nil {
+		r = &roster{members: make(map[string]*member)}
+		s.rosters[room] = r
+	}
+	m := r.members[fold]
+	switch {
+	case m == nil:
+		m = &member{name: id.Name, key: id.Key, conns: make(map[string]bool)}
+		r.members[fold] = m
+	case id.Key == "" || m.key != id.Key:
+		if !m.conns[c.ID()] {
+			return errNameTaken{room, id.Name}
+		}
+	}
+	m.conns[c.ID()] = true
+	cn.rooms[room] = true
+	return nil
+}
+
+// The messages of the chat. Pages publish {"type":"msg","text":...},
+// {"type":"typing"} (ephemeral) and {"type":"file","id":...}; the server
+// checks them and signs them with the sender's name (see stamp), so that
+// everyone, and the history, receives one of these:
 type (
 	chatMsg struct {
 		Type string `json:"type"` // "msg"
@@ -281,181 +400,63 @@ type (
 		Type string `json:"type"` // "typing"
 		Name string `json:"name"`
 	}
-	presenceMsg struct {
-		Type    string   `json:"type"` // "presence"
-		Names   []string `json:"names"`
-		Version uint64   `json:"v"` // newer snapshots have larger versions
-	}
-	errorMsg struct {
-		Type  string `json:"type"` // "error"
-		Error string `json:"error"`
-	}
 )
 
-// presence returns a snapshot of the roster, sorted by name.
-func (r *roster) presence() presenceMsg {
-	names := make([]string, 0, len(r.members))
-	for _, m := range r.members {
-		names = append(names, m.name)
+// check turns what a connection published into what the room gets: the
+// message with the sender's name, or nil to drop it. Pages check what they
+// send, so only a client that does not follow the chat's protocol has its
+// messages dropped.
+func (s *Server) check(room string, m wsroom.Message) *wsroom.Message {
+	if m.Presence != "" || m.From == "" {
+		return &m // the room's own presence events, server code's messages
 	}
-	slices.SortFunc(names, func(a, b string) int {
-		return cmp.Or(cmp.Compare(foldName(a), foldName(b)), cmp.Compare(a, b))
-	})
-	return presenceMsg{Type: "presence", Names: names, Version: r.version}
-}
-
-// Hooks of the rooms.
-
-// authorize runs before the WebSocket upgrade. It checks the token and the
-// name and refuses a name that is already taken; the browser cannot read
-// these answers, so the page asks /api/check first, which applies the same
-// rules. This check is early, for a clear answer; the admit hook makes the
-// final call on names.
-func (s *Server) authorize(r *http.Request) (any, error) {
-	q := r.URL.Query()
-	if !s.tokenOK(q.Get("token")) {
-		return nil, &wsroom.HTTPError{Code: http.StatusUnauthorized, Message: "chat: wrong or missing token"}
-	}
-	name, err := cleanName(q.Get("name"))
-	if err != nil {
-		return nil, &wsroom.HTTPError{Code: http.StatusBadRequest, Message: "chat: " + err.Error()}
-	}
-	key := q.Get("key")
-	if !validKey(key) {
-		return nil, &wsroom.HTTPError{Code: http.StatusBadRequest, Message: "chat: " + errBadKey.Error()}
-	}
-	if s.taken(r.PathValue("name"), name, key) {
-		return nil, &wsroom.HTTPError{Code: http.StatusConflict, Message: "chat: name taken"}
-	}
-	return identity{Name: name, Key: key}, nil
-}
-
-// admit claims the client's name in its room, after the upgrade and before
-// the client joins. If another client got the name since the handshake was
-// authorized, it refuses the client with StatusNameTaken: the client gets no
-// message (no history, no presence), and neither the join nor the leave hook
-// runs for it. If the name is held by the same browser tab (same key), the
-// new connection takes it over and the old one is closed with
-// StatusReplaced.
-func (s *Server) admit(c *wsroom.Client) error {
-	if s.admitGate != nil {
-		s.admitGate(c)
-	}
-	id := c.Identity().(identity)
-	room := c.Room().Name()
-	fold := foldName(id.Name)
-
 	s.mu.Lock()
-	r := s.rosters[room]
-	var old *member
-	if r != nil {
-		old = r.members[fold]
-	}
-	if old != nil && (id.Key == "" || old.key != id.Key) {
-		s.mu.Unlock()
-		return websocket.CloseError{Code: StatusNameTaken, Reason: "name taken"}
-	}
-	if r == nil {
-		r = &roster{members: make(map[string]*member)}
-		s.rosters[room] = r
-	}
-	r.members[fold] = &member{client: c, name: id.Name, key: id.Key}
-	r.version++
+	cn := s.conns[m.From]
 	s.mu.Unlock()
-
-	if old != nil {
-		old.client.Close(StatusReplaced, "joined again from the same tab")
+	if cn == nil {
+		return nil
 	}
-	return nil
-}
-
-// onJoin tells everyone, the newcomer included, who is in the room now.
-// admit put the newcomer in the roster; the roster is published here, once
-// the newcomer is in the room to receive it.
-func (s *Server) onJoin(c *wsroom.Client) {
-	room := c.Room()
-	s.mu.Lock()
-	r := s.rosters[room.Name()]
-	if r == nil {
-		s.mu.Unlock()
-		return // replaced, and its successor is gone already
-	}
-	p := r.presence()
-	s.mu.Unlock()
-	s.publish(c.Context(), room, p, wsroom.Ephemeral())
-}
-
-// onLeave releases the client's name, which admit claimed, and tells the
-// others. It runs only for admitted clients: a refused client holds nothing.
-func (s *Server) onLeave(c *wsroom.Client, _ error) {
-	id := c.Identity().(identity)
-	room := c.Room()
-	fold := foldName(id.Name)
-
-	s.mu.Lock()
-	r := s.rosters[room.Name()]
-	if r == nil || r.members[fold] == nil || r.members[fold].client != c {
-		s.mu.Unlock()
-		return // replaced: the name is its successor's now
-	}
-	delete(r.members, fold)
-	r.version++
-	p := r.presence()
-	if len(r.members) == 0 {
-		delete(s.rosters, room.Name())
-	}
-	s.mu.Unlock()
-
-	// c.Context() is done by now.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	s.publish(ctx, room, p, wsroom.Ephemeral())
-}
-
-// errProtocol closes a client that does not speak the chat protocol.
-var errProtocol = errors.New(`chat: want {"type":"msg"|"typing"|"file", ...}`)
-
-// onMessage handles every message a client sends. Mistakes a person can
-// make (an empty or too long message, a file that is gone) are answered
-// with an error object; anything that is not the chat protocol closes the
-// client (1008, policy violation).
-func (s *Server) onMessage(c *wsroom.Client, data []byte) error {
 	var in struct {
 		Type string `json:"type"`
 		Text string `json:"text"`
 		ID   string `json:"id"`
 	}
-	if err := json.Unmarshal(data, &in); err != nil {
-		return errProtocol
+	if err := json.Unmarshal(m.Data, &in); err != nil {
+		return nil
 	}
-	id := c.Identity().(identity)
-	room := c.Room()
-	ctx := c.Context()
+	var out any
 	switch in.Type {
 	case "msg":
 		text, err := cleanText(in.Text)
-		if err != nil {
-			return s.reply(c, err.Error())
+		if err != nil || m.Ephemeral {
+			return nil
 		}
-		return s.publish(ctx, room, chatMsg{Type: "msg", Name: id.Name, Text: text}, wsroom.From(c))
+		out = chatMsg{Type: "msg", Name: cn.id.Name, Text: text}
 	case "typing":
-		return s.publish(ctx, room, typingMsg{Type: "typing", Name: id.Name}, wsroom.Except(c))
+		m.Ephemeral, m.Except = true, m.From
+		out = typingMsg{Type: "typing", Name: cn.id.Name}
 	case "file":
 		info, err := s.files.Stat(in.ID)
-		if err != nil || info.Room != room.Name() {
-			return s.reply(c, "that file is not in this room; upload it again")
+		if err != nil || info.Room != room || m.Ephemeral {
+			return nil
 		}
-		return s.publish(ctx, room, fileMsg{
+		out = fileMsg{
 			Type:     "file",
-			Name:     id.Name,
+			Name:     cn.id.Name,
 			Filename: info.Name,
 			URL:      "/files/" + info.ID,
 			Size:     info.Size,
 			MIME:     info.MIME,
-		}, wsroom.From(c))
+		}
 	default:
-		return errProtocol
+		return nil
 	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		return nil
+	}
+	m.Data = b
+	return &m
 }
 
 var (
@@ -475,30 +476,6 @@ func cleanText(text string) (string, error) {
 	return text, nil
 }
 
-// reply sends an error object to c alone.
-func (s *Server) reply(c *wsroom.Client, msg string) error {
-	b, _ := json.Marshal(errorMsg{Type: "error", Error: msg})
-	if err := c.Send(c.Context(), b); err != nil && !errors.Is(err, wsroom.ErrClosed) && c.Context().Err() == nil {
-		s.opts.Logger.Warn("chat: reply", "err", err)
-	}
-	return nil
-}
-
-// publish publishes v as JSON. A room shutting down refuses it, which is
-// fine; other failures are logged, not blamed on the client.
-func (s *Server) publish(ctx context.Context, room *wsroom.Room, v any, opts ...wsroom.PublishOption) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	if err := room.Publish(ctx, b, opts...); err != nil && !errors.Is(err, wsroom.ErrClosed) && ctx.Err() == nil {
-		s.opts.Logger.Warn("chat: publish", "room", room.Name(), "err", err)
-	}
-	return nil
-}
-
-// HTTP endpoints.
-
 // pageData is what the template shows.
 type pageData struct {
 	Room          string // "" for the lobby
@@ -507,6 +484,7 @@ type pageData struct {
 	MaxName       int
 	MaxText       int
 	MaxUpload     int
+	History       int
 }
 
 // contentSecurityPolicy allows the page's own scripts, styles, images and
@@ -516,7 +494,7 @@ const contentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 
 
 func (s *Server) render(w http.ResponseWriter, status int, d pageData) {
 	d.TokenRequired = s.opts.Token != ""
-	d.MaxName, d.MaxText, d.MaxUpload = MaxName, MaxText, MaxUpload
+	d.MaxName, d.MaxText, d.MaxUpload, d.History = MaxName, MaxText, MaxUpload, HistoryLen
 	var buf bytes.Buffer
 	if err := s.page.Execute(&buf, d); err != nil {
 		s.opts.Logger.Error("chat: render page", "err", err)
@@ -564,20 +542,37 @@ func (s *Server) serveRoom(w http.ResponseWriter, r *http.Request) {
 
 type roomInfo struct {
 	Name    string `json:"name"`
-	Clients int    `json:"clients"`
+	Clients int    `json:"clients"` // connections in it on this node
 }
 
-// serveRooms lists the open rooms with their number of clients. Rooms stay
-// listed with 0 clients until the idle timeout closes them.
+// serveRooms lists the rooms open on this node, with their number of
+// connections, and the rooms with history in the Store (with 0).
 func (s *Server) serveRooms(w http.ResponseWriter, r *http.Request) {
 	if !s.tokenOK(r.URL.Query().Get("token")) {
 		writeError(w, http.StatusUnauthorized, "token", "wrong or missing token")
 		return
 	}
-	rooms := []roomInfo{}
+	clients := make(map[string]int)
 	for _, room := range s.rooms.Rooms() {
-		rooms = append(rooms, roomInfo{Name: room.Name(), Clients: room.Len()})
+		clients[room.Name()] = room.Len()
 	}
+	for _, name := range s.index.names() {
+		clients[name] += 0
+	}
+	if s.opts.StoredRooms != nil {
+		names, err := s.opts.StoredRooms(r.Context())
+		if err != nil {
+			s.opts.Logger.Warn("chat: list stored rooms", "err", err)
+		}
+		for _, name := range names {
+			clients[name] += 0
+		}
+	}
+	rooms := []roomInfo{}
+	for name, n := range clients {
+		rooms = append(rooms, roomInfo{Name: name, Clients: n})
+	}
+	slices.SortFunc(rooms, func(a, b roomInfo) int { return cmp.Compare(a.Name, b.Name) })
 	writeJSON(w, http.StatusOK, map[string]any{"rooms": rooms})
 }
 

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -35,33 +36,45 @@ func newTestServer(t *testing.T, opts Options) (*Server, *httptest.Server) {
 	return s, ts
 }
 
-// envelope is what the JSON codec sends.
+// envelope is a frame of the wsroom.v1 protocol (PROTOCOL.md), with the
+// members of every op the tests look at.
 type envelope struct {
-	Seq   uint64          `json:"seq"`
-	Epoch string          `json:"epoch"`
-	Time  int64           `json:"time"`
-	From  string          `json:"from"`
-	Data  json.RawMessage `json:"data"`
+	Op      string          `json:"op"`
+	Room    string          `json:"room"`
+	ID      string          `json:"id"`
+	Seq     uint64          `json:"seq"`
+	Epoch   string          `json:"epoch"`
+	Time    int64           `json:"time"`
+	From    string          `json:"from"`
+	Data    json.RawMessage `json:"data"`
+	Members []wsroom.Member `json:"members"`
+	Join    []wsroom.Member `json:"join"`
+	Leave   []string        `json:"leave"`
+	Code    string          `json:"code"`
+	Message string          `json:"message"`
+	Resume  string          `json:"resume"`
 }
 
 // payload is the union of the chat's messages.
 type payload struct {
-	Type     string   `json:"type"`
-	Name     string   `json:"name"`
-	Text     string   `json:"text"`
-	Names    []string `json:"names"`
-	V        uint64   `json:"v"`
-	Error    string   `json:"error"`
-	Filename string   `json:"filename"`
-	URL      string   `json:"url"`
-	Size     int64    `json:"size"`
-	MIME     string   `json:"mime"`
+	Type     string `json:"type"`
+	Name     string `json:"name"`
+	Text     string `json:"text"`
+	Filename string `json:"filename"`
+	URL      string `json:"url"`
+	Size     int64  `json:"size"`
+	MIME     string `json:"mime"`
 }
 
+// testClient is a page's connection, in one room (room) unless it joins
+// more.
 type testClient struct {
-	t    *testing.T
-	conn *websocket.Conn
-	name string
+	t       *testing.T
+	conn    *websocket.Conn
+	name    string
+	room    string
+	n       int
+	members map[string]string // the room's members: client ID → name
 }
 
 type message struct {
@@ -69,31 +82,42 @@ type message struct {
 	p   payload
 }
 
-// dial joins room as name; extra adds query parameters (key, token, resume).
+// dial connects as name and joins room, with its last HistoryLen
+// messages; extra adds query parameters (key, token) and "resume", which
+// goes in the join.
 func dial(t *testing.T, ts *httptest.Server, room, name string, extra ...string) *testClient {
 	t.Helper()
-	c, resp, err := tryDial(ts, room, name, extra...)
+	c, resp, err := tryDial(ts, name, extra...)
 	if err != nil {
 		status := 0
 		if resp != nil {
 			status = resp.StatusCode
 		}
-		t.Fatalf("dial %s as %q: %v (HTTP %d)", room, name, err, status)
+		t.Fatalf("dial as %q: %v (HTTP %d)", name, err, status)
 	}
-	tc := &testClient{t: t, conn: c, name: name}
+	tc := &testClient{t: t, conn: c, name: name, room: room, members: make(map[string]string)}
 	t.Cleanup(func() { c.CloseNow() })
+	join := map[string]any{"op": "join", "room": room, "id": "join-" + room, "members": true}
+	if i := slices.Index(extra, "resume"); i >= 0 && i%2 == 0 {
+		join["resume"] = extra[i+1]
+	} else {
+		join["last"] = HistoryLen
+	}
+	tc.send(join)
 	return tc
 }
 
-func tryDial(ts *httptest.Server, room, name string, extra ...string) (*websocket.Conn, *http.Response, error) {
+func tryDial(ts *httptest.Server, name string, extra ...string) (*websocket.Conn, *http.Response, error) {
 	q := url.Values{"name": {name}}
 	for i := 0; i+1 < len(extra); i += 2 {
-		q.Set(extra[i], extra[i+1])
+		if extra[i] != "resume" {
+			q.Set(extra[i], extra[i+1])
+		}
 	}
-	u := "ws" + strings.TrimPrefix(ts.URL, "http") + "/rooms/" + room + "?" + q.Encode()
+	u := "ws" + strings.TrimPrefix(ts.URL, "http") + "/ws?" + q.Encode()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, resp, err := websocket.Dial(ctx, u, nil)
+	c, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{Subprotocols: []string{wsroom.Subprotocol}})
 	if c != nil {
 		c.SetReadLimit(1 << 20)
 	}
@@ -113,9 +137,18 @@ func (c *testClient) send(v any) {
 	}
 }
 
-func (c *testClient) say(text string) { c.send(map[string]string{"type": "msg", "text": text}) }
+// pub publishes data to the client's room with a new id, which it returns.
+func (c *testClient) pub(data any) string {
+	c.t.Helper()
+	c.n++
+	id := fmt.Sprintf("%s-%d", c.name, c.n)
+	c.send(map[string]any{"op": "pub", "room": c.room, "id": id, "data": data})
+	return id
+}
 
-// read returns the next message, failing the test after 5 s.
+func (c *testClient) say(text string) { c.pub(map[string]string{"type": "msg", "text": text}) }
+
+// read returns the next frame, failing the test after 5 s.
 func (c *testClient) read() message {
 	c.t.Helper()
 	m, err := c.tryRead(5 * time.Second)
@@ -134,10 +167,23 @@ func (c *testClient) tryRead(d time.Duration) (message, error) {
 	}
 	var m message
 	if err := json.Unmarshal(b, &m.env); err != nil {
-		return message{}, fmt.Errorf("bad envelope %s: %v", b, err)
+		return message{}, fmt.Errorf("bad frame %s: %v", b, err)
 	}
-	if err := json.Unmarshal(m.env.Data, &m.p); err != nil {
-		return message{}, fmt.Errorf("bad payload %s: %v", b, err)
+	if m.env.Op == "msg" {
+		if err := json.Unmarshal(m.env.Data, &m.p); err != nil {
+			return message{}, fmt.Errorf("bad payload %s: %v", b, err)
+		}
+	}
+	if m.env.Room == c.room {
+		if m.env.Op == "joined" {
+			clear(c.members)
+		}
+		for _, mem := range append(m.env.Members, m.env.Join...) {
+			c.members[mem.ID] = mem.Info
+		}
+		for _, id := range m.env.Leave {
+			delete(c.members, id)
+		}
 	}
 	return m, nil
 }
@@ -146,20 +192,39 @@ func (c *testClient) tryRead(d time.Duration) (message, error) {
 func (c *testClient) next(typ string) message {
 	c.t.Helper()
 	for {
-		if m := c.read(); m.p.Type == typ {
+		if m := c.read(); m.env.Op == "msg" && m.p.Type == typ {
 			return m
 		}
 	}
 }
 
-// waitPresence reads until the presence lists exactly names.
-func (c *testClient) waitPresence(names ...string) {
+// nextOp reads until a frame with op, skipping the others.
+func (c *testClient) nextOp(op string) message {
 	c.t.Helper()
 	for {
-		m := c.next("presence")
-		if slices.Equal(m.p.Names, names) {
-			return
+		if m := c.read(); m.env.Op == op {
+			return m
 		}
+	}
+}
+
+// names returns the names in the room, each once, sorted.
+func (c *testClient) names() []string {
+	var names []string
+	for _, n := range c.members {
+		if !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+// waitPresence reads until the room's members are exactly names (sorted).
+func (c *testClient) waitPresence(names ...string) {
+	c.t.Helper()
+	for !slices.Equal(c.names(), names) {
+		c.read()
 	}
 }
 
@@ -292,16 +357,19 @@ func TestChat(t *testing.T) {
 	ana.waitPresence("Ana")
 }
 
-// Names are unique per room, ignoring case, and free again after a leave.
+// Names are unique per room, ignoring case, per person: tabs with the same
+// key share the name, anyone else is refused the room; the name is free
+// again once its holder's last connection is gone.
 func TestNameTaken(t *testing.T) {
 	_, ts := newTestServer(t, Options{})
 	ana := dial(t, ts, "lobby", "Ana", "key", "anaskey1")
 	ana.waitPresence("Ana")
 
 	for _, name := range []string{"Ana", "ANA", " ana "} {
-		_, resp, err := tryDial(ts, "lobby", name, "key", "otherkey")
-		if err == nil || resp == nil || resp.StatusCode != http.StatusConflict {
-			t.Errorf("second %q: err %v, resp %v; want 409", name, err, resp)
+		c := dial(t, ts, "lobby", name, "key", "otherkey")
+		m := c.nextOp("error")
+		if m.env.Code != "forbidden" || !strings.Contains(m.env.Message, "already called") {
+			t.Errorf("second %q: %+v, want forbidden: already called", name, m.env)
 		}
 	}
 	resp, body := get(t, ts.URL+"/api/check?room=lobby&name=ana&key=otherkey")
@@ -312,7 +380,22 @@ func TestNameTaken(t *testing.T) {
 	other := dial(t, ts, "elsewhere", "Ana") // another room: fine
 	other.waitPresence("Ana")
 
+	// Ana's second tab: the same name, counted once.
+	tab2 := dial(t, ts, "lobby", "Ana", "key", "anaskey1")
+	tab2.waitPresence("Ana")
+	if len(tab2.members) != 2 {
+		t.Errorf("members %v, want Ana's two connections", tab2.members)
+	}
 	ana.conn.Close(websocket.StatusNormalClosure, "bye")
+	tab2.say("still here")
+	if m := tab2.next("msg"); m.p.Name != "Ana" || m.p.Text != "still here" {
+		t.Fatalf("got %+v", m.p)
+	}
+	if resp, _ := get(t, ts.URL+"/api/check?room=lobby&name=Ana&key=otherkey"); resp.StatusCode != http.StatusConflict {
+		t.Errorf("name free while Ana's second tab is in: %d", resp.StatusCode)
+	}
+
+	tab2.conn.Close(websocket.StatusNormalClosure, "bye")
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		resp, _ := get(t, ts.URL+"/api/check?room=lobby&name=Ana&key=otherkey")
@@ -328,202 +411,36 @@ func TestNameTaken(t *testing.T) {
 	again.waitPresence("ana")
 }
 
-// Clients racing for one name: exactly one gets it. The other is refused
-// at the handshake (409) or, if both passed it, by the admit hook with
-// StatusNameTaken before it receives any message: no history, no presence,
-// and no leave that would free the holder's name. In the first rounds both
-// clients are held at the admit hook until both are there, so the admit hook
-// decides; in the others they race freely.
-func TestNameRace(t *testing.T) {
-	s, err := NewServer(Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var gatesMu sync.Mutex
-	gates := make(map[string]*sync.WaitGroup) // room → clients to line up at admit
-	s.admitGate = func(c *wsroom.Client) {
-		gatesMu.Lock()
-		g := gates[c.Room().Name()]
-		gatesMu.Unlock()
-		if g != nil {
-			g.Done()
-			g.Wait()
-		}
-	}
-	ts := httptest.NewServer(s)
-	t.Cleanup(ts.Close)
-	t.Cleanup(func() { s.Close() })
-
-	const gatedRounds, rounds = 10, 20
-	admitted := 0 // rounds decided by the admit hook rather than the handshake
-	defer func() { t.Logf("%d of %d rounds decided by the admit hook", admitted, rounds) }()
-	for round := range rounds {
-		room := fmt.Sprintf("race%d", round)
-		host := dial(t, ts, room, "Host")
-		host.waitPresence("Host")
-		host.say("before the race")
-		host.next("msg")
-		gated := round < gatedRounds
-		if gated {
-			g := new(sync.WaitGroup)
-			g.Add(2)
-			gatesMu.Lock()
-			gates[room] = g
-			gatesMu.Unlock()
-		}
-
-		var wg sync.WaitGroup
-		conns := make([]*websocket.Conn, 2)
-		statuses := make([]int, 2)
-		for i := range conns {
-			wg.Go(func() {
-				c, resp, err := tryDial(ts, room, "Ana", "key", fmt.Sprintf("key-of-%d", i))
-				if err == nil {
-					conns[i] = c
-				} else if resp != nil {
-					statuses[i] = resp.StatusCode
-				}
-			})
-		}
-		wg.Wait()
-		for _, c := range conns {
-			if c != nil {
-				t.Cleanup(func() { c.CloseNow() })
-			}
-		}
-
-		// Each connected client's first message, or how it was closed.
-		type first struct {
-			i    int
-			msg  message
-			code websocket.StatusCode // -1 if it got a message
-		}
-		firsts := make(chan first, 2)
-		connected := 0
-		for i, c := range conns {
-			if c == nil {
-				if statuses[i] != http.StatusConflict {
-					t.Fatalf("round %d: client %d refused with HTTP %d, want 409", round, i, statuses[i])
-				}
-				continue
-			}
-			connected++
-			go func() {
-				m, err := (&testClient{t: t, conn: c, name: "Ana"}).tryRead(5 * time.Second)
-				code := websocket.StatusCode(-1)
-				if err != nil {
-					code = websocket.CloseStatus(err)
-				}
-				firsts <- first{i: i, msg: m, code: code}
-			}()
-		}
-		switch {
-		case connected == 0:
-			t.Fatalf("round %d: both refused at the handshake", round)
-		case connected == 1 && gated:
-			t.Fatalf("round %d: one refused at the handshake although both were held at the admit hook", round)
-		case connected == 2:
-			admitted++
-		}
-
-		holder := -1
-		for range connected {
-			f := <-firsts
-			switch {
-			case f.code == StatusNameTaken && connected == 2:
-				// Refused before any message: no history, no presence.
-			case f.code == -1 && holder < 0:
-				holder = f.i
-				if f.msg.p.Type != "msg" || f.msg.p.Text != "before the race" || f.msg.env.Seq != 1 {
-					t.Fatalf("round %d: the holder's first message is %+v, want the history", round, f.msg.p)
-				}
-			case f.code == -1:
-				t.Fatalf("round %d: both clients got a message: client %d got %+v", round, f.i, f.msg.p)
-			default:
-				t.Fatalf("round %d: client %d closed with %v before any message, want %v for the loser only", round, f.i, f.code, StatusNameTaken)
-			}
-		}
-		if holder < 0 {
-			t.Fatalf("round %d: nobody holds the name", round)
-		}
-
-		// Exactly one keeps the name: the holder is in the room, once, and
-		// the loser's refusal did not free the name.
-		win := &testClient{t: t, conn: conns[holder], name: "Ana"}
-		win.waitPresence("Ana", "Host")
-		if _, resp, err := tryDial(ts, room, "ana", "key", "key-of-3"); err == nil || resp == nil || resp.StatusCode != http.StatusConflict {
-			t.Fatalf("round %d: a third Ana after the race: %v, %v; want 409", round, err, resp)
-		}
-		win.say("won")
-		sawAna := false
-		for {
-			m := host.read()
-			if m.p.Type == "presence" {
-				if !slices.Equal(m.p.Names, []string{"Ana", "Host"}) {
-					t.Fatalf("round %d: the host saw presence %v, want [Ana Host]", round, m.p.Names)
-				}
-				sawAna = true
-				continue
-			}
-			if m.p.Type != "msg" || m.p.Name != "Ana" || m.p.Text != "won" {
-				t.Fatalf("round %d: the host got %+v, want Ana's message", round, m.p)
-			}
-			break
-		}
-		if !sawAna {
-			t.Fatalf("round %d: the host got Ana's message before her presence", round)
-		}
-		conns[holder].CloseNow()
-		host.waitPresence("Host")
-		host.conn.CloseNow()
-	}
-}
-
-// A tab that reconnects with its key takes its name over from its old
-// connection, which is closed with StatusReplaced and does not free the
-// name when it goes.
-func TestSameTabTakesOver(t *testing.T) {
-	_, ts := newTestServer(t, Options{})
-	old := dial(t, ts, "lobby", "Ana", "key", "tab-key-1")
-	old.waitPresence("Ana")
-	fresh := dial(t, ts, "lobby", "Ana", "key", "tab-key-1")
-	fresh.waitPresence("Ana")
-	if code := old.closeCode(); code != StatusReplaced {
-		t.Fatalf("old connection closed with %v, want %v", code, StatusReplaced)
-	}
-	// The old connection's leave must not have freed the name.
-	if _, resp, err := tryDial(ts, "lobby", "Ana", "key", "tab-key-2"); err == nil || resp.StatusCode != http.StatusConflict {
-		t.Fatalf("another tab as Ana: %v, %v; want 409", err, resp)
-	}
-	fresh.say("still here")
-	if m := fresh.next("msg"); m.p.Text != "still here" {
-		t.Fatalf("got %+v", m.p)
-	}
-}
-
 func TestHandshakeRules(t *testing.T) {
 	_, ts := newTestServer(t, Options{Token: "s3cret"})
 	tests := []struct {
-		room, name string
-		extra      []string
-		want       int
+		name  string
+		extra []string
+		want  int
 	}{
-		{"lobby", "Ana", nil, http.StatusUnauthorized},
-		{"lobby", "Ana", []string{"token", "wrong"}, http.StatusUnauthorized},
-		{"lobby", "  ", []string{"token", "s3cret"}, http.StatusBadRequest},
-		{"lobby", strings.Repeat("n", MaxName+1), []string{"token", "s3cret"}, http.StatusBadRequest},
-		{"lobby", "Ana", []string{"token", "s3cret", "key", "short"}, http.StatusBadRequest},
-		{".hidden", "Ana", []string{"token", "s3cret"}, http.StatusBadRequest},
-		{"no%20spaces", "Ana", []string{"token", "s3cret"}, http.StatusBadRequest},
-		{"lobby", "Ana", []string{"token", "s3cret", "resume", "nonsense"}, http.StatusBadRequest},
+		{"Ana", nil, http.StatusUnauthorized},
+		{"Ana", []string{"token", "wrong"}, http.StatusUnauthorized},
+		{"  ", []string{"token", "s3cret"}, http.StatusBadRequest},
+		{strings.Repeat("n", MaxName+1), []string{"token", "s3cret"}, http.StatusBadRequest},
+		{"Ana", []string{"token", "s3cret", "key", "short"}, http.StatusBadRequest},
 	}
 	for _, tt := range tests {
-		_, resp, err := tryDial(ts, tt.room, tt.name, tt.extra...)
+		_, resp, err := tryDial(ts, tt.name, tt.extra...)
 		if err == nil || resp == nil || resp.StatusCode != tt.want {
-			t.Errorf("dial %s as %q %v: %v, %v; want %d", tt.room, tt.name, tt.extra, err, resp, tt.want)
+			t.Errorf("dial as %q %v: %v, %v; want %d", tt.name, tt.extra, err, resp, tt.want)
 		}
 	}
-	c := dial(t, ts, "lobby", "Ana", "token", "s3cret")
+	for _, room := range []string{".hidden", "no spaces"} {
+		c := dial(t, ts, room, "Ana", "token", "s3cret")
+		if m := c.nextOp("error"); m.env.Code != "bad_room" {
+			t.Errorf("join %q: %+v, want bad_room", room, m.env)
+		}
+	}
+	c := dial(t, ts, "lobby", "Ana", "token", "s3cret", "resume", "nonsense")
+	if m := c.nextOp("error"); m.env.Code != "bad_request" {
+		t.Errorf("join with a bad resume: %+v, want bad_request", m.env)
+	}
+	c = dial(t, ts, "lobby", "Ana", "token", "s3cret")
 	c.waitPresence("Ana")
 
 	checks := []struct {
@@ -576,8 +493,10 @@ func TestPages(t *testing.T) {
 		{"/r?room=no+spaces", http.StatusBadRequest, "&#34;no spaces&#34; is not a valid room name"},
 		{"/r?room=%3Cscript%3E", http.StatusBadRequest, "&#34;&lt;script&gt;&#34; is not a valid room name"},
 		{"/r?room=+lobby+", http.StatusSeeOther, ""},
-		{"/static/wsroom.js", http.StatusOK, "class WSRoom"},
-		{"/rooms/lobby", http.StatusUpgradeRequired, ""},
+		{"/static/wsroom.js", http.StatusOK, "export function connect"},
+		{"/static/chat.js", http.StatusOK, `from "./wsroom.js"`},
+		{"/static/favicon.svg", http.StatusOK, "<svg"},
+		{"/ws", http.StatusUpgradeRequired, ""},
 	}
 	for _, tt := range tests {
 		resp, err := noRedirect.Get(ts.URL + tt.path)
@@ -600,8 +519,10 @@ func TestPages(t *testing.T) {
 	}
 }
 
-// Mistakes get an error object; what is not the chat protocol closes the
-// client with 1008 (or 1007 for what is not JSON at all).
+// The server signs what pages publish with their names, trims messages, and
+// drops what is not the chat's protocol (an empty or too long message, an
+// unknown type): it gets an ack without a position, and nobody sees it.
+// What is not JSON closes the connection (1007).
 func TestMessageRules(t *testing.T) {
 	_, ts := newTestServer(t, Options{})
 	ana := dial(t, ts, "lobby", "Ana")
@@ -609,30 +530,27 @@ func TestMessageRules(t *testing.T) {
 	ben := dial(t, ts, "lobby", "Ben")
 	ben.waitPresence("Ana", "Ben")
 
-	for _, tt := range []struct{ text, want string }{
-		{"", errTextEmpty.Error()},
-		{" \n ", errTextEmpty.Error()},
-		{strings.Repeat("x", MaxText+1), errTextLong.Error()},
+	for _, data := range []any{
+		map[string]string{"type": "msg", "text": ""},
+		map[string]string{"type": "msg", "text": " \n "},
+		map[string]string{"type": "msg", "text": strings.Repeat("x", MaxText+1)},
+		map[string]string{"type": "shout", "text": "hi"},
+		map[string]any{"type": "msg", "text": 42},
+		[]int{1, 2},
+		"msg",
+		map[string]string{"type": "file", "id": "nosuchfileaaaaaaaaaaaaaaaaaaaaaa"},
 	} {
-		ana.say(tt.text)
-		if m := ana.next("error"); m.p.Error != tt.want || m.env.Seq != 0 {
-			t.Errorf("%.10q: got %+v seq %d, want error %q, not numbered", tt.text, m.p, m.env.Seq, tt.want)
+		id := ana.pub(data)
+		if m := ana.nextOp("ack"); m.env.ID != id || m.env.Seq != 0 {
+			t.Errorf("%.40v: %+v, want an ack without a position", data, m.env)
 		}
 	}
-	ana.say(strings.Repeat("é", MaxText))
-	if m := ben.next("msg"); len([]rune(m.p.Text)) != MaxText || m.env.Seq != 1 {
-		t.Errorf("Ben got %d characters as message %d; want the %d-character message, first of the room", len([]rune(m.p.Text)), m.env.Seq, MaxText)
+	ana.pub(map[string]string{"type": "msg", "name": "Mallory", "text": "  " + strings.Repeat("é", MaxText) + " "})
+	if m := ben.next("msg"); len([]rune(m.p.Text)) != MaxText || m.env.Seq != 1 || m.p.Name != "Ana" {
+		t.Errorf("Ben got %d characters from %s as message %d; want the %d-character message from Ana, first of the room",
+			len([]rune(m.p.Text)), m.p.Name, m.env.Seq, MaxText)
 	}
 
-	for _, bad := range []string{`{"type":"shout","text":"hi"}`, `[1,2]`, `{"type":"msg","text":42}`, `"msg"`} {
-		c := dial(t, ts, "lobby", "Cy")
-		c.waitPresence("Ana", "Ben", "Cy")
-		c.conn.Write(context.Background(), websocket.MessageText, []byte(bad))
-		if code := c.closeCode(); code != websocket.StatusPolicyViolation {
-			t.Errorf("%s: closed with %v, want 1008", bad, code)
-		}
-		ben.waitPresence("Ana", "Ben")
-	}
 	c := dial(t, ts, "lobby", "Cy")
 	c.waitPresence("Ana", "Ben", "Cy")
 	c.conn.Write(context.Background(), websocket.MessageText, []byte("not json"))
@@ -652,15 +570,22 @@ func TestTypingNotStored(t *testing.T) {
 	ben.waitPresence("Ana", "Ben")
 	ana.waitPresence("Ana", "Ben")
 
-	ana.send(map[string]string{"type": "typing"})
+	ana.send(map[string]any{"op": "pub", "room": "lobby", "data": map[string]string{"type": "typing"}, "ephemeral": true})
 	m := ben.next("typing")
 	if m.p.Name != "Ana" || m.env.Seq != 0 || m.env.Epoch != "" {
 		t.Fatalf("Ben got %+v %+v; want an unnumbered typing notice from Ana", m.env, m.p)
 	}
 	ana.say("done typing")
 	// Ana gets her message and nothing else: not her own typing notice.
-	if m := ana.read(); m.p.Type != "msg" {
-		t.Fatalf("Ana got %+v before her message", m.p)
+	for {
+		m := ana.read()
+		if m.env.Op != "msg" {
+			continue
+		}
+		if m.p.Type != "msg" {
+			t.Fatalf("Ana got %+v before her message", m.p)
+		}
+		break
 	}
 	ben.next("msg")
 
@@ -672,11 +597,8 @@ func TestTypingNotStored(t *testing.T) {
 		t.Fatalf("history = %v, want only the message", stored)
 	}
 	cy := dial(t, ts, "lobby", "Cy")
-	if m := cy.read(); m.p.Type != "msg" || m.p.Text != "done typing" {
+	if m := cy.nextOp("msg"); m.p.Type != "msg" || m.p.Text != "done typing" {
 		t.Fatalf("Cy's first message: %+v, want the history's message", m.p)
-	}
-	if m := cy.read(); m.p.Type != "presence" {
-		t.Fatalf("Cy's second message: %+v, want presence", m.p)
 	}
 }
 
@@ -755,7 +677,7 @@ func testUpload(t *testing.T, files FileStore) {
 	}
 
 	// Sharing: the room carries a link, never the bytes.
-	ana.send(map[string]string{"type": "file", "id": img.ID})
+	ana.pub(map[string]string{"type": "file", "id": img.ID})
 	m := ben.next("file")
 	want := payload{Type: "file", Name: "Ana", Filename: "cat.png", URL: "/files/" + img.ID, Size: MaxUpload, MIME: "image/png"}
 	if !reflect.DeepEqual(m.p, want) || m.env.Seq == 0 {
@@ -764,15 +686,12 @@ func testUpload(t *testing.T, files FileStore) {
 	if len(m.env.Data) > 512 {
 		t.Errorf("file message is %d bytes: the file went through the room", len(m.env.Data))
 	}
-	ana.send(map[string]string{"type": "file", "id": "nosuchfileaaaaaaaaaaaaaaaaaaaaaa"})
-	if m := ana.next("error"); !strings.Contains(m.p.Error, "upload it again") {
-		t.Errorf("unknown file: %+v", m.p)
-	}
+	// A file of another room is not shared.
 	other := dial(t, ts, "elsewhere", "Ana", "key", "anas-tab")
 	other.waitPresence("Ana")
-	other.send(map[string]string{"type": "file", "id": img.ID})
-	if m := other.next("error"); !strings.Contains(m.p.Error, "not in this room") {
-		t.Errorf("file of another room: %+v", m.p)
+	id := other.pub(map[string]string{"type": "file", "id": img.ID})
+	if m := other.nextOp("ack"); m.env.ID != id || m.env.Seq != 0 {
+		t.Errorf("file of another room: %+v, want an ack without a position", m.env)
 	}
 
 	// Serving: images inline, anything else a download; never sniffed.
@@ -824,7 +743,7 @@ func TestConcurrentChat(t *testing.T) {
 	for i, c := range clients {
 		wg.Go(func() {
 			for j := range m {
-				b, _ := json.Marshal(map[string]string{"type": "msg", "text": fmt.Sprintf("%d/%d", i, j)})
+				b, _ := json.Marshal(map[string]any{"op": "pub", "room": "busy", "data": map[string]string{"type": "msg", "text": fmt.Sprintf("%d/%d", i, j)}})
 				if err := c.conn.Write(context.Background(), websocket.MessageText, b); err != nil {
 					results[i].err = err
 					return
@@ -839,7 +758,7 @@ func TestConcurrentChat(t *testing.T) {
 					results[i].err = err
 					return
 				}
-				if msg.p.Type != "msg" {
+				if msg.env.Op != "msg" || msg.p.Type != "msg" {
 					continue
 				}
 				if msg.env.Seq != last+1 {
@@ -931,7 +850,7 @@ func TestPersistence(t *testing.T) {
 	_, ts2 := newTestServer(t, Options{Store: openTestDB(t, path)})
 	ben := dial(t, ts2, "lobby", "Ben")
 	for i := range 3 {
-		m := ben.read()
+		m := ben.nextOp("msg")
 		if want := fmt.Sprint("before restart ", i); m.p.Text != want || m.env.Seq != uint64(i+1) {
 			t.Fatalf("Ben's history %d: %d %q, want %d %q", i, m.env.Seq, m.p.Text, i+1, want)
 		}
@@ -939,11 +858,8 @@ func TestPersistence(t *testing.T) {
 	ben.waitPresence("Ben")
 
 	back := dial(t, ts2, "lobby", "Ana", "resume", fmt.Sprintf("%s:%d", seen.Epoch, seen.Seq))
-	if m := back.read(); m.p.Text != "before restart 2" || m.env.Seq != 3 || m.env.Epoch != seen.Epoch {
+	if m := back.nextOp("msg"); m.p.Text != "before restart 2" || m.env.Seq != 3 || m.env.Epoch != seen.Epoch {
 		t.Fatalf("Ana resumed with %d %q, want message 3 only", m.env.Seq, m.p.Text)
-	}
-	if m := back.read(); m.p.Type != "presence" {
-		t.Fatalf("after the missed message Ana got %+v, want presence", m.p)
 	}
 	back.say("after restart")
 	if m := back.next("msg"); m.env.Seq != 4 || m.env.Epoch != seen.Epoch {
@@ -960,8 +876,8 @@ func TestResumeUnknownEpoch(t *testing.T) {
 	first.say("hello")
 	first.next("msg")
 	c := dial(t, ts, "lobby", "Ben", "resume", "someotherepoch:1")
-	if code := c.closeCode(); code != wsroom.StatusResync {
-		t.Fatalf("closed with %v, want %v", code, wsroom.StatusResync)
+	if m := c.nextOp("error"); m.env.Code != "resync" {
+		t.Fatalf("got %+v, want a resync error", m.env)
 	}
 }
 
@@ -989,8 +905,60 @@ func TestShutdown(t *testing.T) {
 	if err := <-shutdown; err != nil {
 		t.Fatal(err)
 	}
-	_, resp, err := tryDial(ts, "lobby", "Ben")
+	_, resp, err := tryDial(ts, "Ben")
 	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("dial after shutdown: %v, %v; want 503", err, resp)
+	}
+}
+
+// static/wsroom.js is a copy of the JavaScript client (see generate.go).
+func TestClientCopy(t *testing.T) {
+	want, err := os.ReadFile("../../js/src/index.js")
+	if err != nil {
+		t.Fatalf("the client's source: %v", err)
+	}
+	got, err := assets.ReadFile("static/wsroom.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("static/wsroom.js differs from js/src/index.js: run go generate in examples/chat")
+	}
+}
+
+// The lobby lists the rooms open now and those with history in the Store.
+func TestRoomList(t *testing.T) {
+	store := wsroom.NewMemoryStore(0, 0)
+	_, ts := newTestServer(t, Options{Store: store, StoredRooms: func(context.Context) ([]string, error) {
+		return []string{"archive"}, nil
+	}})
+	ana := dial(t, ts, "lobby", "Ana")
+	ana.waitPresence("Ana")
+	ana.say("hello")
+	ana.next("msg")
+	quiet := dial(t, ts, "quiet", "Ana")
+	quiet.waitPresence("Ana")
+	quiet.say("anyone?")
+	quiet.next("msg")
+	quiet.conn.Close(websocket.StatusNormalClosure, "")
+	ana.conn.Close(websocket.StatusNormalClosure, "")
+
+	var rooms []roomInfo
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, body := get(t, ts.URL+"/api/rooms")
+		var r struct{ Rooms []roomInfo }
+		json.Unmarshal([]byte(body), &r)
+		rooms = r.Rooms
+		if resp.StatusCode == http.StatusOK && len(rooms) == 3 && rooms[1].Clients == 0 && rooms[2].Clients == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("rooms: %d %s", resp.StatusCode, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if names := []string{rooms[0].Name, rooms[1].Name, rooms[2].Name}; !slices.Equal(names, []string{"archive", "lobby", "quiet"}) {
+		t.Fatalf("rooms %v, want archive, lobby, quiet", rooms)
 	}
 }

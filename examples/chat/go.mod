@@ -6,9 +6,26 @@ require (
 	github.com/chromedp/cdproto v0.159.0
 	github.com/chromedp/chromedp v0.23.0
 	github.com/coder/websocket v1.8.15
+	github.com/jackc/pgx/v5 v5.12.0
+	github.com/nats-io/nats.go v1.55.0
+	github.com/redis/go-redis/v9 v9.23.0
 	github.com/wsroom/wsroom v0.1.0
 	github.com/wsroom/wsroom/sqlstore v0.0.0-00010101000000-000000000000
 	modernc.org/sqlite v1.62.0
+)
+
+require (
+	github.com/cespare/xxhash/v2 v2.3.0 // indirect
+	github.com/jackc/pgpassfile v1.0.0 // indirect
+	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
+	github.com/jackc/puddle/v2 v2.2.3 // indirect
+	github.com/klauspost/compress v1.20.0 // indirect
+	github.com/nats-io/nkeys v0.4.16 // indirect
+	github.com/nats-io/nuid v1.0.1 // indirect
+	go.uber.org/atomic v1.12.0 // indirect
+	golang.org/x/crypto v0.57.0 // indirect
+	golang.org/x/sync v0.24.0 // indirect
+	golang.org/x/text v0.42.0 // indirect
 )
 
 require (
@@ -18,12 +35,24 @@ require (
 	github.com/mattn/go-isatty v0.0.24 // indirect
 	github.com/ncruces/go-strftime v1.1.0 // indirect
 	github.com/remyoudompheng/bigfft v0.0.0-20230129092748-24d4a6f8daec // indirect
+	github.com/wsroom/wsroom/natsbroker v0.0.0-00010101000000-000000000000
+	github.com/wsroom/wsroom/redisbroker v0.0.0-00010101000000-000000000000
 	golang.org/x/sys v0.49.0 // indirect
 	modernc.org/libc v1.80.1 // indirect
 	modernc.org/mathutil v1.7.1 // indirect
 	modernc.org/memory v1.12.1 // indirect
 )
 
-// Until sqlstore has a release that requires a released core, the demo
-// builds with the sqlstore of this tree; see RELEASING.md.
-replace github.com/wsroom/wsroom/sqlstore => ../../sqlstore
+// The demo shows the connections of many rooms (Registry.MuxHandler), which
+// no released core has yet. It is never released itself, so it builds with
+// the core of this tree, as js/test/server does; drop this replace once the
+// core's pin (release-pins.txt) is a version with MuxHandler.
+replace github.com/wsroom/wsroom => ../..
+
+// Until the adapters have a release that requires a released core, the
+// demo builds with the adapters of this tree; see RELEASING.md.
+replace (
+	github.com/wsroom/wsroom/natsbroker => ../../natsbroker
+	github.com/wsroom/wsroom/redisbroker => ../../redisbroker
+	github.com/wsroom/wsroom/sqlstore => ../../sqlstore
+)

@@ -19,11 +19,17 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 	"time"
 
+	_ "github.com/jackc/pgx/v5/stdlib" // PostgreSQL driver "pgx"
+	"github.com/nats-io/nats.go"
+	"github.com/redis/go-redis/v9"
 	_ "modernc.org/sqlite" // SQLite driver "sqlite", pure Go
 
+	"github.com/wsroom/wsroom/natsbroker"
+	"github.com/wsroom/wsroom/redisbroker"
 	"github.com/wsroom/wsroom/sqlstore"
 )
 
@@ -38,6 +44,9 @@ func run() error {
 	addr := flag.String("addr", "localhost:8800", "address to listen on")
 	token := flag.String("token", os.Getenv("CHAT_TOKEN"), "shared token required to join (default $CHAT_TOKEN; empty: anyone may join)")
 	dbPath := flag.String("db", "chat.db", "SQLite file for the history; empty keeps history in memory only")
+	pgDSN := flag.String("postgres", "", "PostgreSQL URL for the history, instead of -db (postgres://user@host/db)")
+	redisAddr := flag.String("redis", "", "Redis address (host:port): run as one node of many, with history and presence in Redis")
+	natsURL := flag.String("nats", "", "NATS URL (nats://host:4222): run as one node of many, with history and presence in JetStream")
 	filesDir := flag.String("files", "chat-files", "directory for shared files; empty keeps them in memory (at most 64 MiB, oldest dropped first)")
 	verbose := flag.Bool("v", false, "log joins, leaves and errors of every client")
 	flag.Parse()
@@ -52,17 +61,54 @@ func run() error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
 	opts := Options{Token: *token, Logger: logger}
-	if *dbPath != "" {
-		db, err := openDB(*dbPath)
+	history := "in memory"
+	switch {
+	case *redisAddr != "" && *natsURL != "":
+		return errors.New("use -redis or -nats, not both")
+	case *redisAddr != "":
+		client := redis.NewClient(&redis.Options{Addr: *redisAddr})
+		defer client.Close()
+		if err := client.Ping(ctx).Err(); err != nil {
+			return fmt.Errorf("redis %s: %w", *redisAddr, err)
+		}
+		b := redisbroker.New(client, redisbroker.WithHistoryLimit(1000), redisbroker.WithLogger(logger))
+		defer b.Close()
+		opts.Broker = b
+		opts.StoredRooms, opts.RoomUsed = redisRooms(client, "wsroom-chat:rooms")
+		history = "in Redis " + *redisAddr
+	case *natsURL != "":
+		nc, err := nats.Connect(*natsURL, nats.MaxReconnects(-1))
+		if err != nil {
+			return fmt.Errorf("nats %s: %w", *natsURL, err)
+		}
+		defer nc.Close()
+		b, err := natsbroker.New(ctx, nc, natsbroker.WithHistoryLimit(1000))
+		if err != nil {
+			return fmt.Errorf("nats %s: %w", *natsURL, err)
+		}
+		defer b.Close()
+		opts.Broker = b
+		history = "in NATS " + *natsURL
+	case *pgDSN != "" || *dbPath != "":
+		var db *sql.DB
+		var err error
+		if *pgDSN != "" {
+			db, err = sql.Open("pgx", *pgDSN)
+			history = "in PostgreSQL"
+		} else {
+			db, err = openDB(*dbPath)
+			history = "in " + *dbPath
+		}
 		if err != nil {
 			return err
 		}
 		defer db.Close()
 		store, err := sqlstore.New(ctx, db, sqlstore.WithHistoryLimit(1000))
 		if err != nil {
-			return fmt.Errorf("open history %s: %w", *dbPath, err)
+			return fmt.Errorf("open history %s: %w", history, err)
 		}
 		opts.Store = store
+		opts.StoredRooms = storedRooms(db)
 	}
 	if *filesDir != "" {
 		files, err := newDiskFiles(*filesDir)
@@ -87,10 +133,6 @@ func run() error {
 		WriteTimeout:      time.Minute,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-	}
-	history := "in memory"
-	if *dbPath != "" {
-		history = "in " + *dbPath
 	}
 	logger.Info("chat: listening", "url", "http://"+ln.Addr().String(), "history", history, "token", *token != "")
 
@@ -119,7 +161,7 @@ func run() error {
 	return err
 }
 
-// openDB opens the SQLite history file, with WAL and a busy timeout as
+// openDB opens a SQLite history file, with WAL and a busy timeout as
 // sqlstore recommends.
 func openDB(path string) (*sql.DB, error) {
 	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)")
@@ -127,4 +169,37 @@ func openDB(path string) (*sql.DB, error) {
 		return nil, fmt.Errorf("open history %s: %w", path, err)
 	}
 	return db, nil
+}
+
+// storedRooms lists the rooms with history in sqlstore's tables.
+func storedRooms(db *sql.DB) func(context.Context) ([]string, error) {
+	return func(ctx context.Context) ([]string, error) {
+		rows, err := db.QueryContext(ctx, "SELECT room FROM "+sqlstore.DefaultTablePrefix+"rooms ORDER BY room LIMIT 200")
+		if err != nil {
+			return nil, err
+		}
+		defer rows.Close()
+		var names []string
+		for rows.Next() {
+			var name string
+			if err := rows.Scan(&name); err != nil {
+				return nil, err
+			}
+			names = append(names, name)
+		}
+		return names, rows.Err()
+	}
+}
+
+// redisRooms keeps the names of the rooms with history in a Redis set.
+func redisRooms(client redis.UniversalClient, key string) (list func(context.Context) ([]string, error), add func(context.Context, string) error) {
+	list = func(ctx context.Context) ([]string, error) {
+		names, err := client.SRandMemberN(ctx, key, 200).Result()
+		slices.Sort(names)
+		return names, err
+	}
+	add = func(ctx context.Context, room string) error {
+		return client.SAdd(ctx, key, room).Err()
+	}
+	return list, add
 }
