@@ -238,11 +238,6 @@ func (c *Client) joinRoom(ctx context.Context, name string, req *request) error 
 		if req.Last < 0 {
 			return protoErr(codeBadRequest, "wsroom: last must not be negative")
 		}
-		if g.cfg.joinCheck != nil {
-			if err := g.hook(c, "join check", func() error { return g.cfg.joinCheck(c, name) }); err != nil {
-				return protoErr(codeForbidden, "%v", err)
-			}
-		}
 	}
 	// Take the name, so that a second join of it waits for nothing.
 	mem := &membership{replaying: true}
@@ -264,6 +259,12 @@ func (c *Client) joinRoom(ctx context.Context, name string, req *request) error 
 		c.mu.Lock()
 		delete(c.mux.byName, name)
 		c.mu.Unlock()
+	}
+	if req != nil && g.cfg.joinCheck != nil {
+		if err := g.hook(c, "join check", func() error { return g.cfg.joinCheck(c, name) }); err != nil {
+			untake()
+			return protoErr(codeForbidden, "%v", err)
+		}
 	}
 	r, err := g.acquire(name)
 	if err != nil {

@@ -435,8 +435,11 @@ func WithMaxRooms(n int) Option {
 // (see Registry.MuxHandler) may join the room called room: a non-nil error
 // refuses the join with the error code "forbidden" and the error's text.
 // It runs on the client's reading goroutine, for joins the client asks
-// for, not for Client.Join. Default: none, every join is allowed. Registry
-// only.
+// for, not for Client.Join, after the connection's own checks (the name,
+// the number of rooms); the join may still fail after it (the room is not
+// available), so it should claim nothing: claim in WithOnRoomJoin and
+// release in WithOnRoomLeave. Default: none, every join is allowed.
+// Registry only.
 func WithJoinCheck(fn func(c *Client, room string) error) Option {
 	return func(cfg *config) { cfg.joinCheck = fn }
 }

@@ -12,8 +12,6 @@
 
 const PROTOCOL = "wsroom.v1";
 const STATUS_RESYNC = 4000;
-// The largest "last" the server honours; a room that was empty when joined
-// is rejoined with it (see Client#_join).
 
 /** The error a request is rejected with; code is the protocol's error code
  * or one of the client's: "offline", "disconnected", "left", "closed". */
