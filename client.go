@@ -185,6 +185,7 @@ var ErrPongTimeout = errors.New("wsroom: no pong in time")
 func (c *Client) serve() {
 	r := c.room
 	defer r.release()
+	defer c.discardQueue() // if it ends before it joined
 	if r.cfg.admit != nil {
 		if err := r.hook(c, "admit", func() error { return r.cfg.admit(c) }); err != nil {
 			code, reason := websocket.StatusPolicyViolation, err.Error()
@@ -262,6 +263,7 @@ func (c *Client) serve() {
 	reason := c.closeReq.err
 	c.mu.Unlock()
 	c.wg.Wait()
+	c.discardQueue()
 	r.leave(c)
 
 	if reason == nil {
