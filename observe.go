@@ -23,7 +23,8 @@ type Observer interface {
 	// single P, written) one message to the clients it is for.
 	Fanout(FanoutEvent)
 	// Write is called by a client's writer each time it has written a
-	// batch of frames to the connection.
+	// batch of frames to the connection, before the batch is counted in
+	// Stats.MessagesOut.
 	Write(WriteEvent)
 }
 

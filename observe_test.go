@@ -74,8 +74,13 @@ func TestObserverSeesFanoutsAndWrites(t *testing.T) {
 			}
 		}
 	}
+	// The loop observes a fan-out once it has queued the message to every
+	// client, maybe after they read it.
+	waitUntil(t, "4 fan-outs and 12 live frames observed", func() bool {
+		fanouts, _, live, _ := rec.totals()
+		return len(fanouts) == 4 && live == 12
+	})
 	elapsed := time.Since(start)
-	waitUntil(t, "12 live frames observed", func() bool { _, _, live, _ := rec.totals(); return live == 12 })
 	fanouts, frames, _, bytes := rec.totals()
 	if len(fanouts) != 4 {
 		t.Errorf("%d fan-outs observed, want 4", len(fanouts))

@@ -188,8 +188,6 @@ func (c *Client) writeNow(f outFrame) (tryResult, error) {
 		return res, err
 	}
 	f.sent()
-	c.stats.messagesOut.Add(1)
-	c.stats.bytesOut.Add(uint64(n))
 	if c.cfg.observer != nil {
 		live := 0
 		if f.pub != 0 {
@@ -197,6 +195,8 @@ func (c *Client) writeNow(f outFrame) (tryResult, error) {
 		}
 		c.observeWrite(1, n, live, f.pub, f.mem)
 	}
+	c.stats.messagesOut.Add(1)
+	c.stats.bytesOut.Add(uint64(n))
 	return res, nil
 }
 
@@ -395,8 +395,6 @@ func (c *Client) write(batch []outFrame, partial bool) error {
 	if err != nil {
 		return err
 	}
-	c.stats.messagesOut.Add(uint64(n))
-	c.stats.bytesOut.Add(bytes)
 	if c.cfg.observer != nil && n > 0 {
 		var pub int64
 		var mem *membership
@@ -405,6 +403,9 @@ func (c *Client) write(batch []outFrame, partial bool) error {
 		}
 		c.observeWrite(n, int(bytes), live, pub, mem)
 	}
+	// Counted after the observer saw the write: Stats is the later news.
+	c.stats.messagesOut.Add(uint64(n))
+	c.stats.bytesOut.Add(bytes)
 	return nil
 }
 
