@@ -302,7 +302,9 @@ func (m *Metrics) collect(_ context.Context, o metric.Observer) error {
 		sources = append(sources, source{g, g.Stats, series{source: "mux"}})
 		for _, r := range g.Rooms() {
 			seen[r] = true
-			m.rooms[r] = m.rooms[r] // remembered, to read once more when it goes
+			if _, ok := m.rooms[r]; !ok {
+				m.rooms[r] = false // remembered, to read once more when it goes
+			}
 		}
 	}
 	for r, given := range m.rooms {

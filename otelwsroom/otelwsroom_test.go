@@ -227,7 +227,14 @@ func TestMetricsAfterTraffic(t *testing.T) {
 		return statsOf(t, s.reg, "a").MessagesOut == 2 && statsOf(t, s.reg, "b").MessagesOut == 3 && statsOf(t, s.reg, "c").Leaves == 1
 	})
 
-	got := collect(t, reader)
+	// The loop observes a fan-out once it has queued the message, maybe
+	// after the clients read it.
+	var got *collected
+	waitUntil(t, "every fan-out observed", func() bool {
+		got = collect(t, reader)
+		n, _ := got.histogram("wsroom.fanout.duration")
+		return n == 4
+	})
 	for _, tt := range []struct {
 		name  string
 		attrs []attribute.KeyValue
