@@ -27,10 +27,25 @@ import (
 // allocations per delivery. The clients run in the same process, so the
 // figures include the cost of reading on the client side. At most 64
 // messages per client are in flight, so no client is ever evicted.
-func BenchmarkBroadcast(b *testing.B) {
+func BenchmarkBroadcast(b *testing.B) { benchBroadcast(b) }
+
+// BenchmarkBroadcastObserved is BenchmarkBroadcast with an Observer that
+// counts the events, for the cost of observing.
+func BenchmarkBroadcastObserved(b *testing.B) {
+	benchBroadcast(b, wsroom.WithObserver(&countObserver{}))
+}
+
+// countObserver counts fan-outs and written frames, as cheaply as a metrics
+// library's instruments.
+type countObserver struct{ fanouts, frames atomic.Int64 }
+
+func (o *countObserver) Fanout(wsroom.FanoutEvent) { o.fanouts.Add(1) }
+func (o *countObserver) Write(e wsroom.WriteEvent) { o.frames.Add(int64(e.Frames)) }
+
+func benchBroadcast(b *testing.B, opts ...wsroom.Option) {
 	for _, n := range []int{1, 100, 1000} {
 		b.Run(fmt.Sprintf("clients=%d", n), func(b *testing.B) {
-			room := wsroom.New(wsroom.WithPing(0, 0))
+			room := wsroom.New(append([]wsroom.Option{wsroom.WithPing(0, 0)}, opts...)...)
 			srv := httptest.NewServer(room.Handler())
 			defer srv.Close()
 			defer room.Close()

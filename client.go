@@ -216,6 +216,7 @@ var ErrPongTimeout = errors.New("wsroom: no pong in time")
 func (c *Client) serve() {
 	r := c.room
 	defer r.release()
+	defer c.discardQueue() // if it ends before it joined
 	if !c.admit() {
 		return
 	}
@@ -284,6 +285,7 @@ func (c *Client) serve() {
 	reason := c.closeReq.err
 	c.mu.Unlock()
 	c.wg.Wait()
+	c.discardQueue()
 	r.leave(c)
 
 	if reason == nil {

@@ -231,6 +231,15 @@ func (l *loop) resync(now position, known, fromStart bool, err error) {
 func (l *loop) fanout(m Message) {
 	r := l.r
 	fs := outFrames{r: r, m: m}
+	obs := r.cfg.observer
+	var start time.Time
+	if obs != nil {
+		start = time.Now()
+		if !m.Time.IsZero() {
+			fs.pub = m.Time.UnixNano()
+		}
+	}
+	n := 0
 	// On a single P, with no other message waiting, the loop writes to idle
 	// clients itself, saving a goroutine switch per delivery. With more Ps
 	// the writers spread the system calls over the cores, and under load
@@ -241,9 +250,13 @@ func (l *loop) fanout(m Message) {
 			continue
 		}
 		c.deliver(&fs, inline)
+		n++
 	}
 	if fs.err != nil {
 		r.reportAsync(nil, fs.err)
+	}
+	if obs != nil {
+		obs.Fanout(FanoutEvent{Room: r.name, Clients: n, Duration: time.Since(start)})
 	}
 }
 
@@ -254,6 +267,7 @@ type outFrames struct {
 	m          Message
 	codec, mux []byte
 	err        error // the first encoding error
+	pub        int64 // m.Time in Unix ns, with an Observer; else 0
 }
 
 // frame returns the frame for clients of the room's codec or, if mux, of
@@ -283,7 +297,7 @@ func (fs *outFrames) frame(mux bool) (f outFrame, ok bool) {
 	if len(*p) == 0 {
 		return outFrame{}, false
 	}
-	return outFrame{seq: fs.m.Seq, epoch: fs.m.Epoch, data: *p}, true
+	return outFrame{seq: fs.m.Seq, epoch: fs.m.Epoch, data: *p, pub: fs.pub}, true
 }
 
 // codecFrame returns the frame of m for clients of the room's codec.

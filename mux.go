@@ -77,6 +77,7 @@ func (g *Registry) MuxHandler() http.Handler {
 func (c *Client) serveMux() {
 	g := c.mux.g
 	defer g.removeConn(c)
+	defer c.discardQueue() // if it ends before it started
 	cfg := c.cfg
 	if !c.admit() {
 		return
@@ -104,6 +105,7 @@ func (c *Client) serveMux() {
 	mems := slices.Collect(maps.Values(c.mux.rooms))
 	c.mu.Unlock()
 	c.wg.Wait()
+	c.discardQueue()
 	for _, mem := range mems {
 		c.leaveRoomFor(mem, "", "", "disconnected")
 	}
@@ -361,6 +363,7 @@ func (c *Client) joinRoom(ctx context.Context, name string, req *request) error 
 	mem.held = nil
 	if c.closeReq == nil {
 		c.queue = append(c.queueOrNew(), held...)
+		c.stats.queued.Add(int64(len(held)))
 		c.startWriterLocked()
 	}
 	c.mu.Unlock()
@@ -383,6 +386,7 @@ func (c *Client) sendHistory(batch []outFrame) error {
 	default:
 	}
 	c.queue = append(c.queueOrNew(), batch...)
+	c.stats.queued.Add(int64(len(batch)))
 	c.startWriterLocked()
 	c.mu.Unlock()
 	select {

@@ -88,6 +88,7 @@ type config struct {
 	rateBurst    int
 	ratePolicy   RatePolicy
 	logger       *slog.Logger
+	observer     Observer
 	store        Store
 	broker       Broker
 	history      int

@@ -256,8 +256,8 @@ func (g *Registry) hook(c *Client, name string, fn func() error) error {
 
 // Stats returns the counters of the registry's connections of many rooms
 // (see MuxHandler): connections, not rooms, in Joins, Leaves and Clients;
-// their messages in and out, and how they were closed. Each Room's Stats
-// count its own messages and members.
+// their messages in and out, the frames in their queues (Queued), and how
+// they were closed. Each Room's Stats count its own messages and members.
 func (g *Registry) Stats() Stats {
 	s := g.stats.snapshot()
 	g.mu.Lock()

@@ -5,6 +5,7 @@ import "sync/atomic"
 // Stats is a snapshot of a room's counters on this node, since it was made.
 type Stats struct {
 	Clients     int    // clients now
+	Queued      int    // frames waiting in clients' queues now, for their writers
 	Joins       uint64 // clients that joined
 	Leaves      uint64 // clients that left
 	MessagesIn  uint64 // messages read from clients
@@ -35,6 +36,7 @@ type counters struct {
 	replayed, resyncs, dropped, throttled, errors             atomic.Uint64
 	closedSlow, closedRate, closedInvalid, closedPing         atomic.Uint64
 	overflow, publishRetries, closedWrite, closedUnavailable  atomic.Uint64
+	queued                                                    atomic.Int64 // a gauge
 }
 
 // Stats returns a snapshot of the room's counters. It is cheap: a few atomic
@@ -66,5 +68,6 @@ func (s *counters) snapshot() Stats {
 		ClosedRetry:     s.closedUnavailable.Load(),
 		Overflow:        s.overflow.Load(),
 		PublishRetries:  s.publishRetries.Load(),
+		Queued:          int(s.queued.Load()),
 	}
 }

@@ -60,9 +60,9 @@ func TestSlowClientPolicies(t *testing.T) {
 		wantCode  websocket.StatusCode
 		wantStats wsroom.Stats
 	}{
-		{wsroom.CloseSlow, []string{"m1"}, websocket.StatusPolicyViolation, wsroom.Stats{ClosedSlow: 1}},
-		{wsroom.DropOldest, []string{"m1", "m5", "m6"}, websocket.StatusGoingAway, wsroom.Stats{Dropped: 3}},
-		{wsroom.DropNewest, []string{"m1", "m2", "m3"}, websocket.StatusGoingAway, wsroom.Stats{Dropped: 3}},
+		{wsroom.CloseSlow, []string{"m1"}, websocket.StatusPolicyViolation, wsroom.Stats{ClosedSlow: 1, Queued: 2}},
+		{wsroom.DropOldest, []string{"m1", "m5", "m6"}, websocket.StatusGoingAway, wsroom.Stats{Dropped: 3, Queued: 2}},
+		{wsroom.DropNewest, []string{"m1", "m2", "m3"}, websocket.StatusGoingAway, wsroom.Stats{Dropped: 3, Queued: 2}},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprint(tt.policy), func(t *testing.T) {
@@ -85,7 +85,7 @@ func TestSlowClientPolicies(t *testing.T) {
 				}
 
 				got := room.Stats()
-				if diff := cmp.Diff(tt.wantStats, got, cmpStats("ClosedSlow", "Dropped")); diff != "" {
+				if diff := cmp.Diff(tt.wantStats, got, cmpStats("ClosedSlow", "Dropped", "Queued")); diff != "" {
 					t.Errorf("Stats (-want +got):\n%s", diff)
 				}
 				go room.Shutdown(context.Background())
@@ -98,6 +98,10 @@ func TestSlowClientPolicies(t *testing.T) {
 				}
 				if diff := cmp.Diff([]string{"m1", "m2", "m3", "m4", "m5", "m6"}, <-healthyGot); diff != "" {
 					t.Errorf("healthy client received (-want +got):\n%s", diff)
+				}
+				synctest.Wait()
+				if q := room.Stats().Queued; q != 0 {
+					t.Errorf("Stats().Queued = %d after the shutdown, want 0", q)
 				}
 			})
 		})

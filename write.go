@@ -19,6 +19,7 @@ type outFrame struct {
 	epoch string
 	data  []byte
 	mem   *membership // the room the message is of, for numbered messages
+	pub   int64       // when a live message was published (Unix ns), with an Observer; else 0
 }
 
 type closeMode int
@@ -87,12 +88,23 @@ func (c *Client) enqueue(f outFrame, inline bool) bool {
 		}
 	}
 	defer c.mu.Unlock()
+	n := len(c.queue)
 	if !c.roomLocked(&c.queue) {
 		return false
 	}
 	c.queue = append(c.queueOrNew(), f)
+	c.stats.queued.Add(int64(len(c.queue) - n)) // 0 if the oldest was dropped
 	c.startWriterLocked()
 	return true
+}
+
+// discardQueue forgets what is left in the queue of a client that has
+// ended, once no writer runs.
+func (c *Client) discardQueue() {
+	c.mu.Lock()
+	c.stats.queued.Add(-int64(len(c.queue)))
+	c.queue = nil
+	c.mu.Unlock()
 }
 
 // roomLocked makes room for one more frame in *q, by the slow-client
@@ -176,6 +188,13 @@ func (c *Client) writeNow(f outFrame) (tryResult, error) {
 		return res, err
 	}
 	f.sent()
+	if c.cfg.observer != nil {
+		live := 0
+		if f.pub != 0 {
+			live = 1
+		}
+		c.observeWrite(1, n, live, f.pub, f.mem)
+	}
 	c.stats.messagesOut.Add(1)
 	c.stats.bytesOut.Add(uint64(n))
 	return res, nil
@@ -255,6 +274,9 @@ func (c *Client) writeLoop() {
 		c.mu.Lock()
 		batch, req, partial := c.queue, c.closeReq, c.partial
 		c.queue, c.partial = nil, false
+		if len(batch) > 0 {
+			c.stats.queued.Add(-int64(len(batch)))
+		}
 		if len(batch) == 0 && req == nil && !partial {
 			c.writing = false
 			c.mu.Unlock()
@@ -353,6 +375,8 @@ func (c *Client) write(batch []outFrame, partial bool) error {
 	iovp := iovPool.Get().(*net.Buffers)
 	iov := (*iovp)[:0]
 	var bytes uint64
+	var live int
+	var oldest *outFrame // the first live frame, with an Observer
 	for i := range batch {
 		f := &batch[i]
 		if f.has() {
@@ -361,6 +385,12 @@ func (c *Client) write(batch []outFrame, partial bool) error {
 		f.sent()
 		iov = append(iov, f.data)
 		bytes += uint64(len(f.data))
+		if f.pub != 0 {
+			if live == 0 {
+				oldest = f
+			}
+			live++
+		}
 	}
 	n := len(iov)
 	var err error
@@ -381,6 +411,15 @@ func (c *Client) write(batch []outFrame, partial bool) error {
 	if err != nil {
 		return err
 	}
+	if c.cfg.observer != nil && n > 0 {
+		var pub int64
+		var mem *membership
+		if oldest != nil {
+			pub, mem = oldest.pub, oldest.mem
+		}
+		c.observeWrite(n, int(bytes), live, pub, mem)
+	}
+	// Counted after the observer saw the write: Stats is the later news.
 	c.stats.messagesOut.Add(uint64(n))
 	c.stats.bytesOut.Add(bytes)
 	return nil
