@@ -7,6 +7,6 @@ go 1.26.0
 
 replace github.com/wsroom/wsroom => ../../..
 
-require github.com/wsroom/wsroom v0.1.0
+require github.com/wsroom/wsroom v0.2.0
 
 require github.com/coder/websocket v1.8.15 // indirect
