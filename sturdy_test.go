@@ -117,6 +117,18 @@ func TestTextRoomsRefuseInvalidUTF8(t *testing.T) {
 	})
 }
 
+// failingCodec cannot encode "fail".
+type failingCodec struct{}
+
+func (failingCodec) MessageType() websocket.MessageType { return websocket.MessageText }
+func (failingCodec) Decode(b []byte) ([]byte, error)    { return b, nil }
+func (failingCodec) Encode(m wsroom.Message) ([]byte, error) {
+	if string(m.Data) == "fail" {
+		return nil, errors.New("cannot encode")
+	}
+	return m.Data, nil
+}
+
 // badTextCodec turns "poison" into invalid UTF-8.
 type badTextCodec struct{}
 
@@ -308,10 +320,10 @@ func (b *slowSubscriber) Subscribe(ctx context.Context, room string, deliver fun
 func TestLoopWaitsForNoHookOrStore(t *testing.T) {
 	t.Run("error hook", func(t *testing.T) {
 		block := make(chan struct{})
-		f := newFixture(t, wsroom.WithCodec(badTextCodec{}), wsroom.WithOnError(func(*wsroom.Client, error) { <-block }))
+		f := newFixture(t, wsroom.WithCodec(failingCodec{}), wsroom.WithOnError(func(*wsroom.Client, error) { <-block }))
 		defer close(block)
 		c := f.dial(t, "")
-		publishAll(t, f.room, "poison", "after")
+		publishAll(t, f.room, "fail", "after") // "fail" cannot be encoded: the loop meets an error
 		if got := read(t, c); got != "after" {
 			t.Errorf("client got %q, want \"after\" while the error hook blocks", got)
 		}
@@ -322,6 +334,10 @@ func TestLoopWaitsForNoHookOrStore(t *testing.T) {
 		f := newFixture(t, wsroom.WithStore(store), wsroom.WithBroker(b))
 		defer close(store.release)
 		c := f.dial(t, "")
+		publishAll(t, f.room, "first")
+		if got := read(t, c); got != "first" {
+			t.Fatalf("got %q, want first", got)
+		}
 		store.blocking.Store(true)
 		b.reconnected() // the room catches up: its store read blocks
 		waitUntil(t, "the catch-up read started", func() bool { return store.blocked.Load() })
@@ -345,6 +361,9 @@ func TestLoopWaitsForNoHookOrStore(t *testing.T) {
 				t.Fatalf("client got %q, want \"live\"", got)
 			}
 		}
+		if store.inside.Load() == 0 {
+			t.Errorf("the room served the join and the message only once its store read had ended")
+		}
 	})
 }
 
@@ -352,12 +371,15 @@ func TestLoopWaitsForNoHookOrStore(t *testing.T) {
 type blockingStore struct {
 	*wsroom.MemoryStore
 	blocking, blocked atomic.Bool
+	inside            atomic.Int32 // reads blocked now
 	release           chan struct{}
 }
 
 func (s *blockingStore) After(ctx context.Context, room, epoch string, seq uint64, limit int) ([]wsroom.Message, error) {
 	if s.blocking.Load() {
 		s.blocked.Store(true)
+		s.inside.Add(1)
+		defer s.inside.Add(-1)
 		select {
 		case <-s.release:
 		case <-ctx.Done():
