@@ -181,6 +181,10 @@ func TestMuxResumeEachRoom(t *testing.T) {
 		pos[room] = fmt.Sprintf("%s:%d", m.Epoch, m.Seq)
 	}
 	c.CloseNow()
+	for _, name := range []string{"a", "b", "c"} {
+		r, _ := f.reg.Room(name)
+		waitUntil(t, "the closed connection left room "+name, func() bool { return r.Len() == 0 })
+	}
 	for _, room := range []string{"a", "b", "c"} {
 		for i := 2; i <= 3; i++ {
 			f.reg.Publish(t.Context(), room, fmt.Appendf(nil, "%d", i))

@@ -331,7 +331,8 @@ func TestLoopWaitsForNoHookOrStore(t *testing.T) {
 	t.Run("store read", func(t *testing.T) {
 		store := &blockingStore{MemoryStore: wsroom.NewMemoryStore(0, 0), release: make(chan struct{})}
 		b := &lossyBroker{LocalBroker: wsroom.NewLocalBroker(store)}
-		f := newFixture(t, wsroom.WithStore(store), wsroom.WithBroker(b))
+		// A buffer for the ephemeral messages a newcomer may still get.
+		f := newFixture(t, wsroom.WithStore(store), wsroom.WithBroker(b), wsroom.WithSendBuffer(4096))
 		defer close(store.release)
 		c := f.dial(t, "")
 		publishAll(t, f.room, "first")
