@@ -12,10 +12,15 @@
 //	floor -n 10000 -d 10s              # both processes, writer on CPU 0, reader on CPU 1
 //	floor -n 10000 -d 10s -rate 50k    # rounds paced at 50,000 writes/s (5 rounds of 10,000 per second)
 //	floor -n 10000 -d 10s -perf        # the writer under perf stat -e task-clock as a cross-check
+//	floor -n 10000 -d 10s -raw         # RawSyscall: Go's runtime stays out of the way
 //
 // The writer reports its user and system time (getrusage, and utime/stime
 // of /proc/self/stat as a cross-check) over the write loop, divided by the
-// writes, and writes/s. The reader reports the bytes it received; all of
+// writes, and writes/s. The process figure (RUSAGE_SELF) includes the
+// Go runtime's other threads, which are pinned to the same CPU: with
+// syscall.Write the goroutine is in a system call nearly all the time and
+// sysmon wakes often; the thread figure (RUSAGE_THREAD) is the writing
+// thread alone. -raw uses RawSyscall, which the runtime does not track. The reader reports the bytes it received; all of
 // them must arrive (66 × writes).
 //
 // -rate 0 (the default) writes as fast as one core allows; a rate paces
@@ -39,6 +44,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/wsroom/wsroom/bench/internal/load"
 )
@@ -53,6 +59,7 @@ func main() {
 		writerCPU = flag.String("writer-cpu", "0", "CPU list for the writer (taskset -c)")
 		readerCPU = flag.String("reader-cpu", "1", "CPU list for the reader (taskset -c)")
 		usePerf   = flag.Bool("perf", false, "run the writer under perf stat -e task-clock,context-switches")
+		raw       = flag.Bool("raw", false, "write with syscall.RawSyscall: no entersyscall/exitsyscall, so Go's sysmon does not see a goroutine in a system call")
 	)
 	flag.Parse()
 	log.SetFlags(0)
@@ -69,10 +76,10 @@ func main() {
 	}
 	switch *role {
 	case "both":
-		both(*n, *dur, *rate, ap, *writerCPU, *readerCPU, *usePerf)
+		both(*n, *dur, *rate, ap, *writerCPU, *readerCPU, *usePerf, *raw)
 	case "write":
 		log.SetPrefix("writer: ")
-		writer(*n, *dur, r, ap)
+		writer(*n, *dur, r, ap, *raw)
 	case "read":
 		log.SetPrefix("reader: ")
 		reader(*n, ap)
@@ -99,7 +106,7 @@ func parseRate(s string) (float64, error) {
 // both starts the writer pinned to one CPU, reads the port it listens on
 // from its first line, then the reader pinned to another, and relays what
 // both print.
-func both(n int, dur time.Duration, rate string, ap netip.AddrPort, wcpu, rcpu string, usePerf bool) {
+func both(n int, dur time.Duration, rate string, ap netip.AddrPort, wcpu, rcpu string, usePerf, raw bool) {
 	self, err := os.Executable()
 	if err != nil {
 		log.Fatal(err)
@@ -109,6 +116,9 @@ func both(n int, dur time.Duration, rate string, ap netip.AddrPort, wcpu, rcpu s
 		wargs = append(wargs, "perf", "stat", "-e", "task-clock,context-switches,cpu-migrations")
 	}
 	wargs = append(wargs, self, "-role", "write", "-n", strconv.Itoa(n), "-d", dur.String(), "-rate", rate, "-addr", ap.String())
+	if raw {
+		wargs = append(wargs, "-raw")
+	}
 	w := exec.Command(wargs[0], wargs[1:]...)
 	w.Stderr = os.Stderr
 	out, err := w.StdoutPipe()
@@ -146,7 +156,7 @@ func sockaddr(ap netip.AddrPort) *syscall.SockaddrInet4 {
 
 // writer listens, accepts n connections (blocking descriptors), writes
 // frames for dur and reports its CPU per write.
-func writer(n int, dur time.Duration, rate float64, ap netip.AddrPort) {
+func writer(n int, dur time.Duration, rate float64, ap netip.AddrPort, raw bool) {
 	runtime.LockOSThread()
 	ln, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -214,9 +224,19 @@ func writer(n int, dur time.Duration, rate float64, ap netip.AddrPort) {
 			break
 		}
 		for _, fd := range fds {
-			m, err := syscall.Write(fd, buf)
-			if err != nil {
-				log.Fatalf("write: %v", err)
+			var m int
+			if raw {
+				r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+				if e != 0 {
+					log.Fatalf("write: %v", e)
+				}
+				m = int(r)
+			} else {
+				var err error
+				m, err = syscall.Write(fd, buf)
+				if err != nil {
+					log.Fatalf("write: %v", err)
+				}
 			}
 			if m != len(buf) {
 				short++ // a blocking write returns short only on a signal
@@ -240,6 +260,7 @@ func writer(n int, dur time.Duration, rate float64, ap netip.AddrPort) {
 	tuser := tv(rt1.Utime) - tv(rt0.Utime)
 	tsys := tv(rt1.Stime) - tv(rt0.Stime)
 	per := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / float64(writes) }
+	fmt.Printf("raw=%v ", raw)
 	fmt.Printf("n=%d rate=%s elapsed=%.3fs writes=%d (%d bytes) short=%d late_rounds=%d\n",
 		n, rateString(rate), elapsed.Seconds(), writes, writes*66, short, blockedRounds)
 	fmt.Printf("writes/s: %.0f\n", float64(writes)/elapsed.Seconds())
