@@ -6,6 +6,7 @@ import (
 	"net"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 // tryWrite writes as much of p as the socket takes now, without waiting. It
@@ -35,7 +36,15 @@ func (fc *frameConn) tryWrite(p []byte) (res tryResult, n int, err error) {
 	}
 	var werr error
 	rerr := fc.raw.Write(func(fd uintptr) bool {
-		n, werr = syscall.Write(int(fd), p)
+		// The socket does not block, so the write needs none of the
+		// runtime's bookkeeping around a system call that may: without
+		// it, back-to-back writes from the room's loop do not wake the
+		// runtime's monitor thread, which otherwise preempts the loop.
+		r, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+		n = int(r)
+		if errno != 0 {
+			n, werr = -1, errno
+		}
 		return true // never wait: the writer goroutine does that
 	})
 	switch {
