@@ -67,6 +67,7 @@ pin: modproxy
 		[ -n "$$dir" ] || continue; \
 		path=$$(sed -n 's/^module[[:space:]]\{1,\}//p' $$dir/go.mod); \
 		for m in $(filter-out . ./$(TOOLS),$(MODULES)); do \
+			[ "$$m" != "./$$dir" ] || continue; \
 			if GOWORK=off go mod edit -json $$m/go.mod | grep -q "\"Path\": \"$$path\""; then \
 				echo "$$m: require $$path $$version"; \
 				(cd $$m && export GOWORK=off $(PROXYENV) && \

@@ -743,6 +743,8 @@ func TestBrowserNodes(t *testing.T) {
 	ana.waitText("after the move")
 	ana.say("Ana from node B")
 	ben.waitText("Ana from node B")
+	// Ana's own message shows once it comes back numbered from the room.
+	ana.waitFor("her own message back", `document.querySelectorAll(".messages:not([hidden]) .msg[data-seq]").length === 5`, 10*time.Second)
 	for _, b := range []*tab{ana, ben} {
 		b.waitFor("presence of both after the move", presence+` === "Ana,Ben"`, 10*time.Second)
 	}

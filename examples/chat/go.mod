@@ -10,7 +10,7 @@ require (
 	github.com/nats-io/nats.go v1.55.0
 	github.com/redis/go-redis/v9 v9.23.0
 	github.com/wsroom/wsroom v0.2.0
-	github.com/wsroom/wsroom/sqlstore v0.0.0-00010101000000-000000000000
+	github.com/wsroom/wsroom/sqlstore v0.2.0
 	modernc.org/sqlite v1.62.0
 )
 
@@ -35,24 +35,10 @@ require (
 	github.com/mattn/go-isatty v0.0.24 // indirect
 	github.com/ncruces/go-strftime v1.1.0 // indirect
 	github.com/remyoudompheng/bigfft v0.0.0-20230129092748-24d4a6f8daec // indirect
-	github.com/wsroom/wsroom/natsbroker v0.0.0-00010101000000-000000000000
-	github.com/wsroom/wsroom/redisbroker v0.0.0-00010101000000-000000000000
+	github.com/wsroom/wsroom/natsbroker v0.2.0
+	github.com/wsroom/wsroom/redisbroker v0.2.0
 	golang.org/x/sys v0.49.0 // indirect
 	modernc.org/libc v1.80.1 // indirect
 	modernc.org/mathutil v1.7.1 // indirect
 	modernc.org/memory v1.12.1 // indirect
-)
-
-// The demo shows the connections of many rooms (Registry.MuxHandler), which
-// no released core has yet. It is never released itself, so it builds with
-// the core of this tree, as js/test/server does; drop this replace once the
-// core's pin (release-pins.txt) is a version with MuxHandler.
-replace github.com/wsroom/wsroom => ../..
-
-// Until the adapters have a release that requires a released core, the
-// demo builds with the adapters of this tree; see RELEASING.md.
-replace (
-	github.com/wsroom/wsroom/natsbroker => ../../natsbroker
-	github.com/wsroom/wsroom/redisbroker => ../../redisbroker
-	github.com/wsroom/wsroom/sqlstore => ../../sqlstore
 )

@@ -1,10 +1,8 @@
-// Tests of wsroom under third-party routers. Test-only and never released:
-// the replace below points at the tree this module sits in.
+// Tests of wsroom under third-party routers. Test-only and never released;
+// in the repository, go.work builds it with the core of the tree.
 module github.com/wsroom/wsroom/internal/routertest
 
 go 1.26.0
-
-replace github.com/wsroom/wsroom => ../..
 
 require (
 	github.com/coder/websocket v1.8.15

@@ -1,11 +1,9 @@
 // A wsroom server for the tests of the JavaScript client (js/). Test-only
-// and never released: the replace below points at the tree this module sits
-// in.
+// and never released; in the repository, go.work builds it with the core of
+// the tree.
 module github.com/wsroom/wsroom/js/test/server
 
 go 1.26.0
-
-replace github.com/wsroom/wsroom => ../../..
 
 require github.com/wsroom/wsroom v0.2.0
 
