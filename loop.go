@@ -283,7 +283,7 @@ func (fs *outFrames) frame(mux bool) (f outFrame, ok bool) {
 	if *p == nil {
 		var err error
 		if mux {
-			*p, err = fs.r.muxFrame(fs.m)
+			*p, err = muxFrame(fs.r.name, fs.m)
 		} else {
 			*p, err = fs.r.codecFrame(fs.m)
 		}

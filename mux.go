@@ -552,12 +552,10 @@ func (c *Client) publishReq(req *request) error {
 // sendMux sends data to a client of many rooms alone, as an ephemeral
 // message with no room.
 func (c *Client) sendMux(data []byte) error {
-	var r Room
-	r.cfg = *c.cfg
-	if _, err := r.check(data); err != nil {
+	if _, err := c.cfg.check(data); err != nil {
 		return err
 	}
-	f, err := r.muxFrame(Message{Time: time.Now(), Ephemeral: true, Data: data})
+	f, err := muxFrame("", Message{Time: time.Now(), Ephemeral: true, Data: data})
 	if err != nil {
 		return err
 	}

@@ -115,14 +115,14 @@ func (rp *reply) at(p position) *reply {
 //	{"op":"presence","room":"lobby","join":[{"id":"c5r...","info":"ana"}]}
 //	{"op":"presence","room":"lobby","leave":["c5r..."]}
 //	{"op":"presence","room":"lobby","count":250}
-func (r *Room) presenceFrame(m Message) ([]byte, error) {
+func presenceFrame(room string, m Message) ([]byte, error) {
 	rp := struct {
 		Op    string   `json:"op"`
 		Room  string   `json:"room"`
 		Join  []Member `json:"join,omitempty"`
 		Leave []string `json:"leave,omitempty"`
 		Count *int     `json:"count,omitempty"`
-	}{Op: "presence", Room: r.name}
+	}{Op: "presence", Room: room}
 	switch m.Presence {
 	case presenceJoin:
 		rp.Join = []Member{{ID: m.From, Info: string(m.Data)}}
@@ -148,16 +148,19 @@ func (r *Room) presenceFrame(m Message) ([]byte, error) {
 //
 //	{"op":"msg","room":"lobby","seq":7,"epoch":"k2x...","time":1700000000000,"from":"c5r...","data":<the JSON value>}
 //
-// The room's name is in it, so the frame is the same for every member.
-// A payload that is not JSON (from a client of a raw codec) is sent as a
-// JSON string.
-func (r *Room) muxFrame(m Message) ([]byte, error) {
+// The room's name is in it, so the frame is the same for every member; a
+// message for one connection alone (room "") has none. A payload that is
+// not JSON (from a client of a raw codec) is sent as a JSON string.
+func muxFrame(room string, m Message) ([]byte, error) {
 	if m.Presence != "" {
-		return r.presenceFrame(m)
+		return presenceFrame(room, m)
 	}
-	b := make([]byte, 0, len(m.Data)+len(m.Epoch)+len(m.From)+len(r.name)+96)
-	b = append(b, `{"op":"msg","room":`...)
-	b = appendJSONString(b, r.name)
+	b := make([]byte, 0, len(m.Data)+len(m.Epoch)+len(m.From)+len(room)+96)
+	b = append(b, `{"op":"msg"`...)
+	if room != "" {
+		b = append(b, `,"room":`...)
+		b = appendJSONString(b, room)
+	}
 	if m.Seq != 0 {
 		b = append(b, `,"seq":`...)
 		b = strconv.AppendUint(b, m.Seq, 10)

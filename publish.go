@@ -73,12 +73,14 @@ func (r *Room) Publish(ctx context.Context, data []byte, opts ...PublishOption) 
 // check decodes a frame or a payload with the codec. In a room of text
 // frames the payload must be valid UTF-8 whatever the codec says, so that
 // no client's browser fails the connection over a frame it receives.
-func (r *Room) check(data []byte) ([]byte, error) {
-	payload, err := r.cfg.codec.Decode(data)
+func (r *Room) check(data []byte) ([]byte, error) { return r.cfg.check(data) }
+
+func (cfg *config) check(data []byte) ([]byte, error) {
+	payload, err := cfg.codec.Decode(data)
 	if err != nil {
 		return nil, err
 	}
-	if r.cfg.codec.MessageType() == websocket.MessageText && !utf8.Valid(payload) {
+	if cfg.codec.MessageType() == websocket.MessageText && !utf8.Valid(payload) {
 		return nil, errInvalidUTF8
 	}
 	return payload, nil

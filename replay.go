@@ -197,7 +197,7 @@ func (fc *frameCache) get(r *Room, m Message, mux bool) (outFrame, error) {
 	if !ok {
 		var err error
 		if mux {
-			data, err = r.muxFrame(m)
+			data, err = muxFrame(r.name, m)
 		} else {
 			data, err = r.codecFrame(m)
 		}

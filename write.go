@@ -51,6 +51,11 @@ var queuePool = sync.Pool{New: func() any { return new([]outFrame) }}
 // and a writer finishes it before anything else.
 func (c *Client) enqueue(f outFrame, inline bool) bool {
 	c.mu.Lock()
+	return c.enqueueLocked(f, inline)
+}
+
+// enqueueLocked is enqueue, called with mu held; it unlocks mu.
+func (c *Client) enqueueLocked(f outFrame, inline bool) bool {
 	if c.closeReq != nil {
 		c.mu.Unlock()
 		return false
@@ -156,16 +161,16 @@ func (c *Client) deliver(fs *outFrames, inline bool) {
 		}
 		return
 	}
+	f, ok := fs.frame(true)
+	if !ok {
+		return
+	}
 	c.mu.Lock()
-	mem := c.mux.rooms[fs.r]
-	c.mu.Unlock()
-	if mem == nil {
+	if f.mem = c.mux.rooms[fs.r]; f.mem == nil {
+		c.mu.Unlock()
 		return // left meanwhile
 	}
-	if f, ok := fs.frame(true); ok {
-		f.mem = mem
-		c.enqueue(f, inline)
-	}
+	c.enqueueLocked(f, inline)
 }
 
 // queueOrNew returns the queue, or an empty one from the pool if there is
