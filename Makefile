@@ -14,7 +14,7 @@ TOOLGO := GOWORK=off go -C $(TOOLS)
 MODPROXY := $(CURDIR)/.modproxy
 PROXYENV := GOPROXY=file://$(MODPROXY),$(shell go env GOPROXY) GONOSUMDB=$(shell go env GONOSUMDB),github.com/wsroom/wsroom
 
-.PHONY: test lint modproxy pin release-check bench
+.PHONY: test chat lint modproxy pin release-check bench
 
 # test runs every test of every module with the race detector, twice: with
 # the default GOMAXPROCS, then with GOMAXPROCS=1. The nested modules are
@@ -25,9 +25,10 @@ PROXYENV := GOPROXY=file://$(MODPROXY),$(shell go env GOPROXY) GONOSUMDB=$(shell
 # against a real server built from js/test/server), whose devDependencies
 # npm ci installs. The run ends with a summary of skipped and failed Go
 # tests; under CI (CI set) a skipped test fails it. Any failure, Go or
-# JavaScript, fails the run.
-test:
-	@ts=$$($(TOOLGO) tool -n testsummary) || exit 1; \
+# JavaScript, fails the run. The pinned versions the nested modules require
+# come from the module proxy of make modproxy until they are published.
+test: modproxy
+	@export $(PROXYENV); ts=$$($(TOOLGO) tool -n testsummary) || exit 1; \
 	rec=$$(mktemp); trap 'rm -f "$$rec"' EXIT; failed=; \
 	for procs in default 1; do \
 		for m in $(MODULES); do \
@@ -41,6 +42,11 @@ test:
 	echo "== npm test js"; \
 	(cd js && npm ci --ignore-scripts --no-audit --no-fund && npm test) || failed=1; \
 	$$ts report $${CI:+-fail-on-skip} -expected .ci/expected-skips "$$rec" && [ -z "$$failed" ]
+
+# chat runs the chat demo (examples/chat) on http://localhost:8800; ARGS
+# are its flags, e.g. make chat ARGS=-redis=localhost:6379.
+chat: modproxy
+	@export $(PROXYENV) && go run ./examples/chat $(ARGS)
 
 # lint checks formatting, then in each module on its own (GOWORK=off): go
 # vet, staticcheck, go.mod tidiness, and that it requires the pinned

@@ -250,30 +250,14 @@ func (c *Client) serve() {
 	}
 	c.conn.SetReadLimit(r.cfg.readLimit)
 
-	// History goes out before live messages, which queue meanwhile. The
-	// reader starts at once, so that pings and a close are answered during
-	// a long replay.
-	readErr := make(chan error, 1)
-	go func() {
-		readErr <- c.readLoop()
-		close(c.readDone)
-	}()
-	req := c.replay()
-	c.mu.Lock()
-	c.home.replaying = false
-	if req != nil {
-		c.setCloseLocked(req)
-	}
-	c.startWriterLocked()
-	if req == nil && r.cfg.pingInterval > 0 {
-		c.pingTimer = time.AfterFunc(r.cfg.pingInterval, c.ping)
-	}
-	c.mu.Unlock()
-	if req != nil && req.mode == closeAbort {
-		c.conn.CloseNow()
-	}
-
-	err := <-readErr
+	// History goes out before live messages, which queue meanwhile, from a
+	// goroutine that ends when it is sent; this one reads at once, so that
+	// pings and a close are answered during a long replay, and an idle
+	// client has no other goroutine.
+	c.wg.Add(1)
+	go c.replayThenWrite()
+	err := c.readLoop()
+	close(c.readDone)
 	// Unless a close was asked for, which the writer carries out (or aborts
 	// within the write timeout), the connection ends now.
 	c.fail(&closeRequest{mode: closeAbort, err: err})
@@ -300,6 +284,26 @@ func (c *Client) serve() {
 	r.cfg.logger.Debug("wsroom: leave", "room", r.name, "client", c.id, "reason", reason)
 	if r.cfg.onLeave != nil {
 		r.hook(c, "leave", func() error { r.cfg.onLeave(c, reason); return nil })
+	}
+}
+
+// replayThenWrite sends the client its room's history (see replay), then lets
+// the writer send what queued meanwhile and starts the ping timer.
+func (c *Client) replayThenWrite() {
+	defer c.wg.Done()
+	req := c.replay()
+	c.mu.Lock()
+	c.home.replaying = false
+	if req != nil {
+		c.setCloseLocked(req)
+	}
+	c.startWriterLocked()
+	if req == nil && c.cfg.pingInterval > 0 && !c.stopped {
+		c.pingTimer = time.AfterFunc(c.cfg.pingInterval, c.ping)
+	}
+	c.mu.Unlock()
+	if req != nil && req.mode == closeAbort {
+		c.conn.CloseNow()
 	}
 }
 

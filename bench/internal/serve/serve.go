@@ -18,10 +18,14 @@ import (
 )
 
 // Main serves h on the address of the -addr flag (default 127.0.0.1:8080)
-// until SIGINT or SIGTERM. The address must be a loopback one.
-func Main(name string, h http.Handler) {
+// until SIGINT or SIGTERM. The address must be a loopback one. The parsed
+// functions run once the flags are parsed.
+func Main(name string, h http.Handler, parsed ...func()) {
 	addr := flag.String("addr", "127.0.0.1:8080", "listen address (loopback only)")
 	flag.Parse()
+	for _, f := range parsed {
+		f()
+	}
 	log.SetPrefix(name + ": ")
 	log.SetFlags(0)
 	host, _, err := net.SplitHostPort(*addr)

@@ -13,6 +13,7 @@ import (
 	"flag"
 	"log"
 	"net/http"
+	httppprof "net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -25,13 +26,21 @@ import (
 
 func main() {
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the time from SIGUSR1 to SIGUSR2 (or exit) to this file")
+	pprofAddr := flag.String("pprof", "", "serve net/http/pprof on this address (loopback), e.g. 127.0.0.1:6060")
 	room := wsroom.New(wsroom.WithPing(0, 0), wsroom.WithRateLimit(0, 0, wsroom.Throttle))
 	defer room.Close()
 	stop := profileOnSignal(cpuProfile)
 	defer stop()
 	mux := http.NewServeMux()
 	mux.Handle("/", room.Handler())
-	serve.Main("wsroom", mux) // parses the flags
+	serve.Main("wsroom", mux, func() { // after the flags are parsed
+		if *pprofAddr != "" {
+			dbg := http.NewServeMux()
+			dbg.HandleFunc("/debug/pprof/", httppprof.Index)
+			dbg.HandleFunc("/debug/pprof/profile", httppprof.Profile)
+			go func() { log.Print(http.ListenAndServe(*pprofAddr, dbg)) }()
+		}
+	})
 }
 
 // profileOnSignal starts a CPU profile into *path on SIGUSR1 and stops it
