@@ -18,10 +18,13 @@ import (
 // writes and ours meet in frameConn, which keeps frames whole and in order.
 
 // Sizes of the buffers each connection keeps. The writer only needs to hold
-// one control frame (at most 2+125 bytes plus header); the reader's buffer
-// bounds how much one read syscall takes.
+// one control frame (at most 2+125 bytes plus header). The reader's buffer
+// bounds how much one read system call takes: a frame header and a small
+// message; a payload larger than the buffer is read into the message
+// directly, so a small buffer costs idle connections little and big
+// messages no extra reads.
 const (
-	connReadBuffer  = 1024
+	connReadBuffer  = 256
 	connWriteBuffer = 256
 )
 
