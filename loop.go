@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"runtime"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -85,7 +85,10 @@ type fetchResult struct {
 // loop is the state of the room's loop.
 type loop struct {
 	r       *Room
-	clients map[*Client]struct{}
+	clients map[*Client]int // each client's index in list
+	list    []*Client       // the clients, in the order fanout visits them
+	muxes   int             // clients of many rooms in list
+	helpers *helpers        // for parallel fan-out; nil until first needed
 	pos     position // the last numbered message delivered
 	known   bool     // pos is known: the start was read or a message came
 	behind  bool     // the store may hold messages after pos not delivered
@@ -96,21 +99,22 @@ type loop struct {
 // never calls the application, the Store or the Broker, and never waits
 // for a client.
 func (r *Room) run() {
-	l := &loop{r: r, clients: make(map[*Client]struct{})}
+	l := &loop{r: r, clients: make(map[*Client]int)}
 	defer func() {
-		r.final = slices.Collect(maps.Keys(l.clients))
+		l.helpers.stop()
+		r.final = l.list
 		close(r.done)
 	}()
 	for {
 		select {
 		case c := <-r.joinc:
-			l.clients[c] = struct{}{}
+			l.add(c)
 		case c := <-r.leavec:
-			delete(l.clients, c)
+			l.remove(c)
 		case m := <-r.inbox:
 			l.handle(m)
 		case q := <-r.queryc:
-			q <- slices.Collect(maps.Keys(l.clients))
+			q <- slices.Clone(l.list)
 		case <-r.catchup:
 			if r.overflow.Swap(false) {
 				l.behind = true
@@ -133,6 +137,38 @@ func (r *Room) run() {
 				}
 			}
 		}
+	}
+}
+
+// add adds c to the room's clients.
+func (l *loop) add(c *Client) {
+	if _, ok := l.clients[c]; ok {
+		return
+	}
+	l.clients[c] = len(l.list)
+	l.list = append(l.list, c)
+	if c.mux != nil {
+		l.muxes++
+	}
+}
+
+// remove takes c out of the room's clients; the last client of list takes
+// its place.
+func (l *loop) remove(c *Client) {
+	i, ok := l.clients[c]
+	if !ok {
+		return
+	}
+	last := len(l.list) - 1
+	if i != last {
+		l.list[i] = l.list[last]
+		l.clients[l.list[i]] = i
+	}
+	l.list[last] = nil
+	l.list = l.list[:last]
+	delete(l.clients, c)
+	if c.mux != nil {
+		l.muxes--
 	}
 }
 
@@ -212,11 +248,11 @@ func (l *loop) resync(now position, known, fromStart bool, err error) {
 	if fromStart {
 		tell.Resume = position{epoch: now.epoch}.String()
 	}
-	l.r.stats.resyncs.Add(uint64(len(l.clients)))
-	for c := range l.clients {
+	l.r.stats.resyncs.Add(uint64(len(l.list)))
+	for _, c := range slices.Clone(l.list) {
 		if c.mux != nil {
 			// Only this room is resynchronised: the connection stays.
-			delete(l.clients, c)
+			l.remove(c)
 			c.evict(l.r, tell)
 			continue
 		}
@@ -239,18 +275,24 @@ func (l *loop) fanout(m Message) {
 			fs.pub = m.Time.UnixNano()
 		}
 	}
+	// With no other message waiting, the loop writes to idle clients
+	// itself, saving a goroutine start and switch per delivery; under load
+	// the clients' writers write all that queued up for a client in one
+	// system call. With more than one P and many clients, helpers take
+	// parts of the list, so the writes spread over the cores.
+	inline := len(r.inbox) == 0
+	// Encoded before any helper runs: they only read fs.
+	if l.muxes < len(l.list) {
+		fs.frame(false)
+	}
+	if l.muxes > 0 {
+		fs.frame(true)
+	}
 	n := 0
-	// On a single P, with no other message waiting, the loop writes to idle
-	// clients itself, saving a goroutine switch per delivery. With more Ps
-	// the writers spread the system calls over the cores, and under load
-	// they write all that queued up for a client in one system call.
-	inline := len(r.inbox) == 0 && runtime.GOMAXPROCS(0) == 1
-	for c := range l.clients {
-		if m.Except != "" && c.id == m.Except {
-			continue
-		}
-		c.deliver(&fs, inline)
-		n++
+	if parts := min(runtime.GOMAXPROCS(0), len(l.list)/fanoutShard); parts > 1 {
+		n = l.fanoutParallel(&fs, inline, parts)
+	} else {
+		n = deliverAll(&fs, l.list, inline)
 	}
 	if fs.err != nil {
 		r.reportAsync(nil, fs.err)
@@ -258,6 +300,93 @@ func (l *loop) fanout(m Message) {
 	if obs != nil {
 		obs.Fanout(FanoutEvent{Room: r.name, Clients: n, Duration: time.Since(start)})
 	}
+}
+
+// fanoutShard is the least number of clients each part of a parallel
+// fan-out has: below it, handing a part to a helper costs more than it
+// saves.
+var fanoutShard = 256
+
+// deliverAll delivers fs to clients, but for the one the message excepts,
+// and returns how many it was for.
+func deliverAll(fs *outFrames, clients []*Client, inline bool) int {
+	n := 0
+	for _, c := range clients {
+		if fs.m.Except != "" && c.id == fs.m.Except {
+			continue
+		}
+		c.deliver(fs, inline)
+		n++
+	}
+	return n
+}
+
+// fanoutParallel delivers fs to the room's clients in parts: the loop
+// takes the first, helpers the others, and it returns when all are
+// delivered, so each client still gets the room's messages in order.
+func (l *loop) fanoutParallel(fs *outFrames, inline bool, parts int) int {
+	if l.helpers == nil {
+		l.helpers = &helpers{work: make(chan *fanoutPart)}
+	}
+	l.helpers.ensure(parts - 1)
+	size := (len(l.list) + parts - 1) / parts
+	var wg sync.WaitGroup
+	ps := make([]fanoutPart, parts)
+	for i := range ps {
+		end := min((i+1)*size, len(l.list))
+		ps[i] = fanoutPart{fs: fs, clients: l.list[i*size : end], inline: inline, wg: &wg}
+	}
+	wg.Add(parts - 1)
+	for i := 1; i < parts; i++ {
+		l.helpers.work <- &ps[i]
+	}
+	n := deliverAll(fs, ps[0].clients, inline)
+	wg.Wait()
+	for i := 1; i < parts; i++ {
+		n += ps[i].n
+	}
+	return n
+}
+
+// fanoutPart is one helper's part of a fan-out.
+type fanoutPart struct {
+	fs      *outFrames
+	clients []*Client
+	inline  bool
+	n       int // clients delivered to, set by the helper
+	wg      *sync.WaitGroup
+}
+
+// helpers are the goroutines of a room's loop that deliver parts of a
+// fan-out. The loop starts them when a fan-out first needs them and stops
+// them when it returns.
+type helpers struct {
+	work    chan *fanoutPart
+	running int
+	wg      sync.WaitGroup
+}
+
+// ensure starts helpers until n run.
+func (h *helpers) ensure(n int) {
+	for ; h.running < n; h.running++ {
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			for p := range h.work {
+				p.n = deliverAll(p.fs, p.clients, p.inline)
+				p.wg.Done()
+			}
+		}()
+	}
+}
+
+// stop stops the helpers, if any, and waits for them.
+func (h *helpers) stop() {
+	if h == nil {
+		return
+	}
+	close(h.work)
+	h.wg.Wait()
 }
 
 // outFrames is one message's frames for a room's clients, each encoded
