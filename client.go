@@ -16,9 +16,10 @@ import (
 // room's handler; a Client is valid from the join hook until the leave hook,
 // and its methods are safe to call concurrently, also after it has left.
 //
-// Each client has three goroutines at most: its reader, which serves it from
-// join to leave (read.go), a writer that runs only while frames wait
-// (write.go), and a ping timer.
+// An idle client has one goroutine, its reader, which serves it from join
+// to leave (read.go; for a room's handler, the handler's goroutine). Others
+// run only while they have work: a writer while frames wait (write.go), the
+// history's sender after the client joins (replay.go), and the ping timer.
 type Client struct {
 	id       string
 	identity any

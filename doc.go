@@ -118,10 +118,14 @@
 //  4. A client's writer, started when its queue gets a frame, hands all its
 //     queued frames to the kernel in one system call (writev), each frame
 //     still one message, bounded by WithWriteTimeout; it exits when the
-//     queue is empty. On a single P (GOMAXPROCS=1), when nothing else
-//     waits, the loop itself writes a frame to a client with an empty
-//     queue if the socket takes it without waiting, which saves a
-//     goroutine switch per delivery. If the socket takes only part of a
+//     queue is empty. When no other message waits, the loop itself writes
+//     a frame to a client with an empty queue if the socket takes it
+//     without waiting, which saves a goroutine start and switch per
+//     delivery; with more than one P and 512 clients or more, helper
+//     goroutines of the loop take parts of the room's clients (one part
+//     per P, 256 clients at least), so that the writes of one message
+//     spread over the cores, and the loop waits for them before the next
+//     message, so each client's order holds. If the socket takes only part of a
 //     frame, the connection keeps the rest and writes it before any other
 //     frame, pings and close frames included. With compression on,
 //     coder/websocket frames and compresses each message per connection

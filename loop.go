@@ -89,10 +89,10 @@ type loop struct {
 	list    []*Client       // the clients, in the order fanout visits them
 	muxes   int             // clients of many rooms in list
 	helpers *helpers        // for parallel fan-out; nil until first needed
-	pos     position // the last numbered message delivered
-	known   bool     // pos is known: the start was read or a message came
-	behind  bool     // the store may hold messages after pos not delivered
-	asked   bool     // a fetchRequest is with the keeper
+	pos     position        // the last numbered message delivered
+	known   bool            // pos is known: the start was read or a message came
+	behind  bool            // the store may hold messages after pos not delivered
+	asked   bool            // a fetchRequest is with the keeper
 }
 
 // run is the room's loop. It alone owns the set of clients and pos. It
