@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"net"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -49,30 +48,44 @@ const (
 // could only begin leaves its unwritten rest in rest, which every later
 // write sends first, control frames included. Nothing drops it.
 //
-// Deadlines: each blocking write sets its own, and tryWrite, which must not
-// fail because of an earlier write's deadline, clears one left set.
+// Each blocking write sets its own deadline. tryWrite writes to the socket
+// with a system call of its own (see conn_unix.go), which deadlines and the
+// runtime's poller do not see; so that it never writes to a descriptor
+// that was closed, and maybe reused, every close goes through Close, which
+// waits for a raw write under way and stops later ones.
 type frameConn struct {
 	net.Conn
-	raw     syscall.RawConn // for writes that must not wait; nil if none
-	timeout time.Duration   // bound on each write
-	framed  bool            // coder/websocket writes only whole control frames
-	abuse   func()          // called once the peer pings too often
+	fd      int           // the socket, for tryWrite; -1 if none
+	timeout time.Duration // bound on each write
+	framed  bool          // coder/websocket writes only whole control frames
+	abuse   func()        // called once the peer pings too often
 
 	mu         sync.Mutex
 	rest       []byte // the unwritten end of a frame tryWrite began
-	deadline   bool   // a write deadline is set on the connection
 	closeFrame bool   // a close frame went out: no other frame may follow
 	pongs      *limiter
 	pongAbuse  bool
+
+	rawMu     sync.Mutex // held by tryWrite's system call
+	rawClosed bool       // the socket is closed or closing: no raw write
 }
 
 func newFrameConn(nc net.Conn, timeout time.Duration, framed bool) *frameConn {
-	fc := &frameConn{Conn: nc, timeout: timeout, framed: framed}
+	fc := &frameConn{Conn: nc, fd: -1, timeout: timeout, framed: framed}
 	if framed {
-		fc.raw = rawConn(nc)
+		fc.fd = socketFD(nc)
 		fc.pongs = newLimiter(pongRate, pongBurst)
 	}
 	return fc
+}
+
+// Close closes the connection once no raw write is under way, and keeps
+// tryWrite from starting another.
+func (fc *frameConn) Close() error {
+	fc.rawMu.Lock()
+	fc.rawClosed = true
+	fc.rawMu.Unlock()
+	return fc.Conn.Close()
 }
 
 // Write writes a frame from coder/websocket. When the room frames messages
@@ -113,7 +126,6 @@ func (fc *frameConn) Write(p []byte) (int, error) {
 }
 
 func (fc *frameConn) setDeadlineLocked() error {
-	fc.deadline = true
 	return fc.Conn.SetWriteDeadline(time.Now().Add(fc.timeout))
 }
 

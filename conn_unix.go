@@ -5,7 +5,6 @@ package wsroom
 import (
 	"net"
 	"syscall"
-	"time"
 	"unsafe"
 )
 
@@ -16,7 +15,7 @@ import (
 // goes out before any other frame (tryPartial): the caller must make sure a
 // writer runs. A failed connection is reported as err.
 func (fc *frameConn) tryWrite(p []byte) (res tryResult, n int, err error) {
-	if fc.raw == nil || !fc.mu.TryLock() {
+	if fc.fd < 0 || !fc.mu.TryLock() {
 		return tryBusy, 0, nil
 	}
 	defer fc.mu.Unlock()
@@ -26,54 +25,47 @@ func (fc *frameConn) tryWrite(p []byte) (res tryResult, n int, err error) {
 	if fc.closeFrame {
 		return tryBusy, 0, net.ErrClosed
 	}
-	if fc.deadline {
-		// The poller would fail this write if an earlier write's deadline
-		// has passed.
-		if err := fc.Conn.SetWriteDeadline(time.Time{}); err != nil {
-			return tryBusy, 0, err
-		}
-		fc.deadline = false
+	// The socket does not block, so the write needs neither the poller nor
+	// the runtime's bookkeeping around a system call that may: without it,
+	// back-to-back writes from the room's loop do not wake the runtime's
+	// monitor thread, which otherwise preempts the loop, and touch only
+	// this connection's state.
+	fc.rawMu.Lock()
+	if fc.rawClosed {
+		fc.rawMu.Unlock()
+		return tryBusy, 0, net.ErrClosed
 	}
-	var werr error
-	rerr := fc.raw.Write(func(fd uintptr) bool {
-		// The socket does not block, so the write needs none of the
-		// runtime's bookkeeping around a system call that may: without
-		// it, back-to-back writes from the room's loop do not wake the
-		// runtime's monitor thread, which otherwise preempts the loop.
-		r, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
-		n = int(r)
-		if errno != 0 {
-			n, werr = -1, errno
-		}
-		return true // never wait: the writer goroutine does that
-	})
+	r, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fc.fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	fc.rawMu.Unlock()
 	switch {
-	case rerr != nil:
-		return tryBusy, 0, rerr
-	case werr == syscall.EAGAIN || werr == syscall.EINTR:
-		return tryBusy, 0, nil
-	case werr != nil:
-		return tryBusy, 0, werr
-	case n == len(p):
-		return tryWhole, n, nil
-	}
-	n = max(n, 0)
-	if n == 0 {
+	case errno == syscall.EAGAIN || errno == syscall.EINTR:
+		return tryBusy, 0, nil // the writer waits for the socket
+	case errno != 0:
+		return tryBusy, 0, errno
+	case int(r) == len(p):
+		return tryWhole, len(p), nil
+	case r == 0:
 		return tryBusy, 0, nil
 	}
+	n = int(r)
 	fc.rest = p[n:]
 	return tryPartial, n, nil
 }
 
-// rawConn returns the connection's syscall.RawConn for tryWrite, if any.
-func rawConn(c net.Conn) syscall.RawConn {
+// socketFD returns the descriptor of a TCP connection's socket, or -1. It
+// stays valid until the connection is closed.
+func socketFD(c net.Conn) int {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
-		return nil
+		return -1
 	}
 	raw, err := tc.SyscallConn()
 	if err != nil {
-		return nil
+		return -1
 	}
-	return raw
+	fd := -1
+	if raw.Control(func(s uintptr) { fd = int(s) }) != nil {
+		return -1
+	}
+	return fd
 }
