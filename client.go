@@ -45,10 +45,10 @@ type Client struct {
 	queue     []outFrame    // frames waiting for the writer
 	partial   bool          // a frame is begun in fc: a writer must finish it
 	closeReq  *closeRequest // set once: how the connection ends
-	closing   chan struct{} // closed when closeReq is set
+	closing   chan struct{} // closed when closeReq is set; many rooms only
 	writing   bool          // a writer goroutine is running (or has finished the connection)
 	stopped   bool          // the client is gone: start no goroutine
-	drained   chan struct{} // signalled by the writer when the queue is empty
+	drained   chan struct{} // signalled by the writer when the queue is empty; many rooms only
 	pingTimer *time.Timer
 	wg        sync.WaitGroup // writers and pings
 }
@@ -86,8 +86,6 @@ func newConn(cfg *config, stats *counters, conn *websocket.Conn, fc *frameConn, 
 		fc:       fc,
 		readDone: make(chan struct{}),
 		aborted:  make(chan struct{}),
-		closing:  make(chan struct{}),
-		drained:  make(chan struct{}, 1),
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
 	fc.abuse = func() {

@@ -63,6 +63,7 @@ func (g *Registry) MuxHandler() http.Handler {
 		}
 		c := newConn(&g.cfg, &g.stats, conn, hw.conn, identity)
 		c.mux = &muxConn{g: g, rooms: make(map[*Room]*membership), byName: make(map[string]*membership)}
+		c.closing, c.drained = make(chan struct{}), make(chan struct{}, 1)
 		if !g.track(c) {
 			conn.Close(websocket.StatusGoingAway, "wsroom: shutting down")
 			g.conns.Done()

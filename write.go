@@ -252,7 +252,9 @@ func (c *Client) setCloseLocked(req *closeRequest) bool {
 		return false
 	}
 	c.closeReq = req
-	close(c.closing)
+	if c.closing != nil {
+		close(c.closing)
+	}
 	if req.mode != closeAbort {
 		c.startWriterLocked()
 	}

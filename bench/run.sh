@@ -22,7 +22,7 @@ go build -o bin/ ./cmd/... ./servers/...
 PIN=${PIN:-1}
 OUT=${OUT:-results}
 LADDER1=${LADDER1:-10k,50k,100k,200k,500k,1M,2M,4M,6M,8M}
-LADDER10=${LADDER10:-10k,50k,100k,150k,200k,300k,400k,500k,1M,2M}
+LADDER10=${LADDER10:-10k,50k,100k,150k,200k,300k,400k,500k,700k,1M,2M}
 pin=true
 [ "$PIN" = 1 ] || pin=false
 RUNS=${RUNS:-3}
