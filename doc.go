@@ -125,7 +125,8 @@
 //     goroutines of the loop take parts of the room's clients (one part
 //     per P, 256 clients at least), so that the writes of one message
 //     spread over the cores, and the loop waits for them before the next
-//     message, so each client's order holds. If the socket takes only part of a
+//     message, so each client's order holds. Under load the loop only
+//     queues, and the writers batch. If the socket takes only part of a
 //     frame, the connection keeps the rest and writes it before any other
 //     frame, pings and close frames included. With compression on,
 //     coder/websocket frames and compresses each message per connection

@@ -13,8 +13,9 @@ import (
 )
 
 // With more than one P, a room splits a fan-out to many clients among
-// helpers (parts of at least 256 clients; 2 here). Each client still gets
-// every message, in the room's order, whichever part it is in, and a
+// helpers (parts of at least 256 clients; 2 here) when no other message
+// waits. Each client still gets every message, in the room's order,
+// whichever part it is in and whether the loop wrote or queued it, and a
 // client of many rooms in the same room gets the same messages.
 func TestParallelFanout(t *testing.T) {
 	defer wsroom.SetFanoutShard(2)()
@@ -49,24 +50,38 @@ func TestParallelFanout(t *testing.T) {
 		t.Fatalf("Room: %v", err)
 	}
 	waitUntil(t, "room has every client", func() bool { return room.Len() == clients+1 })
-	for i := range messages {
+	publish := func(i int) {
+		t.Helper()
 		if err := room.Publish(t.Context(), fmt.Appendf(nil, "m%d", i)); err != nil {
 			t.Fatalf("Publish: %v", err)
 		}
 	}
-	for j, c := range conns {
-		for i := range messages {
-			if got, want := read(t, c), fmt.Sprintf("m%d", i); got != want {
-				t.Fatalf("client %d message %d: got %q, want %q", j, i, got, want)
+	check := func(from, to int) {
+		t.Helper()
+		for j, c := range conns {
+			for i := from; i < to; i++ {
+				if got, want := read(t, c), fmt.Sprintf("m%d", i); got != want {
+					t.Fatalf("client %d message %d: got %q, want %q", j, i, got, want)
+				}
+			}
+		}
+		for i, g := range msgs(t, m, to-from) {
+			if want := fmt.Sprintf(`a:%d:"m%d"`, from+i+1, from+i); g != want {
+				t.Fatalf("client of many rooms, message %d: got %q, want %q", from+i, g, want)
 			}
 		}
 	}
-	got := msgs(t, m, messages)
-	for i, g := range got {
-		if want := fmt.Sprintf(`a:%d:"m%d"`, i+1, i); g != want {
-			t.Fatalf("client of many rooms, message %d: got %q, want %q", i, g, want)
-		}
+	// One at a time, so that the loop finds no other message waiting and
+	// writes itself, in parts; then all at once, as under load, when it
+	// only queues.
+	for i := range messages {
+		publish(i)
+		check(i, i+1)
 	}
+	for i := messages; i < 2*messages; i++ {
+		publish(i)
+	}
+	check(messages, 2*messages)
 	for _, c := range conns {
 		c.Close(websocket.StatusNormalClosure, "")
 	}

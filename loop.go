@@ -276,10 +276,12 @@ func (l *loop) fanout(m Message) {
 		}
 	}
 	// With no other message waiting, the loop writes to idle clients
-	// itself, saving a goroutine start and switch per delivery; under load
-	// the clients' writers write all that queued up for a client in one
-	// system call. With more than one P and many clients, helpers take
-	// parts of the list, so the writes spread over the cores.
+	// itself, saving a goroutine start and switch per delivery; then, with
+	// more than one P and many clients, helpers take parts of the list, so
+	// the writes spread over the cores. Under load the loop only queues,
+	// which is cheap and never waits for a helper, and the clients'
+	// writers, on every core, write all that queued up for a client in one
+	// system call.
 	inline := len(r.inbox) == 0
 	// Encoded before any helper runs: they only read fs.
 	if l.muxes < len(l.list) {
@@ -289,7 +291,7 @@ func (l *loop) fanout(m Message) {
 		fs.frame(true)
 	}
 	n := 0
-	if parts := min(runtime.GOMAXPROCS(0), len(l.list)/fanoutShard); parts > 1 {
+	if parts := min(runtime.GOMAXPROCS(0), len(l.list)/fanoutShard); inline && parts > 1 {
 		n = l.fanoutParallel(&fs, inline, parts)
 	} else {
 		n = deliverAll(&fs, l.list, inline)
