@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -601,5 +602,36 @@ func TestCompression(t *testing.T) {
 		if got := read(t, c); got != big {
 			t.Errorf("client %d read %d bytes, want the %d bytes sent", i, len(got), len(big))
 		}
+	}
+}
+
+// An idle client of a room costs one goroutine on the server: the
+// handler's, which reads. Its history and any writer run only while they
+// have work.
+func TestIdleClientHasOneGoroutine(t *testing.T) {
+	f := newFixture(t, wsroom.WithPing(0, 0), wsroom.WithHistory(10))
+	if err := f.room.Publish(t.Context(), []byte("history")); err != nil {
+		t.Fatal(err)
+	}
+	base := runtime.NumGoroutine()
+	const n = 20
+	for range n {
+		c := f.dial(t, "")
+		if got := read(t, c); got != "history" {
+			t.Fatalf("history: got %q", got)
+		}
+	}
+	// The dialing side keeps no goroutine per connection while it does
+	// not read; the server keeps its handler's.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got := runtime.NumGoroutine() - base
+		if got == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines for %d idle clients, want %d", got, n, n)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
