@@ -50,7 +50,7 @@ type Client struct {
 	stopped   bool          // the client is gone: start no goroutine
 	drained   chan struct{} // signalled by the writer when the queue is empty; many rooms only
 	pingTimer *time.Timer
-	wg        sync.WaitGroup // writers and pings
+	wg        sync.WaitGroup // writers, pings, the history and a ping flood's report
 }
 
 // membership is a client's place in one room.
@@ -89,9 +89,20 @@ func newConn(cfg *config, stats *counters, conn *websocket.Conn, fc *frameConn, 
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
 	fc.abuse = func() {
+		// Called from a write: the report, which runs the application's
+		// hooks, and the close go on from a goroutine the client waits for.
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.stopped {
+			return
+		}
 		stats.closedRate.Add(1)
-		c.report(errPingFlood)
-		c.requestClose(websocket.StatusPolicyViolation, errPingFlood.Error(), closeDiscard)
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.report(errPingFlood)
+			c.requestClose(websocket.StatusPolicyViolation, errPingFlood.Error(), closeDiscard)
+		}()
 	}
 	return c
 }

@@ -58,7 +58,7 @@ type frameConn struct {
 	fd      int           // the socket, for tryWrite; -1 if none
 	timeout time.Duration // bound on each write
 	framed  bool          // coder/websocket writes only whole control frames
-	abuse   func()        // called once the peer pings too often
+	abuse   func()        // called once, with mu held, when the peer pings too often; must not wait
 
 	mu         sync.Mutex
 	rest       []byte // the unwritten end of a frame tryWrite began
@@ -107,7 +107,7 @@ func (fc *frameConn) Write(p []byte) (int, error) {
 			if fc.pongs.take(time.Now()) > 0 {
 				if !fc.pongAbuse && fc.abuse != nil {
 					fc.pongAbuse = true
-					go fc.abuse()
+					fc.abuse()
 				}
 				return len(p), nil
 			}
