@@ -50,7 +50,7 @@ type Client struct {
 	stopped   bool          // the client is gone: start no goroutine
 	drained   chan struct{} // signalled by the writer when the queue is empty; many rooms only
 	pingTimer *time.Timer
-	wg        sync.WaitGroup // writers, pings, the history and a ping flood's report
+	wg        sync.WaitGroup // writers, pings and a ping flood's report
 }
 
 // membership is a client's place in one room.
@@ -264,10 +264,17 @@ func (c *Client) serve() {
 	// goroutine that ends when it is sent; this one reads at once, so that
 	// pings and a close are answered during a long replay, and an idle
 	// client has no other goroutine.
-	c.wg.Add(1)
-	go c.replayThenWrite()
+	replayed := make(chan struct{})
+	go func() {
+		defer close(replayed)
+		c.replayThenWrite()
+	}()
 	err := c.readLoop()
 	close(c.readDone)
+	// A close the reader asked for during the replay (a publish that
+	// failed, bad input) is carried out by the writer the replay starts
+	// when it ends: wait for it before the client stops.
+	<-replayed
 	// Unless a close was asked for, which the writer carries out (or aborts
 	// within the write timeout), the connection ends now.
 	c.fail(&closeRequest{mode: closeAbort, err: err})
@@ -300,7 +307,6 @@ func (c *Client) serve() {
 // replayThenWrite sends the client its room's history (see replay), then lets
 // the writer send what queued meanwhile and starts the ping timer.
 func (c *Client) replayThenWrite() {
-	defer c.wg.Done()
 	req := c.replay()
 	c.mu.Lock()
 	c.home.replaying = false
