@@ -863,3 +863,25 @@ func (s *lastFailStore) Last(ctx context.Context, room string, n int) ([]wsroom.
 	}
 	return s.MemoryStore.Last(ctx, room, n)
 }
+
+// A client whose message cannot be published while its history is still
+// being replayed is told so (1013) once the replay ends: the close it asked
+// for is not lost because its reader stopped first.
+func TestPublishFailsDuringReplay(t *testing.T) {
+	store := &blockingStore{MemoryStore: wsroom.NewMemoryStore(0, 0), release: make(chan struct{})}
+	b := &downBroker{LocalBroker: wsroom.NewLocalBroker(store)}
+	f := newFixture(t, wsroom.WithStore(store), wsroom.WithBroker(b), wsroom.WithPublishRetry(100*time.Millisecond), wsroom.WithPing(0, 0))
+	publishAll(t, f.room, "first")
+	store.blocking.Store(true)
+	b.down.Store(true)
+	c := dialURL(t, f.url+"?resume=:0") // its replay reads the store, which blocks
+	waitUntil(t, "the replay's store read started", func() bool { return store.blocked.Load() })
+	write(t, c, "lost")
+	waitUntil(t, "the publish gave up", func() bool { return f.room.Stats().ClosedRetry == 1 })
+	time.Sleep(50 * time.Millisecond)
+	store.blocking.Store(false)
+	close(store.release)
+	if code, reason := closeStatus(t, c); code != websocket.StatusTryAgainLater {
+		t.Errorf("client closed with %v %q, want 1013 for the message not published", code, reason)
+	}
+}
