@@ -734,9 +734,17 @@ func TestBrowserNodes(t *testing.T) {
 	ben.say("from node B")
 	ana.waitText("from node B")
 
+	// The page may be back on node B before a poll sees it reconnecting:
+	// it records leaving the connected state when it happens.
+	eval[bool](ana, `(() => {
+		const s = document.getElementById("status");
+		window.wasDown = false;
+		new MutationObserver(() => { if (s.dataset.state !== "connected") window.wasDown = true; }).observe(s, {attributes: true});
+		return true;
+	})()`)
 	front.markDead(0)
 	nodes[0].kill()
-	ana.waitFor("reconnecting", `document.getElementById("status").dataset.state !== "connected"`, 5*time.Second)
+	ana.waitFor("reconnecting", `window.wasDown === true`, 5*time.Second)
 	ben.say("while Ana moves")
 	ana.waitConnected()
 	ben.say("after the move")
