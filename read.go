@@ -125,7 +125,10 @@ func (c *Client) publishRetry(r *Room, m Message, seq bool) (Message, error) {
 	backoff := 20 * time.Millisecond
 	deadline := time.Now().Add(r.cfg.publishRetry)
 	for {
-		ctx, cancel := context.WithTimeout(c.ctx, r.cfg.writeTimeout)
+		// An attempt that hangs (an engine that does not answer) ends with
+		// the retry time, not a write timeout later.
+		limit := min(r.cfg.writeTimeout, max(time.Until(deadline), minAttempt))
+		ctx, cancel := context.WithTimeout(c.ctx, limit)
 		out := m
 		var err error
 		if seq {
@@ -148,6 +151,9 @@ func (c *Client) publishRetry(r *Room, m Message, seq bool) (Message, error) {
 		backoff = min(2*backoff, time.Second)
 	}
 }
+
+// minAttempt is the least time a publish attempt is given.
+const minAttempt = 50 * time.Millisecond
 
 // sleep waits for d, or until the connection is finished; it reports
 // whether it waited the whole time. A connection that is closing but not
