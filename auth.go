@@ -35,7 +35,7 @@ import (
 // Close writes what is already queued before the close frame. A client that
 // gets 4001 should get a fresh credential before it reconnects, and may
 // resume: nothing is lost. Both kinds of connection may be closed so; the
-// code is the application's, not one of the wsroom.v1 protocol's.
+// code is the application's, not one of the wsroom.v2 protocol's.
 const StatusExpired websocket.StatusCode = 4001
 
 // WithSubprotocols sets the WebSocket subprotocols that Room.Handler and
@@ -59,7 +59,7 @@ const StatusExpired websocket.StatusCode = 4001
 //
 // Registry.MuxHandler does not use protos: it always selects Subprotocol,
 // which the client must offer, and its clients send a credential next to
-// it (["wsroom.v1", "token.XYZ"]) for the authorize hook to find the same
+// it (["wsroom.v2", "token.XYZ"]) for the authorize hook to find the same
 // way. So that the two handlers of one Registry never select the same
 // subprotocol, WithSubprotocols panics if protos holds Subprotocol, or a
 // name that is not an HTTP token (RFC 9110), which no client could offer.
@@ -136,7 +136,7 @@ func checkSubprotocol(req *http.Request, protos []string, required bool) error {
 	}
 	for _, p := range protos {
 		for _, o := range offered {
-			if strings.EqualFold(p, o) {
+			if p == o {
 				return nil
 			}
 		}

@@ -27,30 +27,34 @@ type Client struct {
 	home     *membership // its place in room; nil for many rooms
 	mux      *muxConn    // the rooms of a connection of many rooms
 	cfg      *config     // the room's or the registry's
-	raw      bool        // message frames are built by the room (no compression)
+	raw      bool        // frames go to the socket as built (no compression negotiated)
 	stats    *counters   // the room's, or the registry's for many rooms
 	conn     *websocket.Conn
 	fc       *frameConn
 	resume   *position
+	joinedAt cut // where the live messages of a client of one room start
 
 	ctx        context.Context
 	cancel     context.CancelCauseFunc
 	readDone   chan struct{} // closed when the reader has stopped reading
 	aborted    chan struct{} // closed when the connection is finished
 	reads      atomic.Int64  // messages read
+	inRead     atomic.Bool   // the reader is waiting for a frame (see readFrame)
 	publishing atomic.Bool   // a message the client sent is being published
 	abortOnce  sync.Once
 
-	mu        sync.Mutex
-	queue     []outFrame    // frames waiting for the writer
-	partial   bool          // a frame is begun in fc: a writer must finish it
-	closeReq  *closeRequest // set once: how the connection ends
-	closing   chan struct{} // closed when closeReq is set; many rooms only
-	writing   bool          // a writer goroutine is running (or has finished the connection)
-	stopped   bool          // the client is gone: start no goroutine
-	drained   chan struct{} // signalled by the writer when the queue is empty; many rooms only
-	pingTimer *time.Timer
-	wg        sync.WaitGroup // writers, pings and a ping flood's report
+	mu         sync.Mutex
+	queue      []outFrame    // frames waiting for the writer
+	partial    bool          // a frame is begun in fc: a writer must finish it
+	closeReq   *closeRequest // set once: how the connection ends
+	closing    chan struct{} // closed when closeReq is set; many rooms only
+	writing    bool          // a writer goroutine is running (or has finished the connection)
+	stopped    bool          // the client is gone: start no goroutine
+	drained    chan struct{} // signalled by the writer when the queue is empty; many rooms only
+	replies    int           // replies queued or being written (see reply)
+	repliesOut chan struct{} // signalled by the writer when it wrote replies; many rooms only
+	pingTimer  *time.Timer
+	wg         sync.WaitGroup // writers, pings and a ping flood's report
 }
 
 // membership is a client's place in one room.
@@ -58,8 +62,12 @@ type membership struct {
 	room *Room
 
 	// Under the client's mu.
-	replaying bool       // history is being sent: live frames wait
-	held      []outFrame // live frames waiting for the history (many rooms)
+	replaying  bool       // history is being sent: live frames wait
+	held       []outFrame // live frames waiting for the history (many rooms)
+	overflow   bool       // live frames were dropped meanwhile: read them back from the store
+	told       bool       // the client was sent "joined" (many rooms)
+	evicted    *reply     // the room evicted the client before it was told it joined
+	leaveAfter string     // server code asked to remove the client during its join
 
 	// Written by one writer at a time (writing is the token): the last
 	// numbered message of the room the client was sent.
@@ -80,7 +88,7 @@ func newConn(cfg *config, stats *counters, conn *websocket.Conn, fc *frameConn, 
 		id:       newID(),
 		identity: identity,
 		cfg:      cfg,
-		raw:      cfg.compression == websocket.CompressionDisabled,
+		raw:      fc.framed,
 		stats:    stats,
 		conn:     conn,
 		fc:       fc,
@@ -231,7 +239,11 @@ func (c *Client) serve() {
 		return
 	}
 	ready := r.awaitReady()
-	if !ready || !r.join(c) {
+	var joined bool
+	if ready {
+		c.joinedAt, joined = r.join(c)
+	}
+	if !joined {
 		reason := error(ErrClosed)
 		if !ready {
 			reason = ErrUnavailable
@@ -309,6 +321,16 @@ func (c *Client) serve() {
 func (c *Client) replayThenWrite() {
 	req := c.replay()
 	c.mu.Lock()
+	for req == nil && c.home.overflow {
+		// More live messages came during the history than the queue
+		// holds: send what the store has after the history, then look
+		// again.
+		c.home.overflow = false
+		from := position{epoch: c.home.lastEpoch, seq: c.home.lastSeq}
+		c.mu.Unlock()
+		req = c.replayFrom(from, -1)
+		c.mu.Lock()
+	}
 	c.home.replaying = false
 	if req != nil {
 		c.setCloseLocked(req)

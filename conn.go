@@ -207,12 +207,24 @@ func appendFrame(b []byte, typ websocket.MessageType, payload []byte) []byte {
 	return append(b, payload...)
 }
 
-// newFrame returns the frame of payload for the room's clients: a whole
-// WebSocket frame when the room writes frames itself, else the payload, for
-// coder/websocket to frame (and compress) per connection.
-func (r *Room) newFrame(payload []byte) []byte {
-	if !r.rawFrames {
-		return payload
+// framePayload returns the type and payload of a frame appendFrame built,
+// for a connection that coder/websocket frames itself (one that negotiated
+// compression).
+func framePayload(f []byte) (websocket.MessageType, []byte) {
+	typ := websocket.MessageType(f[0] & 0x0f)
+	switch n := f[1]; n {
+	case 126:
+		return typ, f[4:]
+	case 127:
+		return typ, f[10:]
+	default:
+		return typ, f[2:]
 	}
+}
+
+// newFrame returns the whole WebSocket frame of payload for the room's
+// clients. Every client is handed the same frame; one whose connection
+// negotiated compression writes its payload through coder/websocket.
+func (r *Room) newFrame(payload []byte) []byte {
 	return appendFrame(make([]byte, 0, len(payload)+10), r.cfg.codec.MessageType(), payload)
 }

@@ -47,7 +47,7 @@
 // # Many rooms on one connection
 //
 // Registry.MuxHandler serves connections that join and leave the
-// Registry's rooms by message, in the wsroom.v1 protocol of PROTOCOL.md
+// Registry's rooms by message, in the wsroom.v2 protocol of PROTOCOL.md
 // (subprotocol Subprotocol): each joins with its own resume position or the
 // last N messages, publishes with an id to get an ack once the message is
 // stored (a retried id is published once), gets an error reply with a

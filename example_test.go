@@ -253,6 +253,7 @@ func ExampleRegistry_MuxHandler() {
 		panic(err)
 	}
 	defer c.CloseNow()
+	c.Read(ctx) // hello: the connection's id and the server's limits
 	say := func(s string) { c.Write(ctx, websocket.MessageText, []byte(s)) }
 	hear := func() {
 		_, b, _ := c.Read(ctx)
@@ -475,6 +476,7 @@ func ExampleWithJoinCheck() {
 		panic(err)
 	}
 	defer c.CloseNow()
+	c.Read(ctx) // hello
 	for i, room := range []string{"lobby", "team-red", "team-blue"} {
 		c.Write(ctx, websocket.MessageText, fmt.Appendf(nil, `{"op":"join","room":%q,"id":"j%d"}`, room, i+1))
 		_, b, _ := c.Read(ctx)

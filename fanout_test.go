@@ -37,6 +37,7 @@ func TestParallelFanout(t *testing.T) {
 		t.Fatalf("Dial: %v", err)
 	}
 	defer m.CloseNow()
+	expectHello(t, m)
 	send(t, m, `{"op":"join","room":"a"}`)
 	expect(t, m, "joined")
 	const clients, messages = 11, 100
@@ -66,7 +67,7 @@ func TestParallelFanout(t *testing.T) {
 			}
 		}
 		for i, g := range msgs(t, m, to-from) {
-			if want := fmt.Sprintf(`a:%d:"m%d"`, from+i+1, from+i); g != want {
+			if want := fmt.Sprintf(`a:%d:text:"m%d"`, from+i+1, from+i); g != want {
 				t.Fatalf("client of many rooms, message %d: got %q, want %q", from+i, g, want)
 			}
 		}

@@ -59,7 +59,7 @@ func serveClient(cfg *config, w http.ResponseWriter, req *http.Request, acquire 
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
-	hw := &hijackWriter{ResponseWriter: w, timeout: r.cfg.writeTimeout, framed: r.rawFrames}
+	hw := &hijackWriter{ResponseWriter: w, timeout: r.cfg.writeTimeout}
 	conn, err := websocket.Accept(hw, req, acceptOptions(cfg, cfg.subprotocols))
 	if err != nil {
 		abandon(r)
@@ -203,7 +203,6 @@ func parseResume(s string) (*position, error) {
 type hijackWriter struct {
 	http.ResponseWriter
 	timeout time.Duration // the room's write timeout
-	framed  bool          // the room writes message frames itself
 	conn    *frameConn
 }
 
@@ -212,7 +211,11 @@ func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	fc := newFrameConn(nc, h.timeout, h.framed)
+	// Framing is decided here, once per connection, from what the
+	// handshake negotiated: without compression the room's frames go to the
+	// socket as they are; with it, coder/websocket frames each message.
+	framed := !strings.Contains(h.Header().Get("Sec-WebSocket-Extensions"), "permessage-deflate")
+	fc := newFrameConn(nc, h.timeout, framed)
 	h.conn = fc
 	// Keep what the client sent right after its handshake.
 	var r io.Reader = fc

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"reflect"
 	"slices"
 	"sync"
 	"time"
@@ -14,7 +15,7 @@ import (
 	"github.com/coder/websocket"
 )
 
-// This file holds connections of many rooms: the wsroom.v1 protocol's
+// This file holds connections of many rooms: the wsroom.v2 protocol's
 // handler, its read loop, and joining, leaving and publishing by request.
 
 // muxConn is the state of a connection of many rooms.
@@ -28,17 +29,17 @@ type muxConn struct {
 
 // MuxHandler returns an http.Handler that serves connections of many rooms,
 // which join, leave and publish to the Registry's rooms by message, in the
-// wsroom.v1 protocol that PROTOCOL.md describes (subprotocol Subprotocol).
+// wsroom.v2 protocol that PROTOCOL.md describes (subprotocol Subprotocol).
 // Each connection is one Client, with one queue, one writer and one
 // slow-client policy, in as many rooms as WithMaxRoomsPerClient allows.
 // Each room encodes a message once for all its members of this kind.
 //
 // The handshake is checked as by Handler, and a handshake that does not
-// offer the subprotocol gets 400, with the other 400s of a malformed
-// handshake, before the origin check. WithSubprotocols does not apply: the
-// handler selects Subprotocol only. A client may offer more, such as a
-// credential for the authorize hook (["wsroom.v1", "token.XYZ"], see
-// OfferedSubprotocols), which is never echoed.
+// offer the subprotocol (matched exactly) gets 400, with the other 400s of
+// a malformed handshake, before the origin check. WithSubprotocols does not
+// apply: the handler selects Subprotocol only. A client may offer more,
+// such as a credential for the authorize hook (["wsroom.v2", "token.XYZ"],
+// see OfferedSubprotocols), which is never echoed.
 //
 // The Registry's options apply to each connection and room; the message
 // hook (WithOnMessage) does not: requests are answered as PROTOCOL.md says,
@@ -55,7 +56,7 @@ func (g *Registry) MuxHandler() http.Handler {
 			http.Error(w, ErrClosed.Error(), http.StatusServiceUnavailable)
 			return
 		}
-		hw := &hijackWriter{ResponseWriter: w, timeout: g.cfg.writeTimeout, framed: g.cfg.compression == websocket.CompressionDisabled}
+		hw := &hijackWriter{ResponseWriter: w, timeout: g.cfg.writeTimeout}
 		conn, err := websocket.Accept(hw, req, acceptOptions(&g.cfg, muxProtocols))
 		if err != nil {
 			g.conns.Done()
@@ -64,6 +65,7 @@ func (g *Registry) MuxHandler() http.Handler {
 		c := newConn(&g.cfg, &g.stats, conn, hw.conn, identity)
 		c.mux = &muxConn{g: g, rooms: make(map[*Room]*membership), byName: make(map[string]*membership)}
 		c.closing, c.drained = make(chan struct{}), make(chan struct{}, 1)
+		c.repliesOut = make(chan struct{}, 1)
 		if !g.track(c) {
 			conn.Close(websocket.StatusGoingAway, "wsroom: shutting down")
 			g.conns.Done()
@@ -88,6 +90,7 @@ func (c *Client) serveMux() {
 		g.hook(c, "join", func() error { cfg.onJoin(c); return nil })
 	}
 	c.conn.SetReadLimit(cfg.readLimit)
+	c.reply(c.hello())
 	c.mu.Lock()
 	if cfg.pingInterval > 0 {
 		c.pingTimer = time.AfterFunc(cfg.pingInterval, c.ping)
@@ -120,21 +123,31 @@ func (c *Client) serveMux() {
 	}
 }
 
-// muxReadLoop reads and answers the client's requests until the connection
-// fails or the client must be closed.
+// muxReadLoop reads and answers the client's requests, one at a time and
+// in order, until the connection fails. Once a close is asked for (a
+// protocol error, the application), it goes on reading until the client's
+// close frame and carries out what the client sent before it knew.
 func (c *Client) muxReadLoop() error {
 	lim := c.newLimiter()
 	for {
+		if !c.awaitReplies() {
+			return ErrClosed
+		}
 		data, err := c.readFrame(lim, websocket.MessageText)
 		if err != nil {
 			return err
 		}
+		if data == nil {
+			continue // refused; the connection is closing
+		}
 		if !utf8.Valid(data) {
-			return c.reject(websocket.StatusInvalidFramePayloadData, errInvalidUTF8)
+			c.reject(websocket.StatusInvalidFramePayloadData, errInvalidUTF8)
+			continue
 		}
 		req, err := parseRequest(data)
 		if errors.Is(err, errNotObject) {
-			return c.reject(websocket.StatusInvalidFramePayloadData, err)
+			c.reject(websocket.StatusInvalidFramePayloadData, err)
+			continue
 		}
 		if err == nil {
 			err = c.serveRequest(req)
@@ -143,7 +156,7 @@ func (c *Client) muxReadLoop() error {
 		switch {
 		case errors.As(err, &pe):
 			c.replyErr(req, pe)
-		case err != nil:
+		case err != nil && !errors.Is(err, ErrClosed):
 			return err
 		}
 	}
@@ -164,10 +177,8 @@ func (c *Client) serveRequest(req *request) error {
 		}
 		c.leaveRoom(mem, "requested", req.id())
 		return nil
-	case "pub":
+	default: // "pub": parseRequest knows no other
 		return c.publishReq(req)
-	default:
-		return protoErr(codeUnknownOp, "wsroom: unknown op %q", req.Op)
 	}
 }
 
@@ -175,9 +186,21 @@ func (c *Client) serveRequest(req *request) error {
 func (c *Client) replyErr(req *request, pe *protoError) {
 	rp := &reply{Op: "error", Code: pe.code, Message: pe.msg, Resume: pe.resume}
 	if req != nil {
-		rp.ID, rp.Room = req.id(), req.Room
+		rp.ID = req.id()
+		if req.hasRoom {
+			rp.Room = truncate(req.Room, 64)
+		}
 	}
-	c.enqueue(outFrame{data: rp.frame()}, false)
+	c.reply(rp.frame())
+}
+
+// hookError is the protocol's answer to an application hook that refused
+// (forbidden) or panicked (internal: a server fault, try again later).
+func hookError(err error) *protoError {
+	if errors.As(err, new(*hookPanic)) {
+		return protoErr(codeInternal, "wsroom: server error")
+	}
+	return protoErr(codeForbidden, "%v", err)
 }
 
 // Join adds a client of many rooms (see Registry.MuxHandler) to the room
@@ -185,7 +208,8 @@ func (c *Client) replyErr(req *request, pe *protoError) {
 // "joined" frame, then the room's messages. The join check
 // (WithJoinCheck) does not apply. It returns an error for a client of one
 // room, for a bad name, if the client is in the room already or in as many
-// rooms as allowed, or if the room is not available.
+// rooms as allowed, or if the room is not available. It is safe to call
+// while the client sends requests.
 func (c *Client) Join(ctx context.Context, name string) error {
 	if c.mux == nil {
 		return errOneRoom
@@ -194,14 +218,20 @@ func (c *Client) Join(ctx context.Context, name string) error {
 }
 
 // Leave removes a client of many rooms from the room called name; the
-// client gets a "left" frame with the reason "removed". It returns an error
-// for a client of one room or one not in that room.
+// client gets a "left" frame with the reason "removed". A Leave while the
+// client is joining the room takes effect once the join is done. It returns
+// an error for a client of one room or one not in that room.
 func (c *Client) Leave(name string) error {
 	if c.mux == nil {
 		return errOneRoom
 	}
 	c.mu.Lock()
 	mem := c.mux.byName[name]
+	if mem != nil && mem.replaying {
+		mem.leaveAfter = "removed"
+		c.mu.Unlock()
+		return nil
+	}
 	c.mu.Unlock()
 	if mem == nil {
 		return protoErr(codeNotJoined, "wsroom: not in room %q", name)
@@ -210,7 +240,8 @@ func (c *Client) Leave(name string) error {
 	return nil
 }
 
-// Rooms returns the names of the rooms the client is in, sorted.
+// Rooms returns the names of the rooms the client is in, sorted, with those
+// it is joining.
 func (c *Client) Rooms() []string {
 	if c.mux == nil {
 		if c.room == nil {
@@ -227,22 +258,28 @@ var errOneRoom = errors.New("wsroom: the client is a connection of one room")
 
 // joinRoom joins the client to the room called name: a request's (req not
 // nil, with its history options and join check) or server code's.
+//
+// The membership is taken by name first, so that a second join of the name
+// fails at once; it is in the room's loop from r.join on, and holds the
+// live messages (mem.replaying) until the client has been sent "joined"
+// and the history it asked for. Where the live messages start is the cut
+// the loop gives at r.join: "joined" names it, the history ends at it, and
+// every later numbered message comes live.
 func (c *Client) joinRoom(ctx context.Context, name string, req *request) error {
 	g := c.mux.g
 	if err := g.cfg.validName(name); err != nil {
 		return protoErr(codeBadRoom, "%v", err)
 	}
 	var resume *position
-	if req != nil {
+	if req != nil && req.Resume != nil {
+		if *req.Resume == "" {
+			return protoErr(codeBadRequest, "%v", errBadResume)
+		}
 		var err error
-		if resume, err = parseResume(req.Resume); err != nil {
+		if resume, err = parseResume(*req.Resume); err != nil {
 			return protoErr(codeBadRequest, "%v", err)
 		}
-		if req.Last < 0 {
-			return protoErr(codeBadRequest, "wsroom: last must not be negative")
-		}
 	}
-	// Take the name, so that a second join of it waits for nothing.
 	mem := &membership{replaying: true}
 	c.mu.Lock()
 	switch {
@@ -266,7 +303,7 @@ func (c *Client) joinRoom(ctx context.Context, name string, req *request) error 
 	if req != nil && g.cfg.joinCheck != nil {
 		if err := g.hook(c, "join check", func() error { return g.cfg.joinCheck(c, name) }); err != nil {
 			untake()
-			return protoErr(codeForbidden, "%v", err)
+			return hookError(err)
 		}
 	}
 	r, err := g.acquire(name)
@@ -279,7 +316,6 @@ func (c *Client) joinRoom(ctx context.Context, name string, req *request) error 
 		g.abandon(r)
 		return protoErr(codeUnavailable, "wsroom: room %q not ready, try again", name)
 	}
-	mem.room = r
 	if resume != nil {
 		mem.lastEpoch, mem.lastSeq = resume.epoch, resume.seq
 		// Refuse a resume the history cannot serve before joining.
@@ -295,9 +331,11 @@ func (c *Client) joinRoom(ctx context.Context, name string, req *request) error 
 		}
 	}
 	c.mu.Lock()
+	mem.room = r
 	c.mux.rooms[r] = mem
 	c.mu.Unlock()
-	if !r.join(c) {
+	k, ok := r.join(c)
+	if !ok {
 		c.mu.Lock()
 		delete(c.mux.rooms, r)
 		delete(c.mux.byName, name)
@@ -314,9 +352,7 @@ func (c *Client) joinRoom(ctx context.Context, name string, req *request) error 
 		c.hook("room join", func() error { fn(c, r); return nil })
 	}
 
-	// Live messages are held from here; the client gets the room's
-	// position, then the history it asked for, then them.
-	cur, err := r.position(ctx)
+	cur, err := r.joinCut(ctx, k)
 	if err != nil {
 		c.leaveRoom(mem, "", "")
 		return protoErr(codeUnavailable, "wsroom: read history: %v", err)
@@ -334,53 +370,126 @@ func (c *Client) joinRoom(ctx context.Context, name string, req *request) error 
 			}
 		}
 	}
-	c.enqueue(outFrame{data: joined.frame()}, false)
 	from, limit := position{}, 0
 	switch {
 	case resume != nil:
 		from, limit = *resume, -1
 	case req != nil && req.Last > 0:
-		n := min(req.Last, maxLast)
-		from, limit = position{epoch: cur.epoch, seq: cur.seq - min(cur.seq, uint64(n))}, n
+		from, limit = lastN(cur, req.Last)
+	default:
+		mem.lastEpoch, mem.lastSeq = cur.epoch, cur.seq
 	}
+	c.mu.Lock()
+	if mem.evicted != nil {
+		// The room closed or resynchronised its clients before the client
+		// was told it joined: the join failed.
+		tell := mem.evicted
+		c.mu.Unlock()
+		if tell.Op == "resync" {
+			return &protoError{code: codeResync, msg: "wsroom: messages lost, resync", resume: tell.Resume}
+		}
+		return protoErr(codeUnavailable, "wsroom: room %q closed, try again", name)
+	}
+	mem.told = true // from here, an eviction is sent to the client
+	c.enqueueLocked(outFrame{data: joined.frame(), reply: true}, false)
 	if limit != 0 {
-		err := r.history(ctx, from, limit, true, mem, c.sendHistory)
+		err := r.history(ctx, from, limit, true, mem, func(batch []outFrame) error { return c.sendHistory(mem, batch) })
 		var gap *gapError
 		switch {
 		case errors.As(err, &gap):
 			// The store trimmed it meanwhile.
 			r.stats.resyncs.Add(1)
 			c.leaveRoom(mem, "", "")
-			c.enqueue(outFrame{data: (&reply{Op: "resync", Room: name, Reason: "history trimmed", Resume: gap.resume}).frame()}, false)
+			c.reply((&reply{Op: "resync", Room: name, Reason: "history trimmed", Resume: gap.resume}).frame())
 			return nil
+		case errors.Is(err, errEvicted):
+			return nil // the client was told
 		case err != nil:
 			c.leaveRoom(mem, "", "")
 			return protoErr(codeUnavailable, "wsroom: read history: %v", err)
 		}
 	}
-	c.mu.Lock()
-	mem.replaying = false
-	held := mem.held
-	mem.held = nil
-	if c.closeReq == nil {
-		c.queue = append(c.queueOrNew(), held...)
-		c.stats.queued.Add(int64(len(held)))
-		c.startWriterLocked()
+	if !c.endReplay(mem, r) {
+		return nil
 	}
+	c.mu.Lock()
+	leave := mem.leaveAfter
 	c.mu.Unlock()
+	if leave != "" {
+		c.leaveRoom(mem, leave, "")
+	}
 	return nil
 }
+
+// endReplay ends the history of mem's room: the live messages held
+// meanwhile follow it. While the client was sent the history, more live
+// messages may have come than the send buffer holds: those are read back
+// from the store, from where the history ended, until none is missing. It
+// reports whether the client is still in the room.
+func (c *Client) endReplay(mem *membership, r *Room) bool {
+	for {
+		c.mu.Lock()
+		if c.mux.rooms[r] != mem {
+			mem.held = nil
+			c.mu.Unlock()
+			return false
+		}
+		if !mem.overflow {
+			mem.replaying = false
+			held := mem.held
+			mem.held = nil
+			if c.closeReq == nil {
+				c.queue = append(c.queueOrNew(), held...)
+				c.stats.queued.Add(int64(len(held)))
+				c.startWriterLocked()
+			}
+			c.mu.Unlock()
+			return true
+		}
+		// Catch up from where the client is, then look again.
+		mem.overflow = false
+		mem.held = nil
+		from := position{epoch: mem.lastEpoch, seq: mem.lastSeq}
+		c.mu.Unlock()
+		err := r.history(c.ctx, from, -1, true, mem, func(batch []outFrame) error { return c.sendHistory(mem, batch) })
+		if err != nil && !errors.Is(err, errEvicted) {
+			var gap *gapError
+			if errors.As(err, &gap) {
+				r.stats.resyncs.Add(1)
+			}
+			c.leaveRoom(mem, "", "")
+			c.reply((&reply{Op: "resync", Room: r.name, Reason: "messages lost", Resume: resumeOf(err)}).frame())
+			return false
+		}
+	}
+}
+
+// resumeOf returns where a gapError says the history can be resumed.
+func resumeOf(err error) string {
+	var gap *gapError
+	if errors.As(err, &gap) {
+		return gap.resume
+	}
+	return ""
+}
+
+// errEvicted is history's error when the client left the room meanwhile.
+var errEvicted = errors.New("wsroom: no longer in the room")
 
 // maxLast bounds the "last" of a join request.
 const maxLast = 1000
 
-// sendHistory queues a page of history and waits until it is written, so
-// that a client holds at most a page of it.
-func (c *Client) sendHistory(batch []outFrame) error {
+// sendHistory queues a page of mem's history and waits until it is
+// written, so that a client holds at most a page of it.
+func (c *Client) sendHistory(mem *membership, batch []outFrame) error {
 	c.mu.Lock()
 	if c.closeReq != nil {
 		c.mu.Unlock()
 		return ErrClosed
+	}
+	if c.mux.rooms[mem.room] != mem {
+		c.mu.Unlock()
+		return errEvicted
 	}
 	select {
 	case <-c.drained:
@@ -435,28 +544,32 @@ func (c *Client) roomLeft(r *Room, reason, id string) {
 	r.announce(c, presenceLeave)
 	r.stats.leaves.Add(1)
 	if reason != "" {
-		c.enqueue(outFrame{data: (&reply{Op: "left", Room: r.name, ID: id, Reason: reason}).frame()}, false)
+		c.reply((&reply{Op: "left", Room: r.name, ID: id, Reason: reason}).frame())
 	}
 	r.release()
 }
 
 // evict takes a client of many rooms out of a room whose loop has stopped
 // or forgotten it (the room closed, or its history broke), telling it with
-// a frame built by tell. It runs on the room's goroutines and never waits
-// for the client.
+// the frame of tell; a client that is joining the room and was not told it
+// joined is not told: its join fails instead (see joinRoom). It runs on the
+// room's goroutines and never waits for the client.
 func (c *Client) evict(r *Room, tell *reply) {
 	c.mu.Lock()
 	mem := c.mux.rooms[r]
-	if mem != nil {
-		delete(c.mux.rooms, r)
-		delete(c.mux.byName, r.name)
-	}
-	c.mu.Unlock()
 	if mem == nil {
+		c.mu.Unlock()
 		return
 	}
+	delete(c.mux.rooms, r)
+	delete(c.mux.byName, r.name)
 	r.joined.Add(-1)
-	c.enqueue(outFrame{data: tell.frame()}, false)
+	if mem.told {
+		c.enqueueLocked(outFrame{data: tell.frame(), reply: true}, false)
+	} else {
+		mem.evicted = tell
+		c.mu.Unlock()
+	}
 	go func() { // presence and the release may wait
 		if p, ok := r.cfg.broker.(Presence); ok {
 			c.presenceIn(r, func(ctx context.Context) error { return p.Leave(ctx, r.name, c.id) })
@@ -483,17 +596,19 @@ func (c *Client) presenceIn(r *Room, update func(context.Context) error) {
 }
 
 // publishReq publishes a client's "pub" and acks it. A pub whose id the
-// registry has seen from the same identity in the same room within ackTTL
-// is not published again: it gets the first one's ack, once that one is
-// done.
+// registry has seen from the same sender in the same room within ackTTL is
+// not published again: it gets the first one's ack, once that one is done.
 func (c *Client) publishReq(req *request) error {
 	c.mu.Lock()
 	mem := c.mux.byName[req.Room]
+	var r *Room
+	if mem != nil && !mem.replaying {
+		r = mem.room
+	}
 	c.mu.Unlock()
-	if mem == nil || mem.room == nil {
+	if r == nil {
 		return protoErr(codeNotJoined, "wsroom: not in room %q", req.Room)
 	}
-	r := mem.room
 	if req.Data == nil {
 		return protoErr(codeBadRequest, "wsroom: pub without data")
 	}
@@ -504,7 +619,7 @@ func (c *Client) publishReq(req *request) error {
 	if fn := c.cfg.onPublish; fn != nil {
 		var out []byte
 		if err := c.hook("publish", func() (err error) { out, err = fn(c, r, data); return err }); err != nil {
-			return protoErr(codeForbidden, "%v", err)
+			return hookError(err)
 		}
 		if data, err = r.check(out); err != nil {
 			return protoErr(codeBadRequest, "wsroom: the publish hook's data: %v", err)
@@ -514,13 +629,12 @@ func (c *Client) publishReq(req *request) error {
 	var e *ackEntry
 	if id != "" && !req.Ephemeral {
 		var first bool
-		key := ackKey{room: r.name, who: c.member().Info, id: id}
-		if e, first = c.mux.g.acks.begin(key); !first {
+		if e, first = c.mux.g.acks.begin(r.name, c.sender(), id); !first {
 			a, err := e.wait(c.aborted)
 			if err != nil {
 				return err
 			}
-			c.enqueue(outFrame{data: a.frame()}, false)
+			c.reply(a.frame())
 			return nil
 		}
 	}
@@ -545,10 +659,28 @@ func (c *Client) publishReq(req *request) error {
 		return err
 	}
 	if a != nil {
-		c.enqueue(outFrame{data: a.frame()}, false)
+		c.reply(a.frame())
 	}
 	return nil
 }
+
+// sender returns who the client is for idempotent retries: its identity
+// when that can be compared (clients without one share the anonymous
+// space), else its String, else its connection (PROTOCOL.md, section 5).
+func (c *Client) sender() any {
+	v := c.identity
+	switch {
+	case v == nil || reflect.TypeOf(v).Comparable():
+		return v
+	}
+	if s, ok := v.(fmt.Stringer); ok {
+		return s.String()
+	}
+	return connSender(c.id)
+}
+
+// connSender is the sender of a client whose identity cannot be compared.
+type connSender string
 
 // sendMux sends data to a client of many rooms alone, as an ephemeral
 // message with no room.
@@ -566,21 +698,31 @@ func (c *Client) sendMux(data []byte) error {
 	return nil
 }
 
-// ackKey names a publish for idempotent retries: its room, who sent it
-// (the authorized identity's text) and its request id.
-type ackKey struct{ room, who, id string }
-
-// ackTTL is how long a registry remembers the ack of a publish, and ackMax
-// how many it remembers.
+// Idempotent retries keep, per room, the acks of the last acksPerRoom
+// publishes with an id, each for ackTTL; ackMax bounds them in all rooms.
 const (
-	ackTTL = 2 * time.Minute
-	ackMax = 1 << 16
+	ackTTL      = 2 * time.Minute
+	acksPerRoom = 1024
+	ackMax      = 1 << 18
 )
+
+// ackKey names a publish of a room for idempotent retries: who sent it
+// (see Client.sender) and its request id.
+type ackKey struct {
+	who any
+	id  string
+}
 
 // ackCache remembers the acks of a registry's recent publishes, and the
 // publishes still under way, so that a retry is never published twice.
 type ackCache struct {
 	mu    sync.Mutex
+	rooms map[string]*roomAcks
+	n     int // entries in all rooms
+}
+
+// roomAcks are the entries of one room, oldest first in order.
+type roomAcks struct {
 	acks  map[ackKey]*ackEntry
 	order []*ackEntry
 }
@@ -591,6 +733,7 @@ type ackEntry struct {
 	done chan struct{} // closed when the publish is done
 	ack  *reply        // its ack, once done; nil if it failed
 	err  error
+	room *roomAcks
 }
 
 // wait waits for the publish of e to be done, or for stop, and returns its
@@ -604,28 +747,57 @@ func (e *ackEntry) wait(stop <-chan struct{}) (*reply, error) {
 	}
 }
 
-// begin returns the entry of k and whether the caller is first: then it
-// publishes and calls finish. Others wait on the entry.
-func (ac *ackCache) begin(k ackKey) (*ackEntry, bool) {
+// begin returns the entry of the publish with id by who in room, and
+// whether the caller is first: then it publishes and calls finish. Others
+// wait on the entry.
+func (ac *ackCache) begin(room string, who any, id string) (*ackEntry, bool) {
 	now := time.Now()
+	k := ackKey{who: who, id: id}
 	ac.mu.Lock()
 	defer ac.mu.Unlock()
-	if ac.acks == nil {
-		ac.acks = make(map[ackKey]*ackEntry)
+	if ac.rooms == nil {
+		ac.rooms = make(map[string]*roomAcks)
 	}
-	if e := ac.acks[k]; e != nil && now.Sub(e.at) <= ackTTL {
+	ra := ac.rooms[room]
+	if ra == nil {
+		ra = &roomAcks{acks: make(map[ackKey]*ackEntry)}
+		ac.rooms[room] = ra
+	}
+	if e := ra.acks[k]; e != nil && now.Sub(e.at) <= ackTTL {
 		return e, false
 	}
-	for len(ac.order) > 0 && (len(ac.order) >= ackMax || now.Sub(ac.order[0].at) > ackTTL) {
-		if old := ac.order[0]; ac.acks[old.key] == old {
-			delete(ac.acks, old.key)
+	ac.trim(ra, now, acksPerRoom-1)
+	if ac.n >= ackMax {
+		for name, other := range ac.rooms {
+			ac.trim(other, now, acksPerRoom)
+			if len(other.order) == 0 && other != ra {
+				delete(ac.rooms, name)
+			}
 		}
-		ac.order = ac.order[1:]
+		for _, other := range ac.rooms {
+			if ac.n < ackMax {
+				break
+			}
+			ac.trim(other, now, len(other.order)/2)
+		}
 	}
-	e := &ackEntry{key: k, at: now, done: make(chan struct{})}
-	ac.acks[k] = e
-	ac.order = append(ac.order, e)
+	e := &ackEntry{key: k, at: now, done: make(chan struct{}), room: ra}
+	ra.acks[k] = e
+	ra.order = append(ra.order, e)
+	ac.n++
 	return e, true
+}
+
+// trim forgets the expired entries of ra and its oldest beyond keep.
+func (ac *ackCache) trim(ra *roomAcks, now time.Time, keep int) {
+	for len(ra.order) > 0 && (len(ra.order) > keep || now.Sub(ra.order[0].at) > ackTTL) {
+		if old := ra.order[0]; ra.acks[old.key] == old {
+			delete(ra.acks, old.key)
+		}
+		ra.order[0] = nil
+		ra.order = ra.order[1:]
+		ac.n--
+	}
 }
 
 // finish records how the publish of e ended. A failed publish is
@@ -633,8 +805,8 @@ func (ac *ackCache) begin(k ackKey) (*ackEntry, bool) {
 func (ac *ackCache) finish(e *ackEntry, a *reply, err error) {
 	ac.mu.Lock()
 	e.ack, e.err = a, err
-	if err != nil && ac.acks[e.key] == e {
-		delete(ac.acks, e.key)
+	if err != nil && e.room.acks[e.key] == e {
+		delete(e.room.acks, e.key)
 	}
 	ac.mu.Unlock()
 	close(e.done)

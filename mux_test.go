@@ -18,7 +18,7 @@ import (
 	"github.com/wsroom/wsroom/internal/wspipe"
 )
 
-// frame is any frame of the wsroom.v1 protocol, as a client reads it.
+// frame is any frame of the wsroom.v2 protocol, as a client reads it.
 type frame struct {
 	Op      string          `json:"op"`
 	ID      string          `json:"id,omitempty"`
@@ -35,6 +35,10 @@ type frame struct {
 	Join    []wsroom.Member `json:"join,omitempty"`
 	Leave   []string        `json:"leave,omitempty"`
 	Count   *int            `json:"count,omitempty"`
+	Text    *string         `json:"text,omitempty"`
+	Bytes   []byte          `json:"bytes,omitempty"`
+	Conn    string          `json:"conn,omitempty"`
+	Limits  map[string]int  `json:"limits,omitempty"`
 }
 
 // muxFixture is a Registry serving connections of many rooms over loopback.
@@ -61,7 +65,19 @@ func (f *muxFixture) dial(t *testing.T) *websocket.Conn {
 		t.Fatalf("subprotocol %q, want %q", c.Subprotocol(), wsroom.Subprotocol)
 	}
 	t.Cleanup(func() { c.CloseNow() })
+	expectHello(t, c)
 	return c
+}
+
+// expectHello reads the hello frame every connection of many rooms starts
+// with.
+func expectHello(t *testing.T, c *websocket.Conn) frame {
+	t.Helper()
+	h := expect(t, c, "hello")
+	if h.Conn == "" || h.Limits == nil || h.Limits["inflight"] == 0 {
+		t.Fatalf("hello = %+v, want a connection id and limits", h)
+	}
+	return h
 }
 
 func send(t *testing.T, c *websocket.Conn, req string) {
@@ -91,13 +107,18 @@ func expect(t *testing.T, c *websocket.Conn, op string) frame {
 	return f
 }
 
-// msgs reads n frames, which must be messages, as "room:seq:data".
+// msgs reads n frames, which must be messages, as "room:seq:data" (or
+// "room:seq:text:"..."" for a text payload).
 func msgs(t *testing.T, c *websocket.Conn, n int) []string {
 	t.Helper()
 	var out []string
 	for range n {
 		f := expect(t, c, "msg")
-		out = append(out, fmt.Sprintf("%s:%d:%s", f.Room, f.Seq, f.Data))
+		data := string(f.Data)
+		if f.Text != nil {
+			data = fmt.Sprintf("text:%q", *f.Text)
+		}
+		out = append(out, fmt.Sprintf("%s:%d:%s", f.Room, f.Seq, data))
 	}
 	return out
 }
@@ -373,6 +394,7 @@ func TestMuxStuckClientDelaysNoRoom(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { c.CloseNow() })
+			expectHello(t, c)
 			return c
 		}
 		stuck, healthy := dial(), dial()
@@ -447,8 +469,8 @@ func TestMuxServerSide(t *testing.T) {
 		t.Errorf("Rooms() = %v, want [news]", got)
 	}
 	f.reg.Publish(t.Context(), "news", []byte("hello"))
-	if m := expect(t, conn, "msg"); string(m.Data) != `"hello"` {
-		t.Errorf("text message reached a client of many rooms as %s, want a JSON string", m.Data)
+	if m := expect(t, conn, "msg"); m.Data != nil || m.Text == nil || *m.Text != "hello" {
+		t.Errorf("text message reached a client of many rooms as data %s text %v, want text \"hello\"", m.Data, m.Text)
 	}
 	if err := c.Send(t.Context(), []byte(`"just you"`)); err != nil {
 		t.Fatal(err)
@@ -496,6 +518,7 @@ func TestMuxPresenceEvents(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { c.CloseNow() })
+		expectHello(t, c)
 		return c
 	}
 	ana := dialAs("ana")

@@ -2,32 +2,37 @@ package wsroom
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 )
 
-// This file holds the wire format of the wsroom.v1 protocol (PROTOCOL.md):
+// This file holds the wire format of the wsroom.v2 protocol (PROTOCOL.md):
 // the requests a connection of many rooms sends, and the frames it gets.
 
 // Subprotocol is the WebSocket subprotocol of the protocol of connections in
 // many rooms, described in PROTOCOL.md. A new version of the protocol gets a
 // new name.
-const Subprotocol = "wsroom.v1"
+const Subprotocol = "wsroom.v2"
 
-// request is a frame from a client of many rooms.
+// request is a frame from a client of many rooms, as parseRequest read it:
+// a member given as null is absent.
 type request struct {
-	Op        string          `json:"op"`
-	Room      string          `json:"room"`
-	ID        *string         `json:"id"`
-	Resume    string          `json:"resume"`
-	Last      int             `json:"last"`
-	Members   bool            `json:"members"`
-	Data      json.RawMessage `json:"data"`
-	Ephemeral bool            `json:"ephemeral"`
+	Op        string
+	Room      string
+	ID        *string
+	Resume    *string
+	Last      int
+	Members   bool
+	Data      json.RawMessage
+	Ephemeral bool
+	hasRoom   bool
 }
 
 // Error codes of the protocol (PROTOCOL.md, section 6).
@@ -39,6 +44,7 @@ const (
 	codeForbidden    = "forbidden"
 	codeTooManyRooms = "too_many_rooms"
 	codeUnavailable  = "unavailable"
+	codeInternal     = "internal"
 	codeResync       = "resync"
 )
 
@@ -59,20 +65,104 @@ var errNotObject = errors.New("wsroom: frame is not a JSON object")
 
 // parseRequest parses a client's frame. A frame that is not a JSON object
 // is an error that closes the client; a request that is wrong otherwise is
-// a *protoError to answer.
+// a *protoError to answer, with the request as far as it was read (its id
+// only if that is valid).
+//
+// Member names are matched exactly, a member given twice is a bad request,
+// a member whose value is null is absent, and unknown members are ignored
+// (PROTOCOL.md, section 1).
 func parseRequest(b []byte) (*request, error) {
 	b = bytes.TrimSpace(b)
 	if len(b) == 0 || b[0] != '{' || !json.Valid(b) {
 		return nil, errNotObject
 	}
-	var req request
-	if err := json.Unmarshal(b, &req); err != nil {
-		return &req, protoErr(codeBadRequest, "wsroom: bad request: %v", err)
+	req := &request{}
+	var perr *protoError
+	bad := func(format string, args ...any) {
+		if perr == nil {
+			perr = protoErr(codeBadRequest, "wsroom: bad request: "+format, args...)
+		}
 	}
-	if req.ID != nil && (len(*req.ID) == 0 || len(*req.ID) > 64) {
-		return &req, protoErr(codeBadRequest, "wsroom: an id is 1 to 64 bytes")
+	var seen map[string]bool
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.Token() // the '{': b is a valid object
+	var hasOp bool
+	var op json.RawMessage
+	for dec.More() {
+		t, _ := dec.Token()
+		name, _ := t.(string)
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, errNotObject
+		}
+		if seen == nil {
+			seen = make(map[string]bool, 8)
+		}
+		if seen[name] {
+			bad("member %q given twice", truncate(name, 32))
+			continue
+		}
+		seen[name] = true
+		if string(v) == "null" {
+			continue // absent
+		}
+		switch name {
+		case "op":
+			hasOp, op = true, v
+		case "room":
+			req.hasRoom = true
+			if json.Unmarshal(v, &req.Room) != nil {
+				req.hasRoom = false
+				bad("room must be a string")
+			}
+		case "id":
+			var id string
+			if json.Unmarshal(v, &id) != nil || len(id) == 0 || len(id) > 64 {
+				bad("an id is a string of 1 to 64 bytes")
+				continue
+			}
+			req.ID = &id
+		case "resume":
+			var s string
+			if json.Unmarshal(v, &s) != nil {
+				bad("resume must be a string")
+				continue
+			}
+			req.Resume = &s
+		case "last":
+			n, err := strconv.ParseInt(string(v), 10, 0)
+			if err != nil || n < 0 {
+				bad("last must be an integer of 0 or more")
+				continue
+			}
+			req.Last = int(min(n, maxLast))
+		case "members":
+			if json.Unmarshal(v, &req.Members) != nil {
+				bad("members must be true or false")
+			}
+		case "ephemeral":
+			if json.Unmarshal(v, &req.Ephemeral) != nil {
+				bad("ephemeral must be true or false")
+			}
+		case "data":
+			req.Data = v
+		}
 	}
-	return &req, nil
+	switch {
+	case perr != nil:
+	case !hasOp:
+		bad("no op")
+	case json.Unmarshal(op, &req.Op) != nil:
+		bad("op must be a string")
+	case req.Op != "join" && req.Op != "leave" && req.Op != "pub":
+		perr = protoErr(codeUnknownOp, "wsroom: unknown op %q", truncate(req.Op, 32))
+	case !req.hasRoom:
+		bad("no room")
+	}
+	if perr != nil {
+		return req, perr
+	}
+	return req, nil
 }
 
 // id returns the request's id, or "".
@@ -81,6 +171,46 @@ func (req *request) id() string {
 		return ""
 	}
 	return *req.ID
+}
+
+// hello returns the frame a connection of many rooms gets first: its id
+// and the limits it is served with (PROTOCOL.md, section 1).
+func (c *Client) hello() []byte {
+	cfg := c.cfg
+	ms := func(d time.Duration) int64 { return d.Milliseconds() }
+	type limits struct {
+		ReadLimit      int64   `json:"readLimit"`
+		Rooms          int     `json:"rooms"`
+		Inflight       int     `json:"inflight"`
+		SendBuffer     int     `json:"sendBuffer"`
+		Presence       int     `json:"presence"`
+		PublishRetryMs int64   `json:"publishRetryMs"`
+		Rate           float64 `json:"rate"`
+		Burst          int     `json:"burst"`
+		PingMs         int64   `json:"pingMs"`
+		PongTimeoutMs  int64   `json:"pongTimeoutMs"`
+		AckTTLMs       int64   `json:"ackTTLMs"`
+		AcksPerRoom    int     `json:"acksPerRoom"`
+	}
+	h := struct {
+		Op     string `json:"op"`
+		Conn   string `json:"conn"`
+		Limits limits `json:"limits"`
+	}{"hello", c.id, limits{
+		ReadLimit: cfg.readLimit, Rooms: cfg.maxRoomsPerClient, Inflight: maxInflight,
+		SendBuffer: cfg.sendBuffer, Presence: max(cfg.presenceEvents, 0),
+		PublishRetryMs: ms(cfg.publishRetry), Rate: max(cfg.rateLimit, 0), Burst: cfg.rateBurst,
+		PingMs: ms(cfg.pingInterval), PongTimeoutMs: ms(cfg.pongTimeout),
+		AckTTLMs: ms(ackTTL), AcksPerRoom: acksPerRoom,
+	}}
+	if cfg.rateLimit <= 0 {
+		h.Limits.Burst = 0
+	}
+	if cfg.pingInterval <= 0 {
+		h.Limits.PongTimeoutMs = 0
+	}
+	b, _ := json.Marshal(h)
+	return appendFrame(make([]byte, 0, len(b)+4), websocket.MessageText, b)
 }
 
 // reply is a frame to a client of many rooms other than a message.
@@ -144,13 +274,15 @@ func presenceFrame(room string, m Message) ([]byte, error) {
 	return appendFrame(make([]byte, 0, len(b)+4), websocket.MessageText, b), nil
 }
 
-// muxFrame returns the frame of m for clients of the wsroom.v1 protocol:
+// muxFrame returns the frame of m for clients of the wsroom.v2 protocol:
 //
 //	{"op":"msg","room":"lobby","seq":7,"epoch":"k2x...","time":1700000000000,"from":"c5r...","data":<the JSON value>}
 //
 // The room's name is in it, so the frame is the same for every member; a
 // message for one connection alone (room "") has none. A payload that is
-// not JSON (from a client of a raw codec) is sent as a JSON string.
+// not JSON is sent as a string in "text" when it is UTF-8 text (from server
+// code, or a client of a raw text codec), else base64-encoded in "bytes"
+// (PROTOCOL.md, section 3).
 func muxFrame(room string, m Message) ([]byte, error) {
 	if m.Presence != "" {
 		return presenceFrame(room, m)
@@ -175,15 +307,17 @@ func muxFrame(room string, m Message) ([]byte, error) {
 		b = append(b, `,"from":`...)
 		b = appendJSONString(b, m.From)
 	}
-	b = append(b, `,"data":`...)
-	if json.Valid(m.Data) {
+	switch {
+	case json.Valid(m.Data):
+		b = append(b, `,"data":`...)
 		b = append(b, m.Data...)
-	} else {
-		q, err := json.Marshal(string(m.Data))
-		if err != nil {
-			return nil, err
-		}
-		b = append(b, q...)
+	case utf8.Valid(m.Data):
+		b = append(b, `,"text":`...)
+		b = appendJSONString(b, string(m.Data))
+	default:
+		b = append(b, `,"bytes":"`...)
+		b = base64.StdEncoding.AppendEncode(b, m.Data)
+		b = append(b, '"')
 	}
 	b = append(b, '}')
 	return appendFrame(make([]byte, 0, len(b)+10), websocket.MessageText, b), nil

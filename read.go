@@ -36,9 +36,15 @@ func (c *Client) readLoop() error {
 		if err != nil {
 			return err
 		}
+		if data == nil {
+			continue // refused; the connection is closing
+		}
 		payload, err := r.check(data)
 		if err != nil {
-			return c.reject(websocket.StatusInvalidFramePayloadData, err)
+			// Closing: what the client sent before it knew is still
+			// published.
+			c.reject(websocket.StatusInvalidFramePayloadData, err)
+			continue
 		}
 		if cfg.onMessage != nil {
 			if err := r.hook(c, "message", func() error { return cfg.onMessage(c, payload) }); err != nil {
@@ -69,9 +75,18 @@ func (c *Client) newLimiter() *limiter {
 
 // readFrame reads the client's next frame, which must be of type typ, and
 // applies the rate limit: it waits (Throttle) or closes the client
-// (CloseOverLimit). An error ends the client.
+// (CloseOverLimit). An error ends the client; a frame of another type is
+// refused (the client is closed with 1003) and returned as nil, and the
+// reader goes on until the client's close frame.
+//
+// Control frames are read only here: while the reader does anything else
+// (a publish retried through an outage, a join reading history, a throttle),
+// no pong can be read, so the ping timeout spares a client whose reader is
+// busy (see ping).
 func (c *Client) readFrame(lim *limiter, typ websocket.MessageType) ([]byte, error) {
+	c.inRead.Store(true)
 	got, data, err := c.conn.Read(context.Background())
+	c.inRead.Store(false)
 	if err != nil {
 		if errors.Is(err, websocket.ErrMessageTooBig) {
 			c.stats.closedInvalid.Add(1)
@@ -83,7 +98,8 @@ func (c *Client) readFrame(lim *limiter, typ websocket.MessageType) ([]byte, err
 	c.stats.bytesIn.Add(uint64(len(data)))
 	c.reads.Add(1)
 	if got != typ {
-		return nil, c.reject(websocket.StatusUnsupportedData, fmt.Errorf("wsroom: %v frame where %v frames are read", got, typ))
+		c.reject(websocket.StatusUnsupportedData, fmt.Errorf("wsroom: %v frame where %v frames are read", got, typ))
+		return nil, nil
 	}
 	if lim != nil {
 		if wait := lim.take(time.Now()); wait > 0 {
@@ -104,7 +120,9 @@ func (c *Client) readFrame(lim *limiter, typ websocket.MessageType) ([]byte, err
 // publish publishes a message a client of one room sent. While the broker
 // fails, it retries (see publishRetry); if the broker still fails after the
 // publish retry time, the client is closed with
-// websocket.StatusTryAgainLater, so that it knows to send again.
+// websocket.StatusTryAgainLater, so that it knows to send again: that
+// message and every one it sent after it are not published (the reader
+// stops), while every one before it was.
 func (c *Client) publish(m Message) error {
 	_, err := c.publishRetry(c.room, m, false)
 	if errors.Is(err, ErrUnavailable) {
@@ -156,9 +174,7 @@ func (c *Client) publishRetry(r *Room, m Message, seq bool) (Message, error) {
 const minAttempt = 50 * time.Millisecond
 
 // sleep waits for d, or until the connection is finished; it reports
-// whether it waited the whole time. A connection that is closing but not
-// finished goes on reading, so that what the client sent before it knew of
-// the close is published.
+// whether it waited the whole time.
 func (c *Client) sleep(d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()

@@ -36,6 +36,10 @@ func (r *Room) replayLen() int {
 func (c *Client) replay() *closeRequest {
 	r := c.room
 	if c.resume == nil && r.cfg.history == 0 {
+		// No history: the client has what came before the cut.
+		if cur, err := r.joinCut(c.ctx, c.joinedAt); err == nil {
+			c.home.lastEpoch, c.home.lastSeq = cur.epoch, cur.seq
+		}
 		return nil
 	}
 	var from position
@@ -44,11 +48,21 @@ func (c *Client) replay() *closeRequest {
 		from = *p
 		c.home.lastEpoch, c.home.lastSeq = p.epoch, p.seq
 	} else {
-		var err error
-		if from, limit, err = r.lastN(c.ctx, r.cfg.history); err != nil {
+		// The last messages before the client joined: those after it come
+		// live, however late this read runs.
+		cur, err := r.joinCut(c.ctx, c.joinedAt)
+		if err != nil {
 			return c.historyError(err)
 		}
+		from, limit = lastN(cur, r.cfg.history)
 	}
+	return c.replayFrom(from, limit)
+}
+
+// replayFrom writes at most limit messages after from (all, if limit < 0)
+// to a client of one room, as replay does.
+func (c *Client) replayFrom(from position, limit int) *closeRequest {
+	r := c.room
 	err := r.history(c.ctx, from, limit, false, c.home, func(batch []outFrame) error {
 		return c.write(batch, false)
 	})
@@ -91,20 +105,17 @@ func (r *Room) gap(ctx context.Context, p position) *gapError {
 func (e *gapError) Error() string { return ErrGap.Error() }
 func (e *gapError) Unwrap() error { return ErrGap }
 
-// lastN returns where the last n messages of the room start, and n (or
-// -1, with the zero position, when the room has no history).
-func (r *Room) lastN(ctx context.Context, n int) (position, int, error) {
-	ctx, cancel := context.WithTimeout(ctx, r.cfg.writeTimeout)
-	defer cancel()
-	last, err := r.cfg.store.Last(ctx, r.name, 1)
-	if err != nil || len(last) == 0 {
-		return position{}, 0, err
+// lastN returns where the last n messages up to cur start, and how many
+// to read (0 when the room has no history).
+func lastN(cur position, n int) (position, int) {
+	if cur.seq == 0 {
+		return position{}, 0
 	}
-	return position{epoch: last[0].Epoch, seq: last[0].Seq - min(last[0].Seq, uint64(n))}, n, nil
+	return position{epoch: cur.epoch, seq: cur.seq - min(cur.seq, uint64(n))}, n
 }
 
 // history reads the room's messages after from, at most limit of them if
-// limit >= 0, and hands them to send as frames (mux: of the wsroom.v1
+// limit >= 0, and hands them to send as frames (mux: of the wsroom.v2
 // protocol), a page at a time, so that a client holds at most about
 // replayBytes of history at once. Frames come from the room's frame cache,
 // so clients that replay the same messages share them. Each page gets the
@@ -185,7 +196,7 @@ type frameCache struct {
 // frameKey names the frame of one message for one kind of client.
 type frameKey struct {
 	position
-	mux bool // of the wsroom.v1 protocol, not of the room's codec
+	mux bool // of the wsroom.v2 protocol, not of the room's codec
 }
 
 // get returns the frame of m, encoding it if the cache does not have it.

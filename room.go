@@ -39,12 +39,11 @@ const StatusResync websocket.StatusCode = 4000
 // Room is safe for concurrent use by multiple goroutines. Call Close or
 // Shutdown to release its goroutines and connections.
 type Room struct {
-	name      string
-	cfg       config
-	rawFrames bool // the room frames messages itself (no compression)
+	name string
+	cfg  config
 
 	// The loop's channels (loop.go).
-	joinc    chan *Client
+	joinc    chan joinRequest
 	leavec   chan *Client
 	inbox    chan Message
 	queryc   chan chan []*Client
@@ -95,20 +94,19 @@ func New(opts ...Option) *Room {
 
 func newRoom(name string, cfg config) *Room {
 	r := &Room{
-		name:      name,
-		cfg:       cfg,
-		rawFrames: cfg.compression == websocket.CompressionDisabled,
-		joinc:     make(chan *Client),
-		leavec:    make(chan *Client),
-		inbox:     make(chan Message, inboxSize),
-		queryc:    make(chan chan []*Client),
-		catchup:   make(chan struct{}, 1),
-		fetchc:    make(chan fetchResult),
-		wantc:     make(chan fetchRequest, 1),
-		errc:      make(chan roomError, errQueue),
-		ready:     make(chan struct{}),
-		quit:      make(chan struct{}),
-		done:      make(chan struct{}),
+		name:    name,
+		cfg:     cfg,
+		joinc:   make(chan joinRequest),
+		leavec:  make(chan *Client),
+		inbox:   make(chan Message, inboxSize),
+		queryc:  make(chan chan []*Client),
+		catchup: make(chan struct{}, 1),
+		fetchc:  make(chan fetchResult),
+		wantc:   make(chan fetchRequest, 1),
+		errc:    make(chan roomError, errQueue),
+		ready:   make(chan struct{}),
+		quit:    make(chan struct{}),
+		done:    make(chan struct{}),
 	}
 	r.frames.max = frameCacheBytes
 	r.wg.Go(r.run)
@@ -238,15 +236,43 @@ func (r *Room) awaitReady() bool {
 	}
 }
 
-// join adds c to the loop's set, or reports false if the room has stopped.
-func (r *Room) join(c *Client) bool {
+// joinRequest asks the loop to add a client; the loop answers on at with
+// the cut: the position of the last numbered message it delivered before
+// the client was in, so that the client gets every message after it live
+// and is owed the ones up to it from the history.
+type joinRequest struct {
+	c  *Client
+	at chan cut
+}
+
+// cut is where a client's live messages start; known is false when the
+// loop does not know its place (it is catching up after a resync).
+type cut struct {
+	pos   position
+	known bool
+}
+
+// join adds c to the loop's set and returns the cut, or reports false if
+// the room has stopped.
+func (r *Room) join(c *Client) (cut, bool) {
+	req := joinRequest{c: c, at: make(chan cut, 1)}
 	select {
-	case r.joinc <- c:
+	case r.joinc <- req:
 		r.joined.Add(1)
-		return true
+		return <-req.at, true
 	case <-r.done:
-		return false
+		return cut{}, false
 	}
+}
+
+// joinCut returns where the live messages of a client that joined at k
+// start: the loop's cut, or the store's last message if the loop did not
+// know its place.
+func (r *Room) joinCut(ctx context.Context, k cut) (position, error) {
+	if k.known {
+		return k.pos, nil
+	}
+	return r.position(ctx)
 }
 
 func (r *Room) leave(c *Client) {
@@ -451,8 +477,9 @@ func (r *Room) crowded() bool {
 }
 
 // countMembers refreshes the room's member count, from the Broker's
-// Presence if it has one, and, if the room is crowded and the count is not
-// sent, tells this node's members of many rooms. It returns the count sent.
+// Presence if it has one, and, if the room is crowded (or was when the
+// count was last sent) and the count is not sent, tells this node's members
+// of many rooms. It returns the count sent.
 func (r *Room) countMembers(sent int64) int64 {
 	if r.Len() == 0 {
 		return sent
@@ -467,7 +494,10 @@ func (r *Room) countMembers(sent int64) int64 {
 		}
 	}
 	r.members.Store(n)
-	if !r.crowded() || n == sent {
+	// A crowded room sends its count when it changed, and once more when
+	// it is no longer crowded (presence events resume then).
+	wasCrowded := sent > int64(r.cfg.presenceEvents)
+	if n == sent || !r.crowded() && !wasCrowded {
 		return sent
 	}
 	select {

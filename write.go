@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -20,7 +21,14 @@ type outFrame struct {
 	data  []byte
 	mem   *membership // the room the message is of, for numbered messages
 	pub   int64       // when a live message was published (Unix ns), with an Observer; else 0
+	reply bool        // a reply to the client's own request: never dropped (see reply)
 }
+
+// maxInflight bounds the replies that may wait unwritten for a connection
+// of many rooms: past it, the reader waits for the writer before it reads
+// the next request, so a client that pipelines requests is slowed by TCP,
+// never closed for its own replies (PROTOCOL.md, section 6).
+const maxInflight = 64
 
 type closeMode int
 
@@ -94,13 +102,47 @@ func (c *Client) enqueueLocked(f outFrame, inline bool) bool {
 	}
 	defer c.mu.Unlock()
 	n := len(c.queue)
-	if !c.roomLocked(&c.queue) {
+	switch {
+	case f.reply:
+		c.replies++
+	case c.replayingLocked() && len(c.queue) >= c.cfg.sendBuffer:
+		// Read back from the store when the history ends (see replay).
+		c.home.overflow = true
+		return true
+	case !c.roomLocked(&c.queue):
 		return false
 	}
 	c.queue = append(c.queueOrNew(), f)
 	c.stats.queued.Add(int64(len(c.queue) - n)) // 0 if the oldest was dropped
 	c.startWriterLocked()
 	return true
+}
+
+// reply queues a reply to the client's own request, or a change of its
+// rooms (PROTOCOL.md: hello, joined, ack, error, left, resync). Replies are
+// never dropped and never count toward the slow-client policy; the reader
+// bounds them instead (see awaitReplies). It reports whether f was queued.
+func (c *Client) reply(data []byte) bool {
+	return c.enqueue(outFrame{data: data, reply: true}, false)
+}
+
+// awaitReplies waits, before the reader reads the next request, until
+// fewer than maxInflight replies wait for the writer, or the connection is
+// finished; it reports whether it may read on.
+func (c *Client) awaitReplies() bool {
+	for {
+		c.mu.Lock()
+		n := c.replies
+		c.mu.Unlock()
+		if n < maxInflight {
+			return true
+		}
+		select {
+		case <-c.repliesOut:
+		case <-c.aborted:
+			return false
+		}
+	}
 }
 
 // discardQueue forgets what is left in the queue of a client that has
@@ -114,8 +156,22 @@ func (c *Client) discardQueue() {
 
 // roomLocked makes room for one more frame in *q, by the slow-client
 // policy, and reports whether there is.
+//
+// Only room messages count and are dropped: replies (see reply) are not.
 func (c *Client) roomLocked(q *[]outFrame) bool {
 	if len(*q) < c.cfg.sendBuffer {
+		return true
+	}
+	oldest, msgs := -1, 0
+	for i := range *q {
+		if !(*q)[i].reply {
+			if oldest < 0 {
+				oldest = i
+			}
+			msgs++
+		}
+	}
+	if msgs < c.cfg.sendBuffer {
 		return true
 	}
 	switch c.cfg.slowPolicy {
@@ -123,7 +179,7 @@ func (c *Client) roomLocked(q *[]outFrame) bool {
 		c.stats.dropped.Add(1)
 		return false
 	case DropOldest:
-		n := copy(*q, (*q)[1:])
+		n := oldest + copy((*q)[oldest:], (*q)[oldest+1:])
 		(*q)[n] = outFrame{}
 		*q = (*q)[:n]
 		c.stats.dropped.Add(1)
@@ -136,11 +192,14 @@ func (c *Client) roomLocked(q *[]outFrame) bool {
 }
 
 // holdLocked keeps a live frame of a room whose history is still being
-// sent, until it is (see muxConn.join).
+// sent, until it is (see endReplay). Past the send buffer, the frame is
+// not kept but read back from the store when the history ends: a long
+// history is not a slow client.
 func (c *Client) holdLocked(f outFrame) bool {
 	defer c.mu.Unlock()
-	if !c.roomLocked(&f.mem.held) {
-		return false
+	if len(f.mem.held) >= c.cfg.sendBuffer {
+		f.mem.overflow = true
+		return true
 	}
 	f.mem.held = append(f.mem.held, f)
 	return true
@@ -298,6 +357,15 @@ func (c *Client) writeLoop() {
 			batch = batch[:0] // the rest of a begun frame still goes out
 		}
 		err := c.write(batch, partial)
+		if replies := countReplies(batch); replies > 0 {
+			c.mu.Lock()
+			c.replies -= replies
+			c.mu.Unlock()
+			select {
+			case c.repliesOut <- struct{}{}:
+			default:
+			}
+		}
 		if batch != nil {
 			clear(batch)
 			batch = batch[:0]
@@ -317,6 +385,17 @@ func (c *Client) writeLoop() {
 			return
 		}
 	}
+}
+
+// countReplies returns how many frames of batch are replies.
+func countReplies(batch []outFrame) int {
+	n := 0
+	for i := range batch {
+		if batch[i].reply {
+			n++
+		}
+	}
+	return n
 }
 
 // closeWait bounds how long a closing connection waits for the peer's
@@ -405,8 +484,10 @@ func (c *Client) write(batch []outFrame, partial bool) error {
 		err = c.fc.writeFrames(iov)
 	} else {
 		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.writeTimeout)
+		// coder/websocket frames (and compresses) each message itself.
 		for _, f := range iov {
-			if err = c.conn.Write(ctx, c.messageType(), f); err != nil {
+			typ, payload := framePayload(f)
+			if err = c.conn.Write(ctx, typ, payload); err != nil {
 				break
 			}
 		}
@@ -432,14 +513,6 @@ func (c *Client) write(batch []outFrame, partial bool) error {
 	return nil
 }
 
-// messageType is the frame type of the messages the client is sent.
-func (c *Client) messageType() websocket.MessageType {
-	if c.mux != nil {
-		return websocket.MessageText
-	}
-	return c.cfg.codec.MessageType()
-}
-
 // ping pings the client from the ping timer's goroutine and drops it if no
 // pong comes back in time; then it sets the timer for the next ping.
 func (c *Client) ping() {
@@ -454,15 +527,25 @@ func (c *Client) ping() {
 
 	ctx, cancel := context.WithCancel(c.ctx)
 	defer cancel()
-	// The timer records the reason before the connection fails.
+	// No pong in time drops the client, unless its reader could not read
+	// the pong: it was busy with the client's requests, or read a frame
+	// meanwhile (the client is alive). Then the ping is given up, and
+	// another follows.
+	reads := c.reads.Load()
+	var spared atomic.Bool
 	timeout := time.AfterFunc(c.cfg.pongTimeout, func() {
+		if !c.inRead.Load() || c.reads.Load() != reads {
+			spared.Store(true)
+			cancel()
+			return
+		}
 		c.stats.closedPing.Add(1)
 		c.abort(ErrPongTimeout)
 		cancel()
 	})
 	err := c.conn.Ping(ctx)
 	timeout.Stop()
-	if err != nil {
+	if err != nil && !spared.Load() {
 		// No pong (the timer set the reason), or the connection failed.
 		c.abort(err)
 		return

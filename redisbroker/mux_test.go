@@ -1,6 +1,6 @@
 package redisbroker
 
-// Connections of many rooms (wsroom.v1, PROTOCOL.md) across nodes. The
+// Connections of many rooms (wsroom.v2, PROTOCOL.md) across nodes. The
 // helpers and scenarios of this file are the same in natsbroker's
 // mux_test.go; only the tests at the end, which build the nodes, differ.
 
@@ -44,7 +44,7 @@ func newMuxNode(t *testing.T, b wsroom.Broker, opts ...wsroom.Option) *muxNode {
 	return &muxNode{reg: reg, url: "ws" + strings.TrimPrefix(srv.URL, "http")}
 }
 
-// muxFrame is any frame of the wsroom.v1 protocol, as a client reads it.
+// muxFrame is any frame of the wsroom.v2 protocol, as a client reads it.
 type muxFrame struct {
 	Op     string          `json:"op"`
 	ID     string          `json:"id"`

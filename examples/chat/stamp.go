@@ -9,7 +9,7 @@ import (
 )
 
 // A connection of many rooms publishes what the page sends as it is: the
-// wsroom.v1 endpoint has no message hook. The chat checks and signs
+// wsroom.v2 endpoint has no message hook. The chat checks and signs
 // messages in the Broker instead, which every publish goes through on the
 // node of its sender (who is connected there, so the node knows its name).
 // Messages from other nodes arrive signed by theirs.
