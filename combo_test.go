@@ -104,17 +104,40 @@ func readUntil(t *testing.T, c *websocket.Conn, ok func(frame) bool) []frame {
 }
 
 // The drop policies drop room messages only: replies to the client's own
-// requests arrive however far behind the client is.
+// requests arrive however far behind the client is, the oldest or the
+// newest frame of its queue.
 func TestMuxDropPoliciesKeepReplies(t *testing.T) {
 	for _, p := range []wsroom.SlowPolicy{wsroom.DropOldest, wsroom.DropNewest} {
 		t.Run(fmt.Sprint(p), func(t *testing.T) {
 			f := newMux(t, wsroom.WithSlowPolicy(p), wsroom.WithSendBuffer(8))
+			watcher := f.dial(t)
+			send(t, watcher, `{"op":"join","room":"a"}`)
+			expect(t, watcher, "joined")
+			seen := make(chan struct{})
+			go func() { // the watcher reads all the time
+				defer close(seen)
+				for {
+					_, b, err := watcher.Read(context.Background())
+					if err != nil || strings.Contains(string(b), `"mine"`) {
+						return
+					}
+				}
+			}()
 			c := f.dial(t)
 			send(t, c, `{"op":"join","room":"a"}`)
 			expect(t, c, "joined")
-			fill(t, f.reg, "a", 600) // the client reads nothing meanwhile
+			fill(t, f.reg, "a", 300) // the client reads nothing meanwhile
 			send(t, c, `{"op":"join","room":"b","id":"j"}`)
-			send(t, c, `{"op":"pub","room":"a","id":"p","data":1}`)
+			send(t, c, `{"op":"pub","room":"a","id":"p","data":"mine"}`)
+			// Once the watcher has the message, its ack is queued for c:
+			// more room messages then make it the oldest frame.
+			select {
+			case <-seen:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the watcher did not get the message")
+			}
+			time.Sleep(50 * time.Millisecond)
+			fill(t, f.reg, "a", 300)
 			var joined bool
 			readUntil(t, c, func(fr frame) bool {
 				joined = joined || fr.Op == "joined" && fr.ID == "j"
@@ -465,4 +488,59 @@ func TestMuxReplayOutlastsSendBuffer(t *testing.T) {
 			t.Fatalf("message %d is n=%d", i, d.N)
 		}
 	}
+}
+
+// gatedPresence is a LocalBroker with a Presence whose Members waits for
+// its gate, so that a join with "members" can be held between the room's
+// join and the client's "joined".
+type gatedPresence struct {
+	*wsroom.LocalBroker
+	gate, asked chan struct{}
+}
+
+func (b *gatedPresence) Join(context.Context, string, wsroom.Member) error { return nil }
+func (b *gatedPresence) Leave(context.Context, string, string) error       { return nil }
+func (b *gatedPresence) Members(ctx context.Context, room string) ([]wsroom.Member, error) {
+	b.asked <- struct{}{}
+	<-b.gate
+	return nil, nil
+}
+
+// A room that closes while a client is joining it fails the join: the
+// client is never told it joined a room it is not in.
+func TestMuxRoomClosedDuringJoin(t *testing.T) {
+	b := &gatedPresence{LocalBroker: wsroom.NewLocalBroker(wsroom.NewMemoryStore(0, 0)), gate: make(chan struct{}), asked: make(chan struct{}, 1)}
+	f := newMux(t, wsroom.WithBroker(b))
+	c := f.dial(t)
+	send(t, c, `{"op":"join","room":"a","id":"j","members":true}`)
+	<-b.asked
+	r, err := f.reg.Room("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	close(b.gate)
+	got := recv(t, c)
+	if got.Op != "error" || got.Code != "unavailable" || got.ID != "j" {
+		t.Fatalf("after the room closed during the join, got %+v, want error unavailable for j", got)
+	}
+	send(t, c, `{"op":"pub","room":"a","data":1}`)
+	if e := expect(t, c, "error"); e.Code != "not_joined" {
+		t.Errorf("pub after the failed join: %+v, want not_joined", e)
+	}
+}
+
+// A crowded room's count is sent once more when the room drops back to the
+// presence bound.
+func TestMuxPresenceCountBelowBound(t *testing.T) {
+	f := newMux(t, wsroom.WithPresenceEvents(1))
+	a := f.dial(t)
+	send(t, a, `{"op":"join","room":"r"}`)
+	expect(t, a, "joined")
+	b := f.dial(t)
+	send(t, b, `{"op":"join","room":"r"}`)
+	expect(t, b, "joined")
+	readUntil(t, a, func(fr frame) bool { return fr.Op == "presence" && fr.Count != nil && *fr.Count == 2 })
+	b.Close(websocket.StatusNormalClosure, "")
+	readUntil(t, a, func(fr frame) bool { return fr.Op == "presence" && fr.Count != nil && *fr.Count == 1 })
 }

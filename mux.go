@@ -288,7 +288,7 @@ func (c *Client) joinRoom(ctx context.Context, name string, req *request) error 
 		return ErrClosed
 	case c.mux.byName[name] != nil:
 		c.mu.Unlock()
-		return protoErr(codeBadRequest, "wsroom: in room %q already", name)
+		return protoErr(codeBadRequest, "wsroom: already in room %q", name)
 	case len(c.mux.byName) >= g.cfg.maxRoomsPerClient:
 		c.mu.Unlock()
 		return protoErr(codeTooManyRooms, "wsroom: in %d rooms already, the most a connection may be in", len(c.mux.byName))
