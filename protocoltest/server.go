@@ -151,6 +151,7 @@ type kit struct {
 	url   string
 	cfg   Config
 	rooms atomic.Int64
+	ids   atomic.Int64
 }
 
 // room returns a new room name.
@@ -467,7 +468,7 @@ func (c *client) sendf(format string, args ...any) {
 // join joins room and returns the joined reply.
 func (c *client) join(room string) *frame {
 	c.t.Helper()
-	id := "j-" + room
+	id := fmt.Sprintf("j%d", c.k.ids.Add(1))
 	c.sendf(`{"op":"join","room":%q,"id":%q}`, room, id)
 	return c.expectJoined(id, room)
 }
@@ -509,7 +510,10 @@ func (c *client) expectError(req, code, id string) *frame {
 	c.t.Helper()
 	f := c.reply()
 	if f.Op != "error" || f.Code != code {
-		c.t.Fatalf("request %s: reply %s, want error %q", req, f, code)
+		// Errorf, not Fatalf: each request has one reply, so the next
+		// ones still pair up, and every fault is listed.
+		c.t.Errorf("request %s: reply %s, want error %q", req, f, code)
+		return f
 	}
 	if f.Message == nil || *f.Message == "" {
 		c.t.Errorf("request %s: error %s has no message (section 6.1)", req, f)
@@ -1628,27 +1632,40 @@ func testBeforeClose(t *testing.T, k *kit) {
 		{"binary", websocket.MessageBinary, `{"op":"pub"}`, websocket.StatusUnsupportedData},
 		{"not an object", websocket.MessageText, `[1,2]`, websocket.StatusInvalidFramePayloadData},
 	} {
-		room := k.room()
-		a, b := k.dial(t), k.dial(t)
-		a.join(room)
-		b.join(room)
-		before, after := fmt.Sprintf(`"before %s"`, tc.name), fmt.Sprintf(`"after %s"`, tc.name)
-		a.sendf(`{"op":"pub","room":%q,"id":"b1","data":%s}`, room, before)
-		if err := a.writeErr(tc.typ, []byte(tc.b)); err != nil {
-			t.Fatalf("write: %v", err)
+		// The pub after the bad frame must be written before the
+		// server's close frame arrives; try a few times.
+		var room, before, after string
+		var a, b *client
+		sentAfter := false
+		for try := 0; try < 5 && !sentAfter; try++ {
+			room = k.room()
+			a, b = k.dial(t), k.dial(t)
+			a.join(room)
+			b.join(room)
+			before, after = fmt.Sprintf(`"before %s"`, tc.name), fmt.Sprintf(`"after %s"`, tc.name)
+			a.sendf(`{"op":"pub","room":%q,"id":"b1","data":%s}`, room, before)
+			if err := a.writeErr(tc.typ, []byte(tc.b)); err != nil {
+				t.Fatalf("write: %v", err)
+			}
+			sentAfter = a.writeErr(websocket.MessageText, fmt.Appendf(nil, `{"op":"pub","room":%q,"id":"b2","data":%s}`, room, after)) == nil
 		}
-		sentAfter := a.writeErr(websocket.MessageText, fmt.Appendf(nil, `{"op":"pub","room":%q,"id":"b2","data":%s}`, room, after)) == nil
 		if s := a.waitClose(); s != tc.code {
 			t.Errorf("after a %s frame: %s, want close %d", tc.name, describe(a.err), tc.code)
 		}
-		if m := b.msg(room); string(m.Data) != before {
+		isMsg := func(f *frame) bool { return f.Op == "msg" && f.room() == room }
+		if m, err := b.takeErr("the pub sent before the "+tc.name+" frame", isMsg); err != nil {
+			t.Errorf("the pub sent before the %s frame was not carried out: %v", tc.name, err)
+			continue
+		} else if string(m.Data) != before {
 			t.Errorf("the other member got %s, want the pub sent before the %s frame", m, tc.name)
 		}
 		if !sentAfter {
 			t.Logf("the pub after the %s frame could not be written: not checked", tc.name)
 			continue
 		}
-		if m := b.msg(room); string(m.Data) != after {
+		if m, err := b.takeErr("the pub sent after the "+tc.name+" frame", isMsg); err != nil {
+			t.Errorf("the pub sent after the %s frame, before the client's close frame, was not carried out: %v", tc.name, err)
+		} else if string(m.Data) != after {
 			t.Errorf("the other member got %s, want the pub sent after the %s frame, before the client's close", m, tc.name)
 		}
 	}
