@@ -60,7 +60,8 @@ type Config struct {
 	Wait time.Duration
 }
 
-// Limits are the members of hello.limits (PROTOCOL.md, section 1.3).
+// Limits are the members of hello.limits (PROTOCOL.md, section 1.3), with
+// their names there.
 type Limits struct {
 	ReadLimit      int64   `json:"readLimit"`
 	Rooms          int     `json:"rooms"`
@@ -164,7 +165,7 @@ func (k *kit) room() string {
 	return fmt.Sprintf("%s-%d", k.cfg.RoomPrefix, k.rooms.Add(1))
 }
 
-// Frame is a frame the server sent.
+// frame is a frame the server sent.
 type frame struct {
 	n       int    // its place among the connection's frames, from 0
 	raw     string // as sent
