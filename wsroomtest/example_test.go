@@ -68,7 +68,7 @@ func ExampleConn_ExpectFrames() {
 
 	c.Send(`{"op":"join","room":"lobby","id":"j1"}`)
 	c.Send(`{"op":"join","room":"staff","id":"j2"}`)
-	c.ExpectFrames("joined lobby id=j1", "error staff id=j2 code=forbidden")
+	c.ExpectFrames("hello", "joined lobby id=j1", "error staff id=j2 code=forbidden")
 	rooms.Publish(context.Background(), "lobby", []byte(`{"text":"welcome"}`))
 	f := c.ReadFrame()
 	fmt.Println(f)

@@ -330,6 +330,8 @@ type Frame struct {
 	Time    int64           `json:"time,omitempty"`
 	From    string          `json:"from,omitempty"`
 	Data    json.RawMessage `json:"data,omitempty"`
+	Text    *string         `json:"text,omitempty"`  // a payload that is text but not JSON
+	Bytes   []byte          `json:"bytes,omitempty"` // a payload that is not text
 	Code    string          `json:"code,omitempty"`
 	Message string          `json:"message,omitempty"`
 	Reason  string          `json:"reason,omitempty"`
@@ -338,20 +340,23 @@ type Frame struct {
 	Join    []wsroom.Member `json:"join,omitempty"`
 	Leave   []string        `json:"leave,omitempty"`
 	Count   *int            `json:"count,omitempty"`
+	Conn    string          `json:"conn,omitempty"`   // hello: the connection's id
+	Limits  map[string]any  `json:"limits,omitempty"` // hello: the server's limits
 }
 
 // String returns the frame in one line of what is the same from run to
 // run, for comparisons: the op and room, then those of id, seq, code,
 // reason, count, members and join (their Info), leave (how many) and data
-// (compact JSON) that it has, such as
+// (compact JSON), text (quoted) or bytes (hex) that it has, such as
 //
+//	hello
 //	joined chat id=j1
 //	msg chat seq=1 {"text":"hi"}
 //	ack chat id=p1 seq=1
 //	error chat id=j2 code=forbidden
 //	presence chat join=[ana]
 //
-// Epoch, time, from, message and resume are left out.
+// Epoch, time, from, message, resume, conn and limits are left out.
 func (f Frame) String() string {
 	var b strings.Builder
 	b.WriteString(f.Op)
@@ -384,6 +389,12 @@ func (f Frame) String() string {
 	}
 	if f.Data != nil {
 		b.WriteString(" " + compact(f.Data))
+	}
+	if f.Text != nil {
+		fmt.Fprintf(&b, " text=%q", *f.Text)
+	}
+	if f.Bytes != nil {
+		fmt.Fprintf(&b, " bytes=%x", f.Bytes)
 	}
 	return b.String()
 }

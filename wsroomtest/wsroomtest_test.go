@@ -63,7 +63,7 @@ func TestManyRoomsInSynctest(t *testing.T) {
 		wsroomtest.WaitRoom(t, rooms, "news", 1)
 
 		c.SendJSON(map[string]any{"op": "join", "room": "news", "id": "j1"})
-		c.ExpectFrames("joined news id=j1")
+		c.ExpectFrames("hello", "joined news id=j1")
 		wsroomtest.WaitRoom(t, rooms, "news", 2)
 		c.Send(`{"op":"pub","room":"news","id":"p1","data":{"n":1}}`)
 		got := []string{c.ReadFrame().String(), c.ReadFrame().String()}
