@@ -544,3 +544,22 @@ func TestMuxPresenceCountBelowBound(t *testing.T) {
 	b.Close(websocket.StatusNormalClosure, "")
 	readUntil(t, a, func(fr frame) bool { return fr.Op == "presence" && fr.Count != nil && *fr.Count == 1 })
 }
+
+// A client throttled by a tiny rate limit for longer than the pong timeout
+// is slowed, not dropped: its messages are all published, in order.
+func TestThrottleOutlivesPongTimeout(t *testing.T) {
+	f := newMux(t, wsroom.WithRateLimit(4, 1, wsroom.Throttle), wsroom.WithPing(100*time.Millisecond, 100*time.Millisecond))
+	c := f.dial(t)
+	send(t, c, `{"op":"join","room":"a"}`)
+	expect(t, c, "joined")
+	for i := range 5 { // about a second of throttling
+		send(t, c, fmt.Sprintf(`{"op":"pub","room":"a","id":"%d","data":%d}`, i, i))
+	}
+	acks := 0
+	readUntil(t, c, func(fr frame) bool {
+		if fr.Op == "ack" {
+			acks++
+		}
+		return acks == 5
+	})
+}
