@@ -186,8 +186,15 @@ func (c *Client) sleep(d time.Duration) bool {
 	}
 }
 
-// reject reports bad input from the client and closes it with code.
+// reject reports bad input from the client and closes it with code; bad
+// input from a client that is closing already is not reported again.
 func (c *Client) reject(code websocket.StatusCode, err error) error {
+	c.mu.Lock()
+	closing := c.closeReq != nil
+	c.mu.Unlock()
+	if closing {
+		return err
+	}
 	c.stats.closedInvalid.Add(1)
 	c.report(err)
 	c.requestClose(code, truncate(err.Error(), maxReason), closeDiscard)

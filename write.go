@@ -132,9 +132,9 @@ func (c *Client) reply(data []byte) bool {
 func (c *Client) awaitReplies() bool {
 	for {
 		c.mu.Lock()
-		n := c.replies
+		n, closing := c.replies, c.closeReq != nil
 		c.mu.Unlock()
-		if n < maxInflight {
+		if n < maxInflight || closing { // a closing client is sent no reply
 			return true
 		}
 		select {
@@ -353,11 +353,12 @@ func (c *Client) writeLoop() {
 			return
 		}
 		c.mu.Unlock()
+		replies := countReplies(batch)
 		if req != nil && req.mode != closeDrain {
 			batch = batch[:0] // the rest of a begun frame still goes out
 		}
 		err := c.write(batch, partial)
-		if replies := countReplies(batch); replies > 0 {
+		if replies > 0 {
 			c.mu.Lock()
 			c.replies -= replies
 			c.mu.Unlock()
