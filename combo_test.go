@@ -563,3 +563,39 @@ func TestThrottleOutlivesPongTimeout(t *testing.T) {
 		return acks == 5
 	})
 }
+
+// hangingBroker's publishes hang until their context ends while down is
+// set, as an engine that does not answer.
+type hangingBroker struct {
+	*wsroom.LocalBroker
+	down atomic.Bool
+}
+
+func (b *hangingBroker) Publish(ctx context.Context, room string, m wsroom.Message) error {
+	if b.down.Load() {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return b.LocalBroker.Publish(ctx, room, m)
+}
+
+func (b *hangingBroker) PublishSeq(ctx context.Context, room string, m wsroom.Message) (wsroom.Message, error) {
+	return m, b.Publish(ctx, room, m) // not a Sequencer's numbering: acks without seq
+}
+
+// An engine that hangs, then comes back within the publish retry time,
+// takes the message at the next attempt: an attempt that hung does not
+// use up the retry time.
+func TestPublishAttemptsEndWithinRetry(t *testing.T) {
+	b := &hangingBroker{LocalBroker: wsroom.NewLocalBroker(wsroom.NewMemoryStore(0, 0))}
+	f := newFixture(t, wsroom.WithBroker(b), wsroom.WithCodec(wsroom.Text()), wsroom.WithPublishRetry(10*time.Second))
+	c := f.dial(t, "")
+	watcher := f.dial(t, "")
+	b.down.Store(true)
+	write(t, c, "during the outage")
+	time.Sleep(1500 * time.Millisecond) // the first attempt hangs meanwhile
+	b.down.Store(false)
+	if got := read(t, watcher); got != "during the outage" {
+		t.Fatalf("watcher read %q", got)
+	}
+}

@@ -143,9 +143,10 @@ func (c *Client) publishRetry(r *Room, m Message, seq bool) (Message, error) {
 	backoff := 20 * time.Millisecond
 	deadline := time.Now().Add(r.cfg.publishRetry)
 	for {
-		// An attempt that hangs (an engine that does not answer) ends with
-		// the retry time, not a write timeout later.
-		limit := min(r.cfg.writeTimeout, max(time.Until(deadline), minAttempt))
+		// An attempt that hangs (an engine that does not answer) ends well
+		// within the retry time, so that an engine back after an outage
+		// takes the message at the next attempt.
+		limit := min(r.cfg.writeTimeout, attemptTimeout(r.cfg.publishRetry), max(time.Until(deadline), minAttempt))
 		ctx, cancel := context.WithTimeout(c.ctx, limit)
 		out := m
 		var err error
@@ -170,8 +171,17 @@ func (c *Client) publishRetry(r *Room, m Message, seq bool) (Message, error) {
 	}
 }
 
-// minAttempt is the least time a publish attempt is given.
-const minAttempt = 50 * time.Millisecond
+// minAttempt is the least time a publish attempt is given, and maxAttempt
+// the most: each attempt has a fifth of the publish retry time between the
+// two.
+const (
+	minAttempt = 50 * time.Millisecond
+	maxAttempt = 2 * time.Second
+)
+
+func attemptTimeout(retry time.Duration) time.Duration {
+	return min(max(retry/5, minAttempt), maxAttempt)
+}
 
 // sleep waits for d, or until the connection is finished; it reports
 // whether it waited the whole time.
