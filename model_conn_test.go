@@ -1,0 +1,155 @@
+package wsroom_test
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// This file holds the client side of the model test (model_test.go): a
+// WebSocket connection whose frames a goroutine of its own reads and
+// records, and which the test can stop reading for a while.
+
+// wsConn is one client connection of the model test. Its reader records
+// every frame; the test goroutine checks them later, in order.
+type wsConn struct {
+	name string // the client's name and the connection's number, as "m0#2"
+	ws   *websocket.Conn
+	done chan struct{} // closed when the reader has stopped
+	gate gate
+
+	mu     sync.Mutex
+	frames [][]byte
+	err    error // why the reader stopped
+
+	// The test goroutine's.
+	byTest     bool // the test closed it (or ends the run)
+	pausedEver bool // it stopped reading for a while (the slow action)
+	seen       int  // frames checked so far
+	ended      bool // its end was checked
+}
+
+func newWSConn(name string, ws *websocket.Conn) *wsConn {
+	c := &wsConn{name: name, ws: ws, done: make(chan struct{})}
+	ws.SetReadLimit(1 << 20) // the slow action's messages are big
+	go c.read()
+	return c
+}
+
+func (c *wsConn) read() {
+	defer close(c.done)
+	for {
+		c.gate.wait()
+		_, b, err := c.ws.Read(context.Background())
+		c.mu.Lock()
+		if err != nil {
+			c.err = err
+			c.mu.Unlock()
+			return
+		}
+		c.frames = append(c.frames, b)
+		c.mu.Unlock()
+	}
+}
+
+// unread returns the frames not checked yet, marks them checked, and reports
+// whether the reader had stopped before them (so they are the last ones),
+// with its error.
+func (c *wsConn) unread() (frames [][]byte, stopped bool, err error) {
+	select {
+	case <-c.done:
+		stopped = true
+	default:
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	frames = c.frames[c.seen:]
+	c.seen = len(c.frames)
+	return frames, stopped, c.err
+}
+
+// live reports whether the reader still runs.
+func (c *wsConn) live() bool {
+	select {
+	case <-c.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// closeNow drops the connection, as a client that goes away does.
+func (c *wsConn) closeNow() {
+	c.byTest = true
+	c.gate.open()
+	c.ws.CloseNow()
+}
+
+// waitDone waits for the reader to stop, up to 10 seconds.
+func (c *wsConn) waitDone() bool {
+	select {
+	case <-c.done:
+		return true
+	case <-time.After(10 * time.Second):
+		return false
+	}
+}
+
+// closeCode is the close code the connection ended with, -1 for none.
+func (c *wsConn) closeCode() websocket.StatusCode {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return websocket.CloseStatus(c.err)
+}
+
+// gate stops a reader while it is shut.
+type gate struct {
+	mu sync.Mutex
+	ch chan struct{} // not nil while shut
+}
+
+func (g *gate) shut() {
+	g.mu.Lock()
+	if g.ch == nil {
+		g.ch = make(chan struct{})
+	}
+	g.mu.Unlock()
+}
+
+func (g *gate) open() {
+	g.mu.Lock()
+	if g.ch != nil {
+		close(g.ch)
+		g.ch = nil
+	}
+	g.mu.Unlock()
+}
+
+func (g *gate) wait() {
+	g.mu.Lock()
+	ch := g.ch
+	g.mu.Unlock()
+	if ch != nil {
+		<-ch
+	}
+}
+
+// smallBufferClient returns an HTTP client whose connections have a small
+// socket receive buffer, so that a client that stops reading fills its
+// server-side queue after a few big messages instead of megabytes.
+func smallBufferClient() *http.Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if tc, ok := c.(*net.TCPConn); ok {
+				tc.SetReadBuffer(8 << 10)
+			}
+			return c, err
+		},
+	}
+	return &http.Client{Transport: tr}
+}

@@ -1,0 +1,1193 @@
+package wsroom_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/wsroom/wsroom"
+	"pgregory.net/rapid"
+)
+
+// TestModel drives a Registry over real sockets with random interleavings
+// of client and server actions, and checks what every client read against
+// a model: per room, the sequence of accepted (stored) messages.
+//
+// Each run draws the options that change delivery (compression, slow
+// policy, codec, a small send buffer, history), 2 or 3 rooms, 2 or 3
+// clients of many rooms (MuxHandler, the protocol of PROTOCOL.md) and 0 or
+// 1 client of one room (Registry.Handler, the README's resume protocol),
+// then a sequence of actions; after each action it waits until every
+// client has read what it should (event by event, up to 10 s) and checks
+// the invariants written next to checkMux, checkOne and checkStore.
+//
+// The default run is modelChecks runs of about 30 actions (rapid's
+// -rapid.steps). More seeds:
+//
+//	go test -race -run 'TestModel$' -rapid.checks=500 .
+//	go test -race -run 'TestModel$' -rapid.checks=200 -rapid.steps=100 .
+//
+// A failure prints the seed, a fail file under testdata/rapid/TestModel and
+// the shrunk run: the options drawn and one log line per action. Replay it
+// with the -rapid.failfile=... or -rapid.seed=... that rapid prints, with
+// -v to see the trace of a passing run.
+func TestModel(t *testing.T) {
+	if !flagSet("rapid.checks") && os.Getenv("RAPID_CHECKS") == "" {
+		f := flag.Lookup("rapid.checks")
+		old := f.Value.String()
+		f.Value.Set(strconv.Itoa(modelChecks))
+		defer f.Value.Set(old)
+	}
+	rapid.Check(t, runModel)
+}
+
+// modelChecks is how many runs TestModel makes unless -rapid.checks says.
+const modelChecks = 20
+
+func flagSet(name string) (set bool) {
+	flag.Visit(func(f *flag.Flag) {
+		if f.Name == name {
+			set = true
+		}
+	})
+	return set
+}
+
+// position is a place in a room's history, as a client keeps it.
+type position struct {
+	epoch string
+	seq   uint64
+}
+
+// pub is one message a client or server code published, and what became
+// of it. Its data is unique (it holds a token), so the store tells whether
+// and where it was stored; a retry sends the same id and data.
+type pub struct {
+	who   string // "m0", or "server"
+	id    string // "" for a pub without id
+	room  string
+	data  []byte
+	acked bool
+	ack   *position // the first ack's position, when it had one
+	// Server code's publish returned nil (must be stored once) or an error
+	// (must never be).
+	ok, refused bool
+}
+
+// request is a request of a client of many rooms that waits for its reply.
+type request struct {
+	op, room string
+	resume   *position // join with resume (epoch "" for ":0")
+	last     int       // join with last
+	pub      *pub
+}
+
+// episode is a membership of one connection in one room, from joined to
+// left: the next numbered message it must get.
+type episode struct {
+	next uint64
+}
+
+// muxClient is a client of many rooms across its connections; it has an
+// identity ("?who=m0"), so that its retries are recognised after a
+// reconnect.
+type muxClient struct {
+	name  string
+	conns []*muxConn          // every connection, the last one current
+	in    map[string]bool     // rooms it is in (joined or joining)
+	pos   map[string]position // the last position per room, for resume
+	pubs  []*pub              // its pubs with an id, for retries
+	reqs  int
+}
+
+// muxConn is one connection of a muxClient.
+type muxConn struct {
+	*wsConn
+	client  *muxClient
+	waiting map[string][]*request // by id
+	noID    []*pub                // its pubs without id not stored yet
+	rooms   map[string]*episode   // rooms it is in, from joined to left
+}
+
+// oneClient is a client of one room (Registry.Handler) across its
+// connections.
+type oneClient struct {
+	name  string
+	room  string
+	conns []*oneConn // every connection, the last one current
+	pos   *position  // the last message it got
+}
+
+type oneConn struct {
+	*wsConn
+	next uint64 // the next numbered message it must get
+}
+
+// model is one run: the server, its clients, and what was published.
+type model struct {
+	reg    *wsroom.Registry
+	store  *wsroom.MemoryStore
+	broker *outageBroker
+	srv    *httptest.Server
+	url    string
+	hc     *http.Client
+
+	compress   websocket.CompressionMode
+	policy     wsroom.SlowPolicy
+	jsonCodec  bool
+	sendBuffer int // 0: the default
+	histN      int // WithHistory
+
+	rooms  []string
+	muxes  []*muxClient
+	ones   []*oneClient
+	pubs   []*pub // every publish, of clients and server code
+	known  map[string]*pub
+	tokens int
+	outage bool
+	ending string // the end: "shutdown" or the name of the room closed
+
+	gapsMux uint64            // numbered messages connections of many rooms did not get
+	gapsOne map[string]uint64 // per room, those connections of one room did not get
+}
+
+// outageBroker is a LocalBroker that can be switched into an outage, in
+// which every publish fails, and back.
+type outageBroker struct {
+	*wsroom.LocalBroker
+	down atomic.Bool
+}
+
+var errOutage = errors.New("model: engine unreachable")
+
+func (b *outageBroker) Publish(ctx context.Context, room string, m wsroom.Message) error {
+	_, err := b.PublishSeq(ctx, room, m)
+	return err
+}
+
+func (b *outageBroker) PublishSeq(ctx context.Context, room string, m wsroom.Message) (wsroom.Message, error) {
+	if b.down.Load() {
+		return wsroom.Message{}, errOutage
+	}
+	return b.LocalBroker.PublishSeq(ctx, room, m)
+}
+
+var policyNames = map[wsroom.SlowPolicy]string{wsroom.CloseSlow: "CloseSlow", wsroom.DropOldest: "DropOldest", wsroom.DropNewest: "DropNewest"}
+
+func runModel(t *rapid.T) {
+	before := ours()
+	m := &model{known: make(map[string]*pub), gapsOne: make(map[string]uint64)}
+	if rapid.Bool().Draw(t, "compression") {
+		m.compress = websocket.CompressionContextTakeover
+	}
+	m.policy = rapid.SampledFrom([]wsroom.SlowPolicy{wsroom.CloseSlow, wsroom.DropOldest, wsroom.DropNewest}).Draw(t, "policy")
+	m.jsonCodec = rapid.Bool().Draw(t, "json codec")
+	if rapid.Bool().Draw(t, "small send buffer") {
+		m.sendBuffer = rapid.SampledFrom([]int{6, 8}).Draw(t, "send buffer")
+	}
+	m.histN = rapid.SampledFrom([]int{0, 3}).Draw(t, "history")
+	for i := range rapid.IntRange(2, 3).Draw(t, "rooms") {
+		m.rooms = append(m.rooms, fmt.Sprintf("r%d", i))
+	}
+	for i := range rapid.IntRange(2, 3).Draw(t, "mux clients") {
+		m.muxes = append(m.muxes, &muxClient{name: fmt.Sprintf("m%d", i), in: map[string]bool{}, pos: map[string]position{}})
+	}
+	if rapid.Bool().Draw(t, "one-room client") {
+		m.ones = append(m.ones, &oneClient{name: "o0", room: rapid.SampledFrom(m.rooms).Draw(t, "its room")})
+	}
+	t.Logf("options: compression %v, %s, codec %s, send buffer %d, history %d; rooms %v, %d mux clients, %d one-room clients",
+		m.compress != websocket.CompressionDisabled, policyNames[m.policy], map[bool]string{true: "JSON", false: "Text"}[m.jsonCodec],
+		m.sendBuffer, m.histN, m.rooms, len(m.muxes), len(m.ones))
+	m.start(t)
+
+	t.Repeat(map[string]func(*rapid.T){
+		"connect":      m.actConnect,
+		"reconnect":    m.actReconnect,
+		"join":         m.actJoin,
+		"leave":        m.actLeave,
+		"pub":          m.actPub,
+		"retry":        m.actRetry,
+		"serverPub":    m.actServerPub,
+		"busyJoin":     m.actBusyJoin,
+		"pipelined":    m.actPipelined,
+		"slow":         m.actSlow,
+		"outage":       m.actOutage,
+		"oneConnect":   m.actOneConnect,
+		"oneReconnect": m.actOneReconnect,
+		"":             m.check,
+	})
+	m.end(t)
+	if err := checkGoroutines(before); err != nil {
+		s := err.Error()
+		if len(s) > 4000 {
+			s = s[:4000]
+		}
+		t.Fatalf("after Registry.Close: %s", s)
+	}
+}
+
+// start makes the registry and its server.
+func (m *model) start(t *rapid.T) {
+	m.store = wsroom.NewMemoryStore(0, 0)
+	m.broker = &outageBroker{LocalBroker: wsroom.NewLocalBroker(m.store)}
+	opts := []wsroom.Option{
+		wsroom.WithBroker(m.broker),
+		wsroom.WithCompression(m.compress),
+		wsroom.WithSlowPolicy(m.policy),
+		wsroom.WithHistory(m.histN),
+		wsroom.WithRateLimit(0, 0, wsroom.Throttle),
+		wsroom.WithPublishRetry(time.Minute), // an outage ends long before
+		wsroom.WithIdleTimeout(10 * time.Minute),
+		wsroom.WithAuthorize(func(r *http.Request) (any, error) { return r.URL.Query().Get("who"), nil }),
+	}
+	if m.jsonCodec {
+		opts = append(opts, wsroom.WithCodec(wsroom.JSON()))
+	}
+	if m.sendBuffer > 0 {
+		opts = append(opts, wsroom.WithSendBuffer(m.sendBuffer))
+	}
+	m.reg = wsroom.NewRegistry(opts...)
+	mux := http.NewServeMux()
+	mux.Handle("GET /ws", m.reg.MuxHandler())
+	mux.Handle("GET /rooms/{name}", m.reg.Handler(nil))
+	m.srv = httptest.NewServer(mux)
+	m.url = "ws" + strings.TrimPrefix(m.srv.URL, "http")
+	m.hc = smallBufferClient()
+	t.Cleanup(func() {
+		m.broker.down.Store(false)
+		for _, c := range m.conns() {
+			c.closeNow()
+		}
+		m.reg.Close()
+		m.srv.Close()
+		for _, c := range m.conns() {
+			c.waitDone()
+		}
+		m.hc.CloseIdleConnections()
+	})
+}
+
+// conns returns every connection of the run, past and current.
+func (m *model) conns() []*wsConn {
+	var out []*wsConn
+	for _, mc := range m.muxes {
+		for _, c := range mc.conns {
+			out = append(out, c.wsConn)
+		}
+	}
+	for _, oc := range m.ones {
+		for _, c := range oc.conns {
+			out = append(out, c.wsConn)
+		}
+	}
+	return out
+}
+
+// current returns the client's connection if it is live, else nil.
+func (mc *muxClient) current() *muxConn {
+	if n := len(mc.conns); n > 0 && mc.conns[n-1].live() {
+		return mc.conns[n-1]
+	}
+	return nil
+}
+
+func (oc *oneClient) current() *oneConn {
+	if n := len(oc.conns); n > 0 && oc.conns[n-1].live() {
+		return oc.conns[n-1]
+	}
+	return nil
+}
+
+// token returns data no other publish has.
+func (m *model) token(who string, pad int) []byte {
+	m.tokens++
+	if pad > 0 {
+		return fmt.Appendf(nil, `{"t":"%s-%d","pad":"%s"}`, who, m.tokens, strings.Repeat("x", pad))
+	}
+	return fmt.Appendf(nil, `{"t":"%s-%d"}`, who, m.tokens)
+}
+
+// history returns the stored messages of room, oldest first: the model's
+// reference. Nothing is trimmed in a run, so message seq is at index seq-1.
+func (m *model) history(t *rapid.T, room string) []wsroom.Message {
+	msgs, err := m.store.After(context.Background(), room, "", 0, 0)
+	if err != nil {
+		t.Fatalf("store: %v", err)
+	}
+	return msgs
+}
+
+// dial opens a connection to path.
+func (m *model) dial(t *rapid.T, path string, mux bool) (*websocket.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	opts := &websocket.DialOptions{HTTPClient: m.hc, CompressionMode: m.compress}
+	if mux {
+		opts.Subprotocols = []string{wsroom.Subprotocol}
+	}
+	ws, _, err := websocket.Dial(ctx, m.url+path, opts)
+	return ws, err
+}
+
+// send writes a request of a client of many rooms; a request with an id
+// waits for its reply.
+func (m *model) send(t *rapid.T, c *muxConn, r *request, id string, extra map[string]any) {
+	msg := map[string]any{"op": r.op, "room": r.room}
+	if id != "" {
+		msg["id"] = id
+		c.waiting[id] = append(c.waiting[id], r)
+	}
+	for k, v := range extra {
+		msg[k] = v
+	}
+	b, _ := json.Marshal(msg)
+	t.Logf("%s: %s", c.name, b)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.ws.Write(ctx, websocket.MessageText, b); err != nil {
+		t.Logf("%s: write: %v", c.name, err) // the connection is ending; its end is checked
+	}
+}
+
+func (mc *muxClient) id(op string) string {
+	mc.reqs++
+	return fmt.Sprintf("%s-%s%d", mc.name, op, mc.reqs)
+}
+
+// join sends a join of room: plain, with last, or with resume from the
+// client's last position in the room.
+func (m *model) join(t *rapid.T, c *muxConn, room, mode string, last int) {
+	mc := c.client
+	r := &request{op: "join", room: room}
+	extra := map[string]any{}
+	switch mode {
+	case "last":
+		r.last = last
+		extra["last"] = last
+	case "resume":
+		p := mc.pos[room] // the zero position is ":0", every message of the epoch
+		r.resume = &p
+		extra["resume"] = p.epoch + ":" + strconv.FormatUint(p.seq, 10)
+	}
+	mc.in[room] = true
+	m.send(t, c, r, mc.id("j"), extra)
+}
+
+// publish sends a pub of new data to room, with an id or without.
+func (m *model) publish(t *rapid.T, c *muxConn, room string, withID bool) {
+	mc := c.client
+	p := &pub{who: mc.name, room: room, data: m.token(mc.name, 0)}
+	m.pubs = append(m.pubs, p)
+	m.known[string(p.data)] = p
+	r := &request{op: "pub", room: room, pub: p}
+	if withID {
+		p.id = mc.id("p")
+		mc.pubs = append(mc.pubs, p)
+	} else {
+		c.noID = append(c.noID, p)
+	}
+	m.send(t, c, r, p.id, map[string]any{"data": json.RawMessage(p.data)})
+}
+
+// connectMux opens a new connection for mc and, as PROTOCOL.md section 7
+// says, joins again every room mc is in with resume from its position, and
+// sends again every pub with an id that has no ack.
+func (m *model) connectMux(t *rapid.T, mc *muxClient) {
+	ws, err := m.dial(t, "/ws?who="+mc.name, true)
+	if err != nil {
+		t.Fatalf("%s: dial: %v", mc.name, err)
+	}
+	c := &muxConn{client: mc, waiting: map[string][]*request{}, rooms: map[string]*episode{}}
+	c.wsConn = newWSConn(fmt.Sprintf("%s#%d", mc.name, len(mc.conns)+1), ws)
+	mc.conns = append(mc.conns, c)
+	t.Logf("%s: connected", c.name)
+	for _, room := range m.rooms {
+		if mc.in[room] {
+			m.join(t, c, room, "resume", 0)
+		}
+	}
+	for _, p := range mc.pubs {
+		if !p.acked && mc.in[p.room] {
+			m.send(t, c, &request{op: "pub", room: p.room, pub: p}, p.id, map[string]any{"data": json.RawMessage(p.data)})
+		}
+	}
+}
+
+// closeMux drops a client's connection, as a client that loses its network
+// does, and checks what it had read.
+func (m *model) closeMux(t *rapid.T, c *muxConn) {
+	t.Logf("%s: drop the connection", c.name)
+	c.closeNow()
+	if !c.waitDone() {
+		t.Fatalf("%s: reader still running 10s after CloseNow", c.name)
+	}
+	m.checkMux(t, c)
+}
+
+// connectOne opens a connection of one room for oc, with resume from its
+// last message if it has one and resume is set, and waits until the room
+// has it (no message can be missed or replayed twice meanwhile: nothing is
+// published while the test waits).
+func (m *model) connectOne(t *rapid.T, oc *oneClient, resume bool) {
+	room, err := m.reg.Room(oc.room)
+	if err != nil {
+		t.Fatalf("Registry.Room(%s): %v", oc.room, err)
+	}
+	joins := room.Stats().Joins
+	path := "/rooms/" + oc.room + "?who=" + oc.name
+	c := &oneConn{}
+	last := uint64(len(m.history(t, oc.room)))
+	switch {
+	case resume && oc.pos != nil:
+		path += "&resume=" + oc.pos.epoch + ":" + strconv.FormatUint(oc.pos.seq, 10)
+		c.next = oc.pos.seq + 1
+	default:
+		// Without resume: the last WithHistory messages, then live ones.
+		c.next = last - min(last, uint64(m.histN)) + 1
+	}
+	ws, err := m.dial(t, path, false)
+	if err != nil {
+		t.Fatalf("%s: dial %s: %v", oc.name, path, err)
+	}
+	c.wsConn = newWSConn(fmt.Sprintf("%s#%d", oc.name, len(oc.conns)+1), ws)
+	oc.conns = append(oc.conns, c)
+	t.Logf("%s: connected to %s, expects seq %d first", c.name, path, c.next)
+	deadline := time.Now().Add(10 * time.Second)
+	for room.Stats().Joins == joins {
+		if !c.live() {
+			return // its end is checked
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not in room %s 10s after the handshake", c.name, oc.room)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// serverPublish publishes data to room with Registry.Publish. During an
+// outage it fails, and the message must never be stored.
+func (m *model) serverPublish(t *rapid.T, room string, pad int) *pub {
+	p := &pub{who: "server", room: room, data: m.token("s", pad)}
+	m.pubs = append(m.pubs, p)
+	m.known[string(p.data)] = p
+	err := m.reg.Publish(context.Background(), room, p.data)
+	switch {
+	case err == nil:
+		p.ok = true
+	case m.outage && errors.Is(err, errOutage):
+		p.refused = true
+	default:
+		t.Fatalf("Registry.Publish(%s): %v", room, err)
+	}
+	if pad == 0 {
+		t.Logf("server: publish %s to %s: %v", p.data, room, err)
+	}
+	return p
+}
+
+// pickMux draws one of the clients of many rooms for which ok holds.
+func (m *model) pickMux(t *rapid.T, ok func(*muxClient) bool) *muxClient {
+	var names []string
+	for _, mc := range m.muxes {
+		if ok(mc) {
+			names = append(names, mc.name)
+		}
+	}
+	if len(names) == 0 {
+		t.Skip("no such client")
+	}
+	name := rapid.SampledFrom(names).Draw(t, "client")
+	for _, mc := range m.muxes {
+		if mc.name == name {
+			return mc
+		}
+	}
+	panic("unreachable")
+}
+
+// rooms returns the rooms for which ok holds.
+func (m *model) roomsWhere(ok func(string) bool) []string {
+	var out []string
+	for _, r := range m.rooms {
+		if ok(r) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func (m *model) pickRoom(t *rapid.T, ok func(string) bool) string {
+	rooms := m.roomsWhere(ok)
+	if len(rooms) == 0 {
+		t.Skip("no such room")
+	}
+	return rapid.SampledFrom(rooms).Draw(t, "room")
+}
+
+func live(mc *muxClient) bool { return mc.current() != nil }
+
+// actConnect connects a client of many rooms that has no connection (it
+// never had one, or the server closed it).
+func (m *model) actConnect(t *rapid.T) {
+	mc := m.pickMux(t, func(mc *muxClient) bool { return !live(mc) })
+	m.connectMux(t, mc)
+}
+
+// actReconnect drops a client's connection and connects again, with
+// resume and retries.
+func (m *model) actReconnect(t *rapid.T) {
+	mc := m.pickMux(t, live)
+	m.closeMux(t, mc.current())
+	m.connectMux(t, mc)
+}
+
+// actJoin joins a room: plain, with last, or with resume from the
+// client's last position.
+func (m *model) actJoin(t *rapid.T) {
+	mc := m.pickMux(t, live)
+	room := m.pickRoom(t, func(r string) bool { return !mc.in[r] })
+	mode := rapid.SampledFrom([]string{"plain", "last", "resume"}).Draw(t, "join")
+	m.join(t, mc.current(), room, mode, rapid.IntRange(1, 5).Draw(t, "last"))
+}
+
+// actLeave leaves a room.
+func (m *model) actLeave(t *rapid.T) {
+	mc := m.pickMux(t, live)
+	room := m.pickRoom(t, func(r string) bool { return mc.in[r] })
+	mc.in[room] = false
+	m.send(t, mc.current(), &request{op: "leave", room: room}, mc.id("l"), nil)
+}
+
+// actPub publishes to a room the client is in, with an id or without.
+func (m *model) actPub(t *rapid.T) {
+	mc := m.pickMux(t, live)
+	room := m.pickRoom(t, func(r string) bool { return mc.in[r] })
+	m.publish(t, mc.current(), room, rapid.Bool().Draw(t, "with id"))
+}
+
+// actRetry sends a pub with an id again, with the same id and data, acked
+// or not: it must get the first one's ack and not be published again.
+func (m *model) actRetry(t *rapid.T) {
+	mc := m.pickMux(t, func(mc *muxClient) bool {
+		return live(mc) && slices.ContainsFunc(mc.pubs, func(p *pub) bool { return mc.in[p.room] })
+	})
+	var ps []*pub
+	for _, p := range mc.pubs {
+		if mc.in[p.room] {
+			ps = append(ps, p)
+		}
+	}
+	p := ps[rapid.IntRange(0, len(ps)-1).Draw(t, "pub")]
+	m.send(t, mc.current(), &request{op: "pub", room: p.room, pub: p}, p.id, map[string]any{"data": json.RawMessage(p.data)})
+}
+
+// actServerPub publishes from server code.
+func (m *model) actServerPub(t *rapid.T) {
+	m.serverPublish(t, rapid.SampledFrom(m.rooms).Draw(t, "room"), 0)
+}
+
+// actBusyJoin joins a room while server code publishes to it, so that
+// messages race the join.
+func (m *model) actBusyJoin(t *rapid.T) {
+	mc := m.pickMux(t, live)
+	room := m.pickRoom(t, func(r string) bool { return !mc.in[r] })
+	mode := rapid.SampledFrom([]string{"plain", "last", "resume"}).Draw(t, "join")
+	n := rapid.IntRange(2, 5).Draw(t, "publishes")
+	ps := make([]*pub, n)
+	for i := range ps {
+		ps[i] = &pub{who: "server", room: room, data: m.token("s", 0)}
+		m.pubs = append(m.pubs, ps[i])
+		m.known[string(ps[i].data)] = ps[i]
+	}
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i, p := range ps {
+			errs[i] = m.reg.Publish(context.Background(), room, p.data)
+		}
+	})
+	m.join(t, mc.current(), room, mode, 3)
+	wg.Wait()
+	for i, p := range ps {
+		switch {
+		case errs[i] == nil:
+			p.ok = true
+		case m.outage && errors.Is(errs[i], errOutage):
+			p.refused = true
+		default:
+			t.Fatalf("Registry.Publish(%s): %v", room, errs[i])
+		}
+	}
+	t.Logf("server: published %d messages to %s during the join (errors %v)", n, room, errs)
+}
+
+// actPipelined sends, without waiting for any reply, a join of every room
+// the client is not in, then a pub with an id to every room it is in.
+func (m *model) actPipelined(t *rapid.T) {
+	mc := m.pickMux(t, live)
+	c := mc.current()
+	for _, room := range m.roomsWhere(func(r string) bool { return !mc.in[r] }) {
+		m.join(t, c, room, rapid.SampledFrom([]string{"plain", "last"}).Draw(t, "join"), 2)
+	}
+	for _, room := range m.roomsWhere(func(r string) bool { return mc.in[r] }) {
+		m.publish(t, c, room, true)
+	}
+}
+
+// actSlow stops a client reading while server code publishes big messages
+// to its rooms (each read by every other client before the next), then
+// lets it read again: it gets them all, or is told (1008 with CloseSlow),
+// or what it lost is counted in Stats.Dropped.
+func (m *model) actSlow(t *rapid.T) {
+	if m.outage {
+		t.Skip("outage")
+	}
+	var cands []*wsConn
+	var rooms [][]string
+	for _, mc := range m.muxes {
+		if c := mc.current(); c != nil && len(c.rooms) > 0 {
+			cands = append(cands, c.wsConn)
+			var rs []string
+			for r := range c.rooms {
+				rs = append(rs, r)
+			}
+			slices.Sort(rs)
+			rooms = append(rooms, rs)
+		}
+	}
+	for _, oc := range m.ones {
+		if c := oc.current(); c != nil {
+			cands = append(cands, c.wsConn)
+			rooms = append(rooms, []string{oc.room})
+		}
+	}
+	if len(cands) == 0 {
+		t.Skip("no client in a room")
+	}
+	i := rapid.IntRange(0, len(cands)-1).Draw(t, "slow client")
+	c := cands[i]
+	n := rapid.IntRange(4, 16).Draw(t, "big messages")
+	t.Logf("%s: stops reading; server: %d messages of 16 KiB to %v", c.name, n, rooms[i])
+	c.gate.shut()
+	c.pausedEver = true
+	for k := range n {
+		m.serverPublish(t, rooms[i][k%len(rooms[i])], 16<<10)
+		m.settle(t, c)
+	}
+	t.Logf("%s: reads again", c.name)
+	c.gate.open()
+}
+
+// actOutage switches the engine's outage on or off.
+func (m *model) actOutage(t *rapid.T) {
+	m.outage = !m.outage
+	m.broker.down.Store(m.outage)
+	t.Logf("engine: outage %v", m.outage)
+}
+
+// actOneConnect connects the client of one room, plain or with resume.
+func (m *model) actOneConnect(t *rapid.T) {
+	if len(m.ones) == 0 || m.ones[0].current() != nil {
+		t.Skip("no client of one room without a connection")
+	}
+	m.connectOne(t, m.ones[0], rapid.Bool().Draw(t, "resume"))
+}
+
+// actOneReconnect drops the connection of the client of one room and
+// connects again with resume.
+func (m *model) actOneReconnect(t *rapid.T) {
+	if len(m.ones) == 0 || m.ones[0].current() == nil {
+		t.Skip("no client of one room with a connection")
+	}
+	c := m.ones[0].current()
+	t.Logf("%s: drop the connection", c.name)
+	c.closeNow()
+	if !c.waitDone() {
+		t.Fatalf("%s: reader still running 10s after CloseNow", c.name)
+	}
+	m.checkOne(t, m.ones[0], c)
+	m.connectOne(t, m.ones[0], true)
+}
+
+// check runs after every action: it waits until every client has read what
+// it should, then checks the store.
+func (m *model) check(t *rapid.T) {
+	m.settle(t, nil)
+	m.checkStore(t)
+}
+
+// checkAll checks the frames every connection read since the last check.
+func (m *model) checkAll(t *rapid.T) {
+	for _, mc := range m.muxes {
+		for _, c := range mc.conns {
+			m.checkMux(t, c)
+		}
+	}
+	for _, oc := range m.ones {
+		for _, c := range oc.conns {
+			m.checkOne(t, oc, c)
+		}
+	}
+}
+
+// settle waits, up to 10 seconds, until every live connection but paused
+// has read what it should, checking every frame as it comes:
+//   - a reply to every request with an id;
+//   - every pub without id of the connection in the store;
+//   - in every room it is in, every stored message, or, with a drop policy
+//     and no queue holding anything, every message not dropped (see
+//     unsettled).
+//
+// A connection waiting for a pub during an outage (its next requests wait
+// behind it) is left out until the outage ends.
+func (m *model) settle(t *rapid.T, paused *wsConn) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m.checkAll(t)
+		why := m.unsettled(t, paused)
+		if why == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10s, %s", why)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// stored returns, per data, the rooms and seqs it is stored at, and the
+// last seq of each room.
+func (m *model) stored(t *rapid.T) (where map[string][]string, last map[string]uint64) {
+	where, last = map[string][]string{}, map[string]uint64{}
+	for _, room := range m.rooms {
+		h := m.history(t, room)
+		for _, msg := range h {
+			where[string(msg.Data)] = append(where[string(msg.Data)], fmt.Sprintf("%s:%d", room, msg.Seq))
+		}
+		last[room] = uint64(len(h))
+	}
+	return where, last
+}
+
+func (m *model) unsettled(t *rapid.T, paused *wsConn) string {
+	where, last := m.stored(t)
+	why := ""
+	var tailMux uint64
+	tailOne := map[string]uint64{}
+	for _, mc := range m.muxes {
+		c := mc.current()
+		if c == nil || c.wsConn == paused {
+			continue
+		}
+		c.noID = slices.DeleteFunc(c.noID, func(p *pub) bool { return len(where[string(p.data)]) > 0 })
+		waitsPub := false
+		for _, rs := range c.waiting {
+			for _, r := range rs {
+				waitsPub = waitsPub || r.op == "pub"
+			}
+		}
+		if m.outage && (waitsPub || len(c.noID) > 0) {
+			continue // blocked until the outage ends
+		}
+		if len(c.noID) > 0 {
+			return fmt.Sprintf("%s: pub %s (without id) is not stored", c.name, c.noID[0].data)
+		}
+		for _, id := range slices.Sorted(mapKeys(c.waiting)) {
+			if rs := c.waiting[id]; len(rs) > 0 {
+				return fmt.Sprintf("%s: no reply to %s %s (id %s)", c.name, rs[0].op, rs[0].room, id)
+			}
+		}
+		for _, room := range slices.Sorted(mapKeys(c.rooms)) {
+			if got := c.rooms[room].next - 1; got < last[room] {
+				tailMux += last[room] - got
+				why = fmt.Sprintf("%s: has read %s up to seq %d, the store up to %d", c.name, room, got, last[room])
+			}
+		}
+	}
+	for _, oc := range m.ones {
+		c := oc.current()
+		if c == nil || c.wsConn == paused {
+			continue
+		}
+		if got := c.next - 1; got < last[oc.room] {
+			tailOne[oc.room] += last[oc.room] - got
+			why = fmt.Sprintf("%s: has read %s up to seq %d, the store up to %d", c.name, oc.room, got, last[oc.room])
+		}
+	}
+	if why == "" || m.policy == wsroom.CloseSlow {
+		return why
+	}
+	// With DropOldest or DropNewest a message dropped last never comes:
+	// once no queue holds a frame, every message missing must have been
+	// dropped, as the Dropped counters say.
+	if s := m.reg.Stats(); s.Queued != 0 || m.gapsMux+tailMux > s.Dropped {
+		return why + fmt.Sprintf(" (connections of many rooms: %d queued, %d missing, %d dropped)", s.Queued, m.gapsMux+tailMux, s.Dropped)
+	}
+	for _, r := range m.reg.Rooms() {
+		if s := r.Stats(); s.Queued != 0 || m.gapsOne[r.Name()]+tailOne[r.Name()] > s.Dropped {
+			return why + fmt.Sprintf(" (clients of room %s: %d queued, %d missing, %d dropped)", r.Name(), s.Queued, m.gapsOne[r.Name()]+tailOne[r.Name()], s.Dropped)
+		}
+	}
+	return ""
+}
+
+func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
+	return func(yield func(K) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+// checkStore checks the model against the store:
+//   - every stored message is one the model published, stored once: no
+//     retry and no pub is published twice;
+//   - every acked pub is stored (exactly once, by the above), and server
+//     code's publishes are stored when Publish returned nil, never when it
+//     failed.
+func (m *model) checkStore(t *rapid.T) {
+	where, _ := m.stored(t)
+	for data, at := range where {
+		if m.known[data] == nil {
+			t.Fatalf("store: %s at %v was never published", data, at)
+		}
+		if len(at) > 1 {
+			t.Fatalf("store: %s stored %d times, at %v", data, len(at), at)
+		}
+	}
+	for _, p := range m.pubs {
+		n := len(where[string(p.data)])
+		switch {
+		case p.acked && n != 1:
+			t.Fatalf("store: pub %s of %s (id %s) was acked but is not stored", p.data, p.who, p.id)
+		case p.ok && n != 1:
+			t.Fatalf("store: Registry.Publish of %s returned nil but it is not stored", p.data)
+		case p.refused && n != 0:
+			t.Fatalf("store: Registry.Publish of %s failed but it is stored at %v", p.data, where[string(p.data)])
+		}
+	}
+}
+
+// take removes and returns the request with this id, op and room the
+// connection waits a reply for.
+func (c *muxConn) take(id, op, room string) *request {
+	rs := c.waiting[id]
+	for i, r := range rs {
+		if r.op == op && r.room == room {
+			c.waiting[id] = slices.Delete(rs, i, i+1)
+			if len(c.waiting[id]) == 0 {
+				delete(c.waiting, id)
+			}
+			return r
+		}
+	}
+	return nil
+}
+
+// checkMux checks the frames a connection of many rooms read since the
+// last check, in order. The invariants, per PROTOCOL.md and
+// V2-DECISIONS.md:
+//   - hello, if any, is the first frame;
+//   - every reply answers a request the connection sent and waits a reply
+//     for, in the same room (joined, ack, left), and no request fails
+//     (the model only sends requests that must succeed);
+//   - joined comes while the connection is not in the room; after it, the
+//     room's messages are numbered from joined.seq+1 (plain join), from
+//     joined.seq-last+1 (last), or from the resume position + 1 (resume),
+//     with no gap and no duplicate, each the stored message with its seq
+//     (same epoch, same data); no message of the room comes outside a
+//     membership (after left, before joined);
+//   - a gap is allowed only with a drop policy, and counted, to be
+//     accounted for by Stats.Dropped (see unsettled);
+//   - an ack carries the stored position of its pub, the same for a retry;
+//   - the connection ends only by the test, or told: 1008 with CloseSlow
+//     for a client that stopped reading, 1001 at Shutdown; a client that
+//     always read is never closed.
+func (m *model) checkMux(t *rapid.T, c *muxConn) {
+	frames, stopped, rerr := c.unread()
+	if len(frames) == 0 && (!stopped || c.ended) {
+		return
+	}
+	mc := c.client
+	hist := map[string][]wsroom.Message{}
+	h := func(room string) []wsroom.Message {
+		if _, ok := hist[room]; !ok {
+			hist[room] = m.history(t, room)
+		}
+		return hist[room]
+	}
+	first := c.seen - len(frames)
+	for i, b := range frames {
+		var f frame
+		if err := json.Unmarshal(b, &f); err != nil {
+			t.Fatalf("%s: frame %q is not a JSON object: %v", c.name, b, err)
+		}
+		switch f.Op {
+		case "hello":
+			if first+i != 0 {
+				t.Fatalf("%s: hello is frame %d, not the first", c.name, first+i+1)
+			}
+		case "joined":
+			r := c.take(f.ID, "join", f.Room)
+			if r == nil {
+				t.Fatalf("%s: %s answers no join it sent", c.name, b)
+			}
+			if c.rooms[f.Room] != nil {
+				t.Fatalf("%s: %s while in the room", c.name, b)
+			}
+			if last := uint64(len(h(f.Room))); f.Seq > last {
+				t.Fatalf("%s: %s: seq past the store's last, %d", c.name, b, last)
+			}
+			ep := &episode{next: f.Seq + 1}
+			switch {
+			case r.resume != nil:
+				if r.resume.epoch != "" && f.Epoch != r.resume.epoch || f.Seq < r.resume.seq {
+					t.Fatalf("%s: %s for a resume from %s:%d", c.name, b, r.resume.epoch, r.resume.seq)
+				}
+				ep.next = r.resume.seq + 1
+			case r.last > 0:
+				ep.next = f.Seq - min(f.Seq, uint64(r.last)) + 1
+			case f.Epoch != "":
+				mc.pos[f.Room] = position{epoch: f.Epoch, seq: f.Seq}
+			}
+			c.rooms[f.Room] = ep
+		case "msg":
+			ep := c.rooms[f.Room]
+			if ep == nil {
+				t.Fatalf("%s: %s outside a membership of %s (before joined or after left)", c.name, b, f.Room)
+			}
+			hr := h(f.Room)
+			if f.Seq == 0 || f.Seq > uint64(len(hr)) {
+				t.Fatalf("%s: %s: no such stored message (the store has %d)", c.name, b, len(hr))
+			}
+			if want := hr[f.Seq-1]; f.Epoch != want.Epoch || !bytes.Equal(f.Data, want.Data) {
+				t.Fatalf("%s: %s, stored as %s:%d %s", c.name, b, want.Epoch, want.Seq, want.Data)
+			}
+			switch {
+			case f.Seq < ep.next:
+				t.Fatalf("%s: %s: duplicate or out of order, the next of %s is seq %d", c.name, b, f.Room, ep.next)
+			case f.Seq > ep.next && m.policy == wsroom.CloseSlow:
+				t.Fatalf("%s: %s: gap, the next of %s is seq %d", c.name, b, f.Room, ep.next)
+			case f.Seq > ep.next:
+				m.gapsMux += f.Seq - ep.next
+			}
+			ep.next = f.Seq + 1
+			mc.pos[f.Room] = position{epoch: f.Epoch, seq: f.Seq}
+		case "ack":
+			r := c.take(f.ID, "pub", f.Room)
+			if r == nil {
+				t.Fatalf("%s: %s answers no pub it sent", c.name, b)
+			}
+			p := r.pub
+			if f.Seq != 0 {
+				hr := h(f.Room)
+				if f.Seq > uint64(len(hr)) || !bytes.Equal(hr[f.Seq-1].Data, p.data) || hr[f.Seq-1].Epoch != f.Epoch {
+					t.Fatalf("%s: %s, but %s is not stored there", c.name, b, p.data)
+				}
+				at := &position{epoch: f.Epoch, seq: f.Seq}
+				if p.ack != nil && *p.ack != *at {
+					t.Fatalf("%s: %s, the first ack of %s was at %v", c.name, b, p.id, *p.ack)
+				}
+				p.ack = at
+			}
+			p.acked = true
+		case "left":
+			switch {
+			case f.Reason == "requested":
+				if c.take(f.ID, "leave", f.Room) == nil {
+					t.Fatalf("%s: %s answers no leave it sent", c.name, b)
+				}
+			case f.Reason == "closed" && (m.ending == f.Room || m.ending == "shutdown"):
+				mc.in[f.Room] = false
+			default:
+				t.Fatalf("%s: unexpected %s", c.name, b)
+			}
+			if c.rooms[f.Room] == nil {
+				t.Fatalf("%s: %s while not in the room", c.name, b)
+			}
+			delete(c.rooms, f.Room)
+		case "resync":
+			// Told: it is no longer in the room. (Not expected here: nothing
+			// is trimmed and the epoch never changes.)
+			t.Logf("%s: told %s", c.name, b)
+			delete(c.rooms, f.Room)
+			mc.in[f.Room] = false
+		default:
+			t.Fatalf("%s: unexpected %s", c.name, b)
+		}
+	}
+	if stopped && !c.ended {
+		c.ended = true
+		code := websocket.CloseStatus(rerr)
+		switch {
+		case c.byTest:
+		case code == websocket.StatusGoingAway && m.ending == "shutdown":
+		case code == websocket.StatusPolicyViolation && m.policy == wsroom.CloseSlow && c.pausedEver:
+			t.Logf("%s: told it was too slow: %v", c.name, rerr)
+		default:
+			t.Fatalf("%s: closed by the server: %v (it stopped reading at some point: %v)", c.name, rerr, c.pausedEver)
+		}
+		// The pubs without id it waited for may or may not be stored; its
+		// pubs with an id are sent again on reconnect.
+		c.noID = nil
+	}
+}
+
+// checkOne checks the frames a connection of one room read since the last
+// check: the room's messages from the first it must get (the resume
+// position + 1, or the last WithHistory ones), in order, no gap (but with
+// a drop policy, counted) and no duplicate, each the stored message (for
+// the Text codec the payload is found in the store by its data); and that
+// it ends only by the test, or told (1008 after it stopped reading, 4000,
+// 1001 at Shutdown, dropped when its room is closed).
+func (m *model) checkOne(t *rapid.T, oc *oneClient, c *oneConn) {
+	frames, stopped, rerr := c.unread()
+	if len(frames) == 0 && (!stopped || c.ended) {
+		return
+	}
+	hr := m.history(t, oc.room)
+	for _, b := range frames {
+		var seq uint64
+		var f frame
+		if m.jsonCodec {
+			if err := json.Unmarshal(b, &f); err != nil {
+				t.Fatalf("%s: frame %q is not a JSON envelope: %v", c.name, b, err)
+			}
+			seq = f.Seq
+		} else {
+			f.Data = b
+			for _, msg := range hr {
+				if bytes.Equal(msg.Data, b) {
+					seq, f.Epoch = msg.Seq, msg.Epoch
+					break
+				}
+			}
+		}
+		if seq == 0 || seq > uint64(len(hr)) {
+			t.Fatalf("%s: %s: no such stored message (the store has %d)", c.name, b, len(hr))
+		}
+		if want := hr[seq-1]; f.Epoch != want.Epoch || !bytes.Equal(f.Data, want.Data) {
+			t.Fatalf("%s: %s, stored as %s:%d %s", c.name, b, want.Epoch, want.Seq, want.Data)
+		}
+		switch {
+		case seq < c.next:
+			t.Fatalf("%s: seq %d (%s): duplicate or out of order, the next is seq %d", c.name, seq, b, c.next)
+		case seq > c.next && m.policy == wsroom.CloseSlow:
+			t.Fatalf("%s: seq %d (%s): gap, the next is seq %d", c.name, seq, b, c.next)
+		case seq > c.next:
+			m.gapsOne[oc.room] += seq - c.next
+		}
+		c.next = seq + 1
+		oc.pos = &position{epoch: hr[seq-1].Epoch, seq: seq}
+	}
+	if stopped && !c.ended {
+		c.ended = true
+		code := websocket.CloseStatus(rerr)
+		switch {
+		case c.byTest:
+		case code == websocket.StatusGoingAway && m.ending == "shutdown":
+		case code == -1 && m.ending == oc.room:
+		case code == wsroom.StatusResync:
+			t.Logf("%s: told to resync: %v", c.name, rerr)
+		case code == websocket.StatusPolicyViolation && m.policy == wsroom.CloseSlow && c.pausedEver:
+			t.Logf("%s: told it was too slow: %v", c.name, rerr)
+		default:
+			t.Fatalf("%s: closed by the server: %v (it stopped reading at some point: %v)", c.name, rerr, c.pausedEver)
+		}
+	}
+}
+
+// end ends the outage, checks once more, then either shuts the registry
+// down (every client is closed with 1001) or closes one room (its clients
+// are told, the other rooms go on), closes the registry and checks that no
+// goroutine is left.
+func (m *model) end(t *rapid.T) {
+	if m.outage {
+		m.actOutage(t)
+	}
+	m.check(t)
+	if rapid.Bool().Draw(t, "end with Shutdown") {
+		m.ending = "shutdown"
+		t.Logf("server: Registry.Shutdown")
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := m.reg.Shutdown(ctx); err != nil {
+			t.Fatalf("Registry.Shutdown: %v", err)
+		}
+		for _, c := range m.conns() {
+			if !c.waitDone() {
+				t.Fatalf("%s: still open 10s after Shutdown returned", c.name)
+			}
+		}
+		m.checkAll(t)
+	} else {
+		room := rapid.SampledFrom(m.rooms).Draw(t, "room to close")
+		m.ending = room
+		t.Logf("server: Room(%s).Close", room)
+		r, err := m.reg.Room(room)
+		if err != nil {
+			t.Fatalf("Registry.Room(%s): %v", room, err)
+		}
+		r.Close()
+		// Every member of the room is told: left "closed", or its
+		// connection of one room dropped.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			m.checkAll(t)
+			why := ""
+			for _, mc := range m.muxes {
+				if c := mc.current(); c != nil && c.rooms[room] != nil {
+					why = c.name + " got no left for " + room
+				}
+			}
+			for _, oc := range m.ones {
+				if c := oc.current(); c != nil && oc.room == room {
+					why = c.name + " is still connected"
+				}
+			}
+			if why == "" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("10s after Room(%s).Close: %s", room, why)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		// The other rooms go on.
+		for _, other := range m.rooms {
+			if other != room {
+				m.serverPublish(t, other, 0)
+			}
+		}
+		m.check(t)
+	}
+	for _, c := range m.conns() {
+		c.byTest = true
+	}
+	m.reg.Close()
+	m.srv.Close()
+	for _, c := range m.conns() {
+		c.closeNow()
+		if !c.waitDone() {
+			t.Fatalf("%s: reader still running 10s after Registry.Close", c.name)
+		}
+	}
+	m.checkAll(t)
+	m.hc.CloseIdleConnections()
+}
