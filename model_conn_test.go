@@ -138,18 +138,39 @@ func (g *gate) wait() {
 	}
 }
 
-// smallBufferClient returns an HTTP client whose connections have a small
-// socket receive buffer, so that a client that stops reading fills its
-// server-side queue after a few big messages instead of megabytes.
+// Socket buffers are kept small, so that a client that stops reading fills
+// its queue on the server after a few big messages instead of megabytes:
+// the server's send buffers are fixed (no autotuning), and so are the
+// clients' receive buffers, at a size above the loopback MSS (64 KiB), as
+// a smaller one stalls a reading client for 200 ms at a time (the
+// receiver's silly window avoidance waits for the sender's probe).
+const (
+	serverSendBuffer    = 16 << 10
+	clientReceiveBuffer = 64 << 10
+)
+
+// smallBufferClient returns an HTTP client whose connections have a fixed
+// receive buffer.
 func smallBufferClient() *http.Client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 			if tc, ok := c.(*net.TCPConn); ok {
-				tc.SetReadBuffer(8 << 10)
+				tc.SetReadBuffer(clientReceiveBuffer)
 			}
 			return c, err
 		},
 	}
 	return &http.Client{Transport: tr}
+}
+
+// smallSendListener accepts connections with a fixed send buffer.
+type smallSendListener struct{ net.Listener }
+
+func (l smallSendListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetWriteBuffer(serverSendBuffer)
+	}
+	return c, err
 }
