@@ -46,12 +46,15 @@ import (
 // with the -rapid.failfile=... or -rapid.seed=... that rapid prints (-v
 // shows the trace of a passing run too). Some failures depend on timing on
 // the server (a race between a join and a publish): rapid then reports a
-// "flaky test" with the trace of the first failing run; run the seed again
-// a few times, or with more -rapid.checks.
+// "flaky test", and its "Failed test output" is a replay that passed; the
+// message of the first failure ("Original traceback (...)") carries the
+// trace of the run that failed. Run the seed again a few times, or with
+// more -rapid.checks.
 //
-// WSROOM_MODEL fixes options that are otherwise drawn (see option), e.g.
-// WSROOM_MODEL=compression=false to look past a known failure; a seed
-// replays the same run only with the same WSROOM_MODEL.
+// WSROOM_MODEL fixes options that are otherwise drawn (see option) and
+// leaves actions out, e.g. WSROOM_MODEL=compression=false,skip=busyJoin+slow
+// to look past a known failure; a seed replays the same run only with the
+// same WSROOM_MODEL.
 func TestModel(t *testing.T) {
 	if !flagSet("rapid.checks") && os.Getenv("RAPID_CHECKS") == "" {
 		f := flag.Lookup("rapid.checks")
@@ -176,6 +179,8 @@ type model struct {
 	outPub int    // new pubs sent during the outage
 	ending string // the end: "shutdown" or the name of the room closed
 
+	trace []string // what m.logf logged, for a failure's message
+
 	gapsMux uint64            // numbered messages connections of many rooms did not get
 	gapsOne map[string]uint64 // per room, those connections of one room did not get
 }
@@ -243,7 +248,7 @@ func runModel(t *rapid.T) {
 	if rapid.Bool().Draw(t, "one-room client") {
 		m.ones = append(m.ones, &oneClient{name: "o0", room: rapid.SampledFrom(m.rooms).Draw(t, "its room")})
 	}
-	t.Logf("options: compression %v, %s, codec %s, send buffer %d, history %d; rooms %v, %d mux clients, %d one-room clients",
+	m.logf(t, "options: compression %v, %s, codec %s, send buffer %d, history %d; rooms %v, %d mux clients, %d one-room clients",
 		m.compress != websocket.CompressionDisabled, policyNames[m.policy], map[bool]string{true: "JSON", false: "Text"}[m.jsonCodec],
 		m.sendBuffer, m.histN, m.rooms, len(m.muxes), len(m.ones))
 	m.start(t)
@@ -272,6 +277,13 @@ func runModel(t *rapid.T) {
 		actions["oneConnect"] = m.actOneConnect
 		actions["oneReconnect"] = m.actOneReconnect
 	}
+	for _, kv := range strings.Split(os.Getenv("WSROOM_MODEL"), ",") {
+		if k, v, _ := strings.Cut(kv, "="); k == "skip" {
+			for _, name := range strings.Split(v, "+") {
+				delete(actions, name)
+			}
+		}
+	}
 	t.Repeat(actions)
 	m.end(t)
 	if err := checkGoroutines(before); err != nil {
@@ -279,7 +291,7 @@ func runModel(t *rapid.T) {
 		if len(s) > 4000 {
 			s = s[:4000]
 		}
-		t.Fatalf("after Registry.Close: %s", s)
+		m.fatalf(t, "after Registry.Close: %s", s)
 	}
 }
 
@@ -371,7 +383,7 @@ func (m *model) token(who string, pad int) []byte {
 func (m *model) history(t *rapid.T, room string) []wsroom.Message {
 	msgs, err := m.store.After(context.Background(), room, "", 0, 0)
 	if err != nil {
-		t.Fatalf("store: %v", err)
+		m.fatalf(t, "store: %v", err)
 	}
 	return msgs
 }
@@ -400,11 +412,11 @@ func (m *model) send(t *rapid.T, c *muxConn, r *request, id string, extra map[st
 		msg[k] = v
 	}
 	b, _ := json.Marshal(msg)
-	t.Logf("%s: %s", c.name, b)
+	m.logf(t, "%s: %s", c.name, b)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := c.ws.Write(ctx, websocket.MessageText, b); err != nil {
-		t.Logf("%s: write: %v", c.name, err) // the connection is ending; its end is checked
+		m.logf(t, "%s: write: %v", c.name, err) // the connection is ending; its end is checked
 	}
 }
 
@@ -457,12 +469,12 @@ func (m *model) publish(t *rapid.T, c *muxConn, room string, withID bool) {
 func (m *model) connectMux(t *rapid.T, mc *muxClient) {
 	ws, err := m.dial(t, "/ws?who="+mc.name, true)
 	if err != nil {
-		t.Fatalf("%s: dial: %v", mc.name, err)
+		m.fatalf(t, "%s: dial: %v", mc.name, err)
 	}
 	c := &muxConn{client: mc, waiting: map[string][]*request{}, rooms: map[string]*episode{}}
 	c.wsConn = newWSConn(fmt.Sprintf("%s#%d", mc.name, len(mc.conns)+1), ws)
 	mc.conns = append(mc.conns, c)
-	t.Logf("%s: connected", c.name)
+	m.logf(t, "%s: connected", c.name)
 	for _, room := range m.rooms {
 		if mc.in[room] {
 			m.join(t, c, room, "resume", 0)
@@ -478,10 +490,10 @@ func (m *model) connectMux(t *rapid.T, mc *muxClient) {
 // closeMux drops a client's connection, as a client that loses its network
 // does, and checks what it had read.
 func (m *model) closeMux(t *rapid.T, c *muxConn) {
-	t.Logf("%s: drop the connection", c.name)
+	m.logf(t, "%s: drop the connection", c.name)
 	c.closeNow()
 	if !c.waitDone() {
-		t.Fatalf("%s: reader still running 10s after CloseNow", c.name)
+		m.fatalf(t, "%s: reader still running 10s after CloseNow", c.name)
 	}
 	m.checkMux(t, c)
 }
@@ -493,7 +505,7 @@ func (m *model) closeMux(t *rapid.T, c *muxConn) {
 func (m *model) connectOne(t *rapid.T, oc *oneClient, resume bool) {
 	room, err := m.reg.Room(oc.room)
 	if err != nil {
-		t.Fatalf("Registry.Room(%s): %v", oc.room, err)
+		m.fatalf(t, "Registry.Room(%s): %v", oc.room, err)
 	}
 	joins := room.Stats().Joins
 	path := "/rooms/" + oc.room + "?who=" + oc.name
@@ -509,18 +521,18 @@ func (m *model) connectOne(t *rapid.T, oc *oneClient, resume bool) {
 	}
 	ws, err := m.dial(t, path, false)
 	if err != nil {
-		t.Fatalf("%s: dial %s: %v", oc.name, path, err)
+		m.fatalf(t, "%s: dial %s: %v", oc.name, path, err)
 	}
 	c.wsConn = newWSConn(fmt.Sprintf("%s#%d", oc.name, len(oc.conns)+1), ws)
 	oc.conns = append(oc.conns, c)
-	t.Logf("%s: connected to %s, expects seq %d first", c.name, path, c.next)
+	m.logf(t, "%s: connected to %s, expects seq %d first", c.name, path, c.next)
 	deadline := time.Now().Add(10 * time.Second)
 	for room.Stats().Joins == joins {
 		if !c.live() {
 			return // its end is checked
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: not in room %s 10s after the handshake", c.name, oc.room)
+			m.fatalf(t, "%s: not in room %s 10s after the handshake", c.name, oc.room)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -539,10 +551,10 @@ func (m *model) serverPublish(t *rapid.T, room string, pad int) *pub {
 	case m.outage && errors.Is(err, errOutage):
 		p.refused = true
 	default:
-		t.Fatalf("Registry.Publish(%s): %v", room, err)
+		m.fatalf(t, "Registry.Publish(%s): %v", room, err)
 	}
 	if pad == 0 {
-		t.Logf("server: publish %s to %s: %v", p.data, room, err)
+		m.logf(t, "server: publish %s to %s: %v", p.data, room, err)
 	}
 	return p
 }
@@ -680,10 +692,10 @@ func (m *model) actBusyJoin(t *rapid.T) {
 		case m.outage && errors.Is(errs[i], errOutage):
 			p.refused = true
 		default:
-			t.Fatalf("Registry.Publish(%s): %v", room, errs[i])
+			m.fatalf(t, "Registry.Publish(%s): %v", room, errs[i])
 		}
 	}
-	t.Logf("server: published %d messages to %s during the join (errors %v)", n, room, errs)
+	m.logf(t, "server: published %d messages to %s during the join (errors %v)", n, room, errs)
 }
 
 // actPipelined sends, without waiting for any reply, a join of every room
@@ -734,14 +746,14 @@ func (m *model) actSlow(t *rapid.T) {
 	i := rapid.IntRange(0, len(cands)-1).Draw(t, "slow client")
 	c := cands[i]
 	n := rapid.IntRange(4, 24).Draw(t, "big messages")
-	t.Logf("%s: stops reading; server: %d messages of 32 KiB to %v", c.name, n, rooms[i])
+	m.logf(t, "%s: stops reading; server: %d messages of 32 KiB to %v", c.name, n, rooms[i])
 	c.gate.shut()
 	c.pausedEver = true
 	for k := range n {
 		m.serverPublish(t, rooms[i][k%len(rooms[i])], 32<<10)
 		m.settle(t, c)
 	}
-	t.Logf("%s: reads again", c.name)
+	m.logf(t, "%s: reads again", c.name)
 	c.gate.open()
 }
 
@@ -750,7 +762,7 @@ func (m *model) actOutage(t *rapid.T) {
 	m.outage = !m.outage
 	m.outPub = 0
 	m.broker.down.Store(m.outage)
-	t.Logf("engine: outage %v", m.outage)
+	m.logf(t, "engine: outage %v", m.outage)
 }
 
 // actOneConnect connects the client of one room, plain or with resume.
@@ -768,10 +780,10 @@ func (m *model) actOneReconnect(t *rapid.T) {
 		t.Skip("no client of one room with a connection")
 	}
 	c := m.ones[0].current()
-	t.Logf("%s: drop the connection", c.name)
+	m.logf(t, "%s: drop the connection", c.name)
 	c.closeNow()
 	if !c.waitDone() {
-		t.Fatalf("%s: reader still running 10s after CloseNow", c.name)
+		m.fatalf(t, "%s: reader still running 10s after CloseNow", c.name)
 	}
 	m.checkOne(t, m.ones[0], c)
 	m.connectOne(t, m.ones[0], true)
@@ -817,7 +829,7 @@ func (m *model) settle(t *rapid.T, paused *wsConn) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after 10s, %s", why)
+			m.fatalf(t, "after 10s, %s", why)
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
@@ -919,21 +931,21 @@ func (m *model) checkStore(t *rapid.T) {
 	where, _ := m.stored(t)
 	for data, at := range where {
 		if m.known[data] == nil {
-			t.Fatalf("store: %s at %v was never published", data, at)
+			m.fatalf(t, "store: %s at %v was never published", data, at)
 		}
 		if len(at) > 1 {
-			t.Fatalf("store: %s stored %d times, at %v", data, len(at), at)
+			m.fatalf(t, "store: %s stored %d times, at %v", data, len(at), at)
 		}
 	}
 	for _, p := range m.pubs {
 		n := len(where[string(p.data)])
 		switch {
 		case p.acked && n != 1:
-			t.Fatalf("store: pub %s of %s (id %s) was acked but is not stored", p.data, p.who, p.id)
+			m.fatalf(t, "store: pub %s of %s (id %s) was acked but is not stored", p.data, p.who, p.id)
 		case p.ok && n != 1:
-			t.Fatalf("store: Registry.Publish of %s returned nil but it is not stored", p.data)
+			m.fatalf(t, "store: Registry.Publish of %s returned nil but it is not stored", p.data)
 		case p.refused && n != 0:
-			t.Fatalf("store: Registry.Publish of %s failed but it is stored at %v", p.data, where[string(p.data)])
+			m.fatalf(t, "store: Registry.Publish of %s failed but it is stored at %v", p.data, where[string(p.data)])
 		}
 	}
 }
@@ -990,29 +1002,29 @@ func (m *model) checkMux(t *rapid.T, c *muxConn) {
 	for i, b := range frames {
 		var f frame
 		if err := json.Unmarshal(b, &f); err != nil {
-			t.Fatalf("%s: frame %q is not a JSON object: %v", c.name, b, err)
+			m.fatalf(t, "%s: frame %q is not a JSON object: %v", c.name, b, err)
 		}
 		switch f.Op {
 		case "hello":
 			if first+i != 0 {
-				t.Fatalf("%s: hello is frame %d, not the first", c.name, first+i+1)
+				m.fatalf(t, "%s: hello is frame %d, not the first", c.name, first+i+1)
 			}
 		case "joined":
 			r := c.take(f.ID, "join", f.Room)
 			if r == nil {
-				t.Fatalf("%s: %s answers no join it sent", c.name, b)
+				m.fatalf(t, "%s: %s answers no join it sent", c.name, b)
 			}
 			if c.rooms[f.Room] != nil {
-				t.Fatalf("%s: %s while in the room", c.name, b)
+				m.fatalf(t, "%s: %s while in the room", c.name, b)
 			}
 			if last := uint64(len(h(f.Room))); f.Seq > last {
-				t.Fatalf("%s: %s: seq past the store's last, %d", c.name, b, last)
+				m.fatalf(t, "%s: %s: seq past the store's last, %d", c.name, b, last)
 			}
 			ep := &episode{next: f.Seq + 1}
 			switch {
 			case r.resume != nil:
 				if r.resume.epoch != "" && f.Epoch != r.resume.epoch || f.Seq < r.resume.seq {
-					t.Fatalf("%s: %s for a resume from %s:%d", c.name, b, r.resume.epoch, r.resume.seq)
+					m.fatalf(t, "%s: %s for a resume from %s:%d", c.name, b, r.resume.epoch, r.resume.seq)
 				}
 				ep.next = r.resume.seq + 1
 			case r.last > 0:
@@ -1024,20 +1036,20 @@ func (m *model) checkMux(t *rapid.T, c *muxConn) {
 		case "msg":
 			ep := c.rooms[f.Room]
 			if ep == nil {
-				t.Fatalf("%s: %s outside a membership of %s (before joined or after left)", c.name, b, f.Room)
+				m.fatalf(t, "%s: %s outside a membership of %s (before joined or after left)", c.name, b, f.Room)
 			}
 			hr := h(f.Room)
 			if f.Seq == 0 || f.Seq > uint64(len(hr)) {
-				t.Fatalf("%s: %s: no such stored message (the store has %d)", c.name, b, len(hr))
+				m.fatalf(t, "%s: %s: no such stored message (the store has %d)", c.name, b, len(hr))
 			}
 			if want := hr[f.Seq-1]; f.Epoch != want.Epoch || !bytes.Equal(f.Data, want.Data) {
-				t.Fatalf("%s: %s, stored as %s:%d %s", c.name, b, want.Epoch, want.Seq, want.Data)
+				m.fatalf(t, "%s: %s, stored as %s:%d %s", c.name, b, want.Epoch, want.Seq, want.Data)
 			}
 			switch {
 			case f.Seq < ep.next:
-				t.Fatalf("%s: %s: duplicate or out of order, the next of %s is seq %d", c.name, b, f.Room, ep.next)
+				m.fatalf(t, "%s: %s: duplicate or out of order, the next of %s is seq %d", c.name, b, f.Room, ep.next)
 			case f.Seq > ep.next && m.policy == wsroom.CloseSlow:
-				t.Fatalf("%s: %s: gap, the next of %s is seq %d", c.name, b, f.Room, ep.next)
+				m.fatalf(t, "%s: %s: gap, the next of %s is seq %d", c.name, b, f.Room, ep.next)
 			case f.Seq > ep.next:
 				m.gapsMux += f.Seq - ep.next
 			}
@@ -1046,17 +1058,17 @@ func (m *model) checkMux(t *rapid.T, c *muxConn) {
 		case "ack":
 			r := c.take(f.ID, "pub", f.Room)
 			if r == nil {
-				t.Fatalf("%s: %s answers no pub it sent", c.name, b)
+				m.fatalf(t, "%s: %s answers no pub it sent", c.name, b)
 			}
 			p := r.pub
 			if f.Seq != 0 {
 				hr := h(f.Room)
 				if f.Seq > uint64(len(hr)) || !bytes.Equal(hr[f.Seq-1].Data, p.data) || hr[f.Seq-1].Epoch != f.Epoch {
-					t.Fatalf("%s: %s, but %s is not stored there", c.name, b, p.data)
+					m.fatalf(t, "%s: %s, but %s is not stored there", c.name, b, p.data)
 				}
 				at := &position{epoch: f.Epoch, seq: f.Seq}
 				if p.ack != nil && *p.ack != *at {
-					t.Fatalf("%s: %s, the first ack of %s was at %v", c.name, b, p.id, *p.ack)
+					m.fatalf(t, "%s: %s, the first ack of %s was at %v", c.name, b, p.id, *p.ack)
 				}
 				p.ack = at
 			}
@@ -1065,25 +1077,34 @@ func (m *model) checkMux(t *rapid.T, c *muxConn) {
 			switch {
 			case f.Reason == "requested":
 				if c.take(f.ID, "leave", f.Room) == nil {
-					t.Fatalf("%s: %s answers no leave it sent", c.name, b)
+					m.fatalf(t, "%s: %s answers no leave it sent", c.name, b)
 				}
 			case f.Reason == "closed" && (m.ending == f.Room || m.ending == "shutdown"):
 				mc.in[f.Room] = false
 			default:
-				t.Fatalf("%s: unexpected %s", c.name, b)
+				m.fatalf(t, "%s: unexpected %s", c.name, b)
 			}
 			if c.rooms[f.Room] == nil {
-				t.Fatalf("%s: %s while not in the room", c.name, b)
+				m.fatalf(t, "%s: %s while not in the room", c.name, b)
 			}
 			delete(c.rooms, f.Room)
+		case "error":
+			// A pub may fail with unavailable (the engine is down, or the
+			// room closing): the client sends it again later, with the same
+			// id. No other request of the model may fail.
+			r := c.take(f.ID, "pub", f.Room)
+			if r == nil || f.Code != "unavailable" {
+				m.fatalf(t, "%s: unexpected %s", c.name, b)
+			}
+			m.logf(t, "%s: told %s", c.name, b)
 		case "resync":
 			// Told: it is no longer in the room. (Not expected here: nothing
 			// is trimmed and the epoch never changes.)
-			t.Logf("%s: told %s", c.name, b)
+			m.logf(t, "%s: told %s", c.name, b)
 			delete(c.rooms, f.Room)
 			mc.in[f.Room] = false
 		default:
-			t.Fatalf("%s: unexpected %s", c.name, b)
+			m.fatalf(t, "%s: unexpected %s", c.name, b)
 		}
 	}
 	if stopped && !c.ended {
@@ -1093,9 +1114,9 @@ func (m *model) checkMux(t *rapid.T, c *muxConn) {
 		case c.byTest:
 		case code == websocket.StatusGoingAway && m.ending == "shutdown":
 		case code == websocket.StatusPolicyViolation && m.policy == wsroom.CloseSlow && c.pausedEver:
-			t.Logf("%s: told it was too slow: %v", c.name, rerr)
+			m.logf(t, "%s: told it was too slow: %v", c.name, rerr)
 		default:
-			t.Fatalf("%s: closed by the server: %v (it stopped reading at some point: %v)", c.name, rerr, c.pausedEver)
+			m.fatalf(t, "%s: closed by the server: %v (it stopped reading at some point: %v)", c.name, rerr, c.pausedEver)
 		}
 		// The pubs without id it waited for may or may not be stored; its
 		// pubs with an id are sent again on reconnect.
@@ -1121,7 +1142,7 @@ func (m *model) checkOne(t *rapid.T, oc *oneClient, c *oneConn) {
 		var f frame
 		if m.jsonCodec {
 			if err := json.Unmarshal(b, &f); err != nil {
-				t.Fatalf("%s: frame %q is not a JSON envelope: %v", c.name, b, err)
+				m.fatalf(t, "%s: frame %q is not a JSON envelope: %v", c.name, b, err)
 			}
 			seq = f.Seq
 		} else {
@@ -1134,16 +1155,16 @@ func (m *model) checkOne(t *rapid.T, oc *oneClient, c *oneConn) {
 			}
 		}
 		if seq == 0 || seq > uint64(len(hr)) {
-			t.Fatalf("%s: %s: no such stored message (the store has %d)", c.name, b, len(hr))
+			m.fatalf(t, "%s: %s: no such stored message (the store has %d)", c.name, b, len(hr))
 		}
 		if want := hr[seq-1]; f.Epoch != want.Epoch || !bytes.Equal(f.Data, want.Data) {
-			t.Fatalf("%s: %s, stored as %s:%d %s", c.name, b, want.Epoch, want.Seq, want.Data)
+			m.fatalf(t, "%s: %s, stored as %s:%d %s", c.name, b, want.Epoch, want.Seq, want.Data)
 		}
 		switch {
 		case seq < c.next:
-			t.Fatalf("%s: seq %d (%s): duplicate or out of order, the next is seq %d", c.name, seq, b, c.next)
+			m.fatalf(t, "%s: seq %d (%s): duplicate or out of order, the next is seq %d", c.name, seq, b, c.next)
 		case seq > c.next && m.policy == wsroom.CloseSlow:
-			t.Fatalf("%s: seq %d (%s): gap, the next is seq %d", c.name, seq, b, c.next)
+			m.fatalf(t, "%s: seq %d (%s): gap, the next is seq %d", c.name, seq, b, c.next)
 		case seq > c.next:
 			m.gapsOne[oc.room] += seq - c.next
 		}
@@ -1158,11 +1179,11 @@ func (m *model) checkOne(t *rapid.T, oc *oneClient, c *oneConn) {
 		case code == websocket.StatusGoingAway && m.ending == "shutdown":
 		case code == -1 && m.ending == oc.room:
 		case code == wsroom.StatusResync:
-			t.Logf("%s: told to resync: %v", c.name, rerr)
+			m.logf(t, "%s: told to resync: %v", c.name, rerr)
 		case code == websocket.StatusPolicyViolation && m.policy == wsroom.CloseSlow && c.pausedEver:
-			t.Logf("%s: told it was too slow: %v", c.name, rerr)
+			m.logf(t, "%s: told it was too slow: %v", c.name, rerr)
 		default:
-			t.Fatalf("%s: closed by the server: %v (it stopped reading at some point: %v)", c.name, rerr, c.pausedEver)
+			m.fatalf(t, "%s: closed by the server: %v (it stopped reading at some point: %v)", c.name, rerr, c.pausedEver)
 		}
 	}
 }
@@ -1178,25 +1199,25 @@ func (m *model) end(t *rapid.T) {
 	m.check(t)
 	if rapid.Bool().Draw(t, "end with Shutdown") {
 		m.ending = "shutdown"
-		t.Logf("server: Registry.Shutdown")
+		m.logf(t, "server: Registry.Shutdown")
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := m.reg.Shutdown(ctx); err != nil {
-			t.Fatalf("Registry.Shutdown: %v", err)
+			m.fatalf(t, "Registry.Shutdown: %v", err)
 		}
 		for _, c := range m.conns() {
 			if !c.waitDone() {
-				t.Fatalf("%s: still open 10s after Shutdown returned", c.name)
+				m.fatalf(t, "%s: still open 10s after Shutdown returned", c.name)
 			}
 		}
 		m.checkAll(t)
 	} else {
 		room := rapid.SampledFrom(m.rooms).Draw(t, "room to close")
 		m.ending = room
-		t.Logf("server: Room(%s).Close", room)
+		m.logf(t, "server: Room(%s).Close", room)
 		r, err := m.reg.Room(room)
 		if err != nil {
-			t.Fatalf("Registry.Room(%s): %v", room, err)
+			m.fatalf(t, "Registry.Room(%s): %v", room, err)
 		}
 		r.Close()
 		// Every member of the room is told: left "closed", or its
@@ -1219,7 +1240,7 @@ func (m *model) end(t *rapid.T) {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("10s after Room(%s).Close: %s", room, why)
+				m.fatalf(t, "10s after Room(%s).Close: %s", room, why)
 			}
 			time.Sleep(2 * time.Millisecond)
 		}
@@ -1239,9 +1260,26 @@ func (m *model) end(t *rapid.T) {
 	for _, c := range m.conns() {
 		c.closeNow()
 		if !c.waitDone() {
-			t.Fatalf("%s: reader still running 10s after Registry.Close", c.name)
+			m.fatalf(t, "%s: reader still running 10s after Registry.Close", c.name)
 		}
 	}
 	m.checkAll(t)
 	m.hc.CloseIdleConnections()
+}
+
+// logf logs a step of the run, and keeps it for a failure's message.
+func (m *model) logf(t *rapid.T, format string, args ...any) {
+	t.Helper()
+	s := fmt.Sprintf(format, args...)
+	m.trace = append(m.trace, s)
+	t.Logf("%s", s)
+}
+
+// fatalf fails the run with the trace of its steps in the message: when a
+// failure depends on timing on the server and does not come again when
+// rapid replays the run, rapid prints the message of the first failure,
+// and its trace with it.
+func (m *model) fatalf(t *rapid.T, format string, args ...any) {
+	t.Helper()
+	t.Fatalf("%s\ntrace of the run:\n\t%s", fmt.Sprintf(format, args...), strings.Join(m.trace, "\n\t"))
 }
