@@ -99,13 +99,6 @@ func (c *wsConn) waitDone() bool {
 	}
 }
 
-// closeCode is the close code the connection ended with, -1 for none.
-func (c *wsConn) closeCode() websocket.StatusCode {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return websocket.CloseStatus(c.err)
-}
-
 // gate stops a reader while it is shut.
 type gate struct {
 	mu sync.Mutex

@@ -56,17 +56,32 @@ import (
 // to look past a known failure; a seed replays the same run only with the
 // same WSROOM_MODEL.
 func TestModel(t *testing.T) {
-	if !flagSet("rapid.checks") && os.Getenv("RAPID_CHECKS") == "" {
-		f := flag.Lookup("rapid.checks")
-		old := f.Value.String()
-		f.Value.Set(strconv.Itoa(modelChecks))
-		defer f.Value.Set(old)
-	}
+	defer setDefault("rapid.checks", "RAPID_CHECKS", strconv.Itoa(modelChecks))()
+	defer setDefault("rapid.shrinktime", "RAPID_SHRINKTIME", modelShrinkTime.String())()
 	rapid.Check(t, runModel)
 }
 
-// modelChecks is how many runs TestModel makes unless -rapid.checks says.
-const modelChecks = 20
+// modelChecks is how many runs TestModel makes, and modelShrinkTime how long
+// it shrinks a failure, unless -rapid.checks and -rapid.shrinktime (or
+// RAPID_CHECKS and RAPID_SHRINKTIME) say. 20 runs take 5 to 15 s with -race
+// on 2 busy cores.
+const (
+	modelChecks     = 20
+	modelShrinkTime = 20 * time.Second
+)
+
+// setDefault sets the flag called name to value unless the command line or
+// the environment variable env set it, until the returned function is
+// called.
+func setDefault(name, env, value string) (restore func()) {
+	if flagSet(name) || os.Getenv(env) != "" {
+		return func() {}
+	}
+	f := flag.Lookup(name)
+	old := f.Value.String()
+	f.Value.Set(value)
+	return func() { f.Value.Set(old) }
+}
 
 // maxBurst bounds the room messages that can reach one client at once: the
 // publishes racing a join, the pubs sent during an outage (released when
