@@ -25,7 +25,11 @@ import (
 
 // TestModel drives a Registry over real sockets with random interleavings
 // of client and server actions, and checks what every client read against
-// a model: per room, the sequence of accepted (stored) messages.
+// a model: per room, the sequence of accepted messages. That sequence is
+// the room's history in the MemoryStore (nothing is trimmed in a run),
+// itself checked against what the model published (checkStore); the model
+// keeps, per client, the requests waiting for a reply and, per connection
+// and room, the next message it must get.
 //
 // Each run draws the options that change delivery (compression, slow
 // policy, codec, a small send buffer, history), 2 or 3 rooms, 2 or 3
