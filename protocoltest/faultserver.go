@@ -140,6 +140,7 @@ type faultSession struct {
 }
 
 type faultRoom struct {
+	name  string
 	epoch string
 	msgs  []map[string]any
 	n     int // messages of the server's own
@@ -353,7 +354,7 @@ func (c *faultConn) join(name, id, resume string) bool {
 	ss := c.ss
 	room := ss.rooms[name]
 	if room == nil {
-		room = &faultRoom{epoch: "e1"}
+		room = &faultRoom{name: name, epoch: "e1"}
 		ss.rooms[name] = room
 	}
 	refuse := (c.scenario == ScenarioRefuseResume || c.scenario == ScenarioRefuseResumeFresh) && resume != "" && ss.once("refuse:"+name)
@@ -420,7 +421,7 @@ func (c *faultConn) join(name, id, resume string) bool {
 // add appends a message with the payload members of p to the room and
 // returns its msg frame; under s.mu.
 func (room *faultRoom) add(p map[string]any) map[string]any {
-	m := map[string]any{"op": "msg", "epoch": room.epoch, "seq": len(room.msgs) + 1, "time": time.Now().UnixMilli()}
+	m := map[string]any{"op": "msg", "room": room.name, "epoch": room.epoch, "seq": len(room.msgs) + 1, "time": time.Now().UnixMilli()}
 	for k, v := range p {
 		m[k] = v
 	}
