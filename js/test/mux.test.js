@@ -1,4 +1,4 @@
-// Tests of connect(): many rooms on one connection (wsroom.v1), against a
+// Tests of connect(): many rooms on one connection (wsroom.v2), against a
 // real wsroom server.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -8,7 +8,7 @@ import { startServer, until, next, sleep, fast } from "./helpers.js";
 let srv;
 const clients = [];
 const open = (query = "", options = {}) => {
-  const c = connect(srv.ws + "/mux" + query, { ...fast, ...options });
+  const c = connect(srv.ws + "/ws" + query, { ...fast, ...options });
   clients.push(c);
   return c;
 };
