@@ -96,9 +96,9 @@ const (
 	ScenarioReject = "reject"
 )
 
-// DefaultLimits are the limits of the hello frame of a FaultServer; a query
+// FaultLimits are the limits of the hello frame of a FaultServer; a query
 // parameter of the same name (an integer) overrides one.
-var DefaultLimits = map[string]int{
+var FaultLimits = map[string]int{
 	"readLimit": 32768, "rooms": 100, "inflight": 64, "sendBuffer": 256, "presence": 0,
 	"publishRetryMs": 10000, "rate": 20, "burst": 40, "pingMs": 30000, "pongTimeoutMs": 10000,
 	"ackTTLMs": 120000, "acksPerRoom": 1024,
@@ -124,7 +124,7 @@ type FaultRequest struct {
 // array of FaultRequest; with the query parameter do=drop it drops every
 // TCP connection of the session instead (204). Other query parameters:
 // "delay" (a duration, for drop-ack and delay) and the names of
-// DefaultLimits.
+// FaultLimits.
 type FaultServer struct {
 	mu       sync.Mutex
 	sessions map[string]*faultSession
@@ -248,8 +248,8 @@ func (s *FaultServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		conn.Close()
 		return
 	}
-	limits := make(map[string]int, len(DefaultLimits))
-	for k, v := range DefaultLimits {
+	limits := make(map[string]int, len(FaultLimits))
+	for k, v := range FaultLimits {
 		limits[k] = v
 		if n, err := strconv.Atoi(q.Get(k)); err == nil {
 			limits[k] = n
@@ -328,11 +328,11 @@ func (c *faultConn) serve(limits map[string]int) {
 		case "join":
 			stop = c.join(req.Room, req.ID, req.Resume)
 		case "leave":
-			stop = c.reply(withID(map[string]any{"op": "left", "room": req.Room, "reason": "requested"}, req.ID)) != nil
+			stop = c.reply(faultWithID(map[string]any{"op": "left", "room": req.Room, "reason": "requested"}, req.ID)) != nil
 		case "pub":
 			stop = c.pub(req.Room, req.ID, req.Data)
 		default:
-			stop = c.reply(withID(map[string]any{"op": "error", "code": "unknown_op", "message": "unknown op"}, req.ID)) != nil
+			stop = c.reply(faultWithID(map[string]any{"op": "error", "code": "unknown_op", "message": "unknown op"}, req.ID)) != nil
 		}
 		if stop {
 			return
@@ -340,7 +340,7 @@ func (c *faultConn) serve(limits map[string]int) {
 	}
 }
 
-func withID(f map[string]any, id string) map[string]any {
+func faultWithID(f map[string]any, id string) map[string]any {
 	if id != "" {
 		f["id"] = id
 	}
@@ -361,7 +361,7 @@ func (c *faultConn) join(name, id, resume string) bool {
 	if refuse {
 		room.epoch, room.msgs = "e2", nil
 		c.s.mu.Unlock()
-		f := withID(map[string]any{"op": "error", "room": name, "code": "resync", "message": "history lost"}, id)
+		f := faultWithID(map[string]any{"op": "error", "room": name, "code": "resync", "message": "history lost"}, id)
 		if c.scenario == ScenarioRefuseResume {
 			f["resume"] = "e2:0"
 		}
@@ -382,7 +382,7 @@ func (c *faultConn) join(name, id, resume string) bool {
 			out = append([]map[string]any(nil), room.msgs[s:]...)
 		}
 	}
-	joined := withID(map[string]any{"op": "joined", "room": name, "epoch": room.epoch, "seq": before}, id)
+	joined := faultWithID(map[string]any{"op": "joined", "room": name, "epoch": room.epoch, "seq": before}, id)
 	first := ss.once("join")
 	var closeCode int
 	switch c.scenario {
@@ -436,7 +436,7 @@ func (c *faultConn) pub(name, id string, data json.RawMessage) bool {
 	room := ss.rooms[name]
 	if room == nil {
 		c.s.mu.Unlock()
-		return c.reply(withID(map[string]any{"op": "error", "room": name, "code": "not_joined", "message": "not in room"}, id)) != nil
+		return c.reply(faultWithID(map[string]any{"op": "error", "room": name, "code": "not_joined", "message": "not in room"}, id)) != nil
 	}
 	var code string
 	switch c.scenario {
@@ -451,7 +451,7 @@ func (c *faultConn) pub(name, id string, data json.RawMessage) bool {
 	}
 	if code != "" {
 		c.s.mu.Unlock()
-		return c.reply(withID(map[string]any{"op": "error", "room": name, "code": code, "message": "fault: " + code}, id)) != nil
+		return c.reply(faultWithID(map[string]any{"op": "error", "room": name, "code": code, "message": "fault: " + code}, id)) != nil
 	}
 	ack := ss.acks[id]
 	var echo map[string]any
@@ -482,7 +482,7 @@ func (c *faultConn) pub(name, id string, data json.RawMessage) bool {
 		return true // the connection is dropped
 	case halfFrame:
 		b, _ := json.Marshal(ack)
-		f := frame(0x1, b)
+		f := faultFrame(0x1, b)
 		c.conn.Write(f[:len(f)/2])
 		return true
 	}
@@ -529,12 +529,12 @@ func (c *faultConn) closeWith(code int, reason string) {
 }
 
 func (c *faultConn) writeFrame(op byte, payload []byte) error {
-	_, err := c.conn.Write(frame(op, payload))
+	_, err := c.conn.Write(faultFrame(op, payload))
 	return err
 }
 
-// frame returns a final, unmasked frame (a server's).
-func frame(op byte, payload []byte) []byte {
+// faultFrame returns a final, unmasked frame (a server's).
+func faultFrame(op byte, payload []byte) []byte {
 	b := []byte{0x80 | op}
 	switch n := len(payload); {
 	case n < 126:
@@ -547,7 +547,7 @@ func frame(op byte, payload []byte) []byte {
 	return append(b, payload...)
 }
 
-var errFrame = errors.New("protocoltest: bad frame")
+var errFaultFrame = errors.New("protocoltest: bad frame")
 
 // readFrame reads one message (a control frame, or a data frame with its
 // continuations) from the client.
@@ -574,7 +574,7 @@ func (c *faultConn) readFrame() (op byte, payload []byte, err error) {
 			n = binary.BigEndian.Uint64(b[:])
 		}
 		if !masked || n > 1<<24 {
-			return 0, nil, errFrame
+			return 0, nil, errFaultFrame
 		}
 		var mask [4]byte
 		if _, err = io.ReadFull(c.r, mask[:]); err != nil {
