@@ -50,6 +50,12 @@ test("join, publish and ack in several rooms", async () => {
   const gotB = roomsB.map(collect);
   await Promise.all([...roomsA, ...roomsB].map((r) => r.ready));
   assert.equal(a.state, "open");
+  // hello came first: the connection's id and the server's default limits.
+  assert.equal(typeof a.connId, "string");
+  assert.notEqual(a.connId, b.connId);
+  assert.equal(a.limits.rate, 20);
+  assert.equal(a.limits.burst, 40);
+  assert.equal(a.limits.acksPerRoom, 1024);
   assert.deepEqual(
     roomsA[0].position,
     null,
