@@ -91,6 +91,9 @@ const (
 	// ScenarioUnavailableAlways: every pub gets "unavailable". The client
 	// must stop retrying at some point and surface the error.
 	ScenarioUnavailableAlways = "unavailable-always"
+	// ScenarioJoinInternal: the first join of each room gets error
+	// "internal"; the client must join again after a while.
+	ScenarioJoinInternal = "join-internal"
 	// ScenarioReject: every pub gets "bad_request", a final error: the
 	// client must surface it and not send the pub again.
 	ScenarioReject = "reject"
@@ -356,6 +359,10 @@ func (c *faultConn) join(name, id, resume string) bool {
 	if room == nil {
 		room = &faultRoom{name: name, epoch: "e1"}
 		ss.rooms[name] = room
+	}
+	if c.scenario == ScenarioJoinInternal && ss.once("join-internal:"+name) {
+		c.s.mu.Unlock()
+		return c.reply(faultWithID(map[string]any{"op": "error", "room": name, "code": "internal", "message": "fault: internal"}, id)) != nil
 	}
 	refuse := (c.scenario == ScenarioRefuseResume || c.scenario == ScenarioRefuseResumeFresh) && resume != "" && ss.once("refuse:"+name)
 	if refuse {

@@ -295,6 +295,19 @@ func TestFaultRetryable(t *testing.T) {
 	}
 }
 
+// A join answered "internal" is made again.
+func TestFaultJoinInternal(t *testing.T) {
+	f := newFaultFixture(t)
+	c := f.dial(t, protocoltest.ScenarioJoinInternal, "")
+	r := join(t, c, "a")
+	if m := next(t, r); m.Seq != 1 {
+		t.Errorf("first message seq %d", m.Seq)
+	}
+	if joins := f.requests("join"); len(joins) != 2 || joins[1].Conn != 1 {
+		t.Errorf("joins = %+v, want two on connection 1", joins)
+	}
+}
+
 // A server that is unavailable for good: the publish is tried again with
 // its id until its context ends.
 func TestFaultUnavailableAlways(t *testing.T) {

@@ -170,6 +170,14 @@ for (const code of ["internal", "unavailable"]) {
   });
 }
 
+test("a join answered internal is made again", async () => {
+  const { c, log } = open("join-internal");
+  const room = c.join("a");
+  const joined = await room.ready;
+  assert.equal(joined.op, "joined");
+  assert.equal((await log("join")).length, 2);
+});
+
 test("unavailable for good: maxRetries tries, then the publish rejects", async () => {
   const { c, log } = open("unavailable-always", "", { maxRetries: 2 });
   const room = c.join("a");

@@ -186,3 +186,29 @@ test("many rooms: rejoin frames and the resend of unacked publishes", async () =
   );
   assert.equal(empty.state, "joining");
 });
+
+test("many rooms: a join answered unavailable or internal is retried maxRetries times, then the room ends with an error", async () => {
+  const c = connect("ws://example.test/ws", { ...opts, maxRetries: 2 });
+  closers.push(c);
+  const room = c.join("r");
+  const errors = [];
+  room.on("error", (err) => errors.push(err));
+  const ws = await dialed(1);
+  ws.open();
+  ws.receive({ op: "hello", conn: "c1", limits: { rate: 20, burst: 40 } });
+  assert.equal(c.connId, "c1");
+  assert.equal(c.limits.burst, 40);
+  // The join, then two retries, each answered with a retryable error.
+  for (const code of ["unavailable", "internal"]) {
+    const n = ws.sent.length;
+    ws.receive({ op: "error", id: ws.sent.at(-1).id, room: "r", code, message: "not now" });
+    while (ws.sent.length === n) await new Promise((r) => setTimeout(r, 1));
+    assert.equal(ws.sent.at(-1).op, "join");
+  }
+  assert.equal(errors.length, 0);
+  ws.receive({ op: "error", id: ws.sent.at(-1).id, room: "r", code: "unavailable", message: "not now" });
+  assert.equal(ws.sent.length, 3, "the join and two retries");
+  await assert.rejects(room.ready, (err) => err.code === "unavailable");
+  assert.equal(errors.length, 1);
+  assert.equal(room.state, "left");
+});
