@@ -151,7 +151,9 @@ const (
 // Join joins the room called name and returns once the server has said so
 // (or failed it, with an *Error, or ctx is done). After a reconnection the
 // Client joins it again by itself, resuming after the last message the
-// room took. A name the Client is in already is an error.
+// room took. A join the server answers "unavailable" or "internal" is made
+// again after a while (with backoff), until ctx is done. A name the Client
+// is in already is an error.
 func (c *Client) Join(ctx context.Context, name string, opts ...JoinOption) (*Room, error) {
 	r := &Room{c: c, name: name, ready: make(chan struct{})}
 	r.buf = newBuffer(&c.mu, func() {
