@@ -1,5 +1,5 @@
 // Package wsclient is a Go client of wsroom servers. Dial opens a
-// connection of many rooms in the wsroom.v1 protocol (PROTOCOL.md, served
+// connection of many rooms in the wsroom.v2 protocol (PROTOCOL.md, served
 // by wsroom.Registry.MuxHandler): the client joins rooms, reads each room's
 // messages, publishes and waits for acks, and reconnects by itself when the
 // connection is lost, resuming every room where it stopped and sending
@@ -16,6 +16,14 @@
 // every message once, in order. When the server's history can no longer
 // give a room every message after its position, the room reports a
 // *ResyncError to its reader and rejoins.
+//
+// Everything the client holds is bounded: the publishes waiting for an ack
+// (WithMaxPending, and the server's idempotency window per room), the
+// frames waiting to be written (WithQueue; a Publish past either bound
+// returns ErrQueueFull), and each write's time (WithWriteTimeout). The
+// client writes no faster than the server's rate limit (the "rate" and
+// "burst" of its hello frame, see Client.Limits), so that the rejoins after
+// a reconnect go out paced, not all rooms at once.
 package wsclient
 
 import (
@@ -36,7 +44,7 @@ import (
 
 // Subprotocol is the WebSocket subprotocol Dial offers, the same as
 // wsroom.Subprotocol.
-const Subprotocol = "wsroom.v1"
+const Subprotocol = "wsroom.v2"
 
 // ErrClosed is returned by the methods of a Client and its Rooms, or of a
 // Stream, once it is closed.
@@ -46,13 +54,16 @@ var ErrClosed = errors.New("wsclient: closed")
 type Option func(*config)
 
 type config struct {
-	header     http.Header
-	httpClient *http.Client
-	minDelay   time.Duration
-	maxDelay   time.Duration
-	onError    func(error)
-	buffer     int
-	readLimit  int64
+	header       http.Header
+	httpClient   *http.Client
+	minDelay     time.Duration
+	maxDelay     time.Duration
+	onError      func(error)
+	buffer       int
+	readLimit    int64
+	maxPending   int
+	queue        int
+	writeTimeout time.Duration
 }
 
 // DefaultBuffer is how many messages a room buffers for its reader by
@@ -60,7 +71,8 @@ type config struct {
 const DefaultBuffer = 256
 
 func newConfig(opts []Option) config {
-	cfg := config{minDelay: 250 * time.Millisecond, maxDelay: 30 * time.Second, buffer: DefaultBuffer, readLimit: 1 << 20}
+	cfg := config{minDelay: 250 * time.Millisecond, maxDelay: 30 * time.Second, buffer: DefaultBuffer, readLimit: 1 << 20,
+		maxPending: DefaultMaxPending, writeTimeout: 10 * time.Second}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -117,6 +129,54 @@ func WithBuffer(n int) Option {
 func WithReadLimit(n int64) Option {
 	return func(cfg *config) { cfg.readLimit = n }
 }
+
+// DefaultMaxPending is how many publishes may wait for their ack at once
+// by default (see WithMaxPending).
+const DefaultMaxPending = 1024
+
+// WithMaxPending sets how many publishes of a Client may wait for their
+// ack at once, in all its rooms (default DefaultMaxPending; n < 1 selects
+// the default). Past it, and past the server's idempotency window of a
+// room (the acksPerRoom of its hello: a publish retried after more than
+// that many others of the room could be published twice), Publish returns
+// ErrQueueFull at once.
+func WithMaxPending(n int) Option {
+	return func(cfg *config) {
+		if n < 1 {
+			n = DefaultMaxPending
+		}
+		cfg.maxPending = n
+	}
+}
+
+// WithQueue sets how many frames may wait to be written on the connection
+// before Publish returns ErrQueueFull (joins and leaves are always queued;
+// there are at most two per room). The default, n < 1, is the server's
+// inflight plus its burst from the hello frame (64 + 40 by default, 104
+// before any hello): the server reads no more than that ahead, so more
+// frames would only wait in the client.
+func WithQueue(n int) Option {
+	return func(cfg *config) { cfg.queue = max(n, 0) }
+}
+
+// WithWriteTimeout sets how long one frame's write may take (default 10s;
+// d <= 0 selects the default). A write that takes longer ends the
+// connection, which is then reconnected.
+func WithWriteTimeout(d time.Duration) Option {
+	return func(cfg *config) {
+		if d <= 0 {
+			d = 10 * time.Second
+		}
+		cfg.writeTimeout = d
+	}
+}
+
+// ErrQueueFull is returned by Publish and PublishEphemeral, at once and
+// with nothing sent, when the Client has as many publishes waiting for an
+// ack as it allows (WithMaxPending, or the server's acksPerRoom in the
+// room) or as many frames waiting to be written (WithQueue). Try again
+// once some publishes have returned.
+var ErrQueueFull = errors.New("wsclient: too many publishes waiting")
 
 // DialError is the error of a handshake the server refused with an HTTP
 // status. A Client stops reconnecting after a DialError with a status
@@ -250,6 +310,9 @@ type Client struct {
 	rooms   map[string]*Room
 	pending map[string]*pending // publishes by id
 	nextID  uint64
+	hello   bool   // a hello was read
+	connID  string // of the last hello
+	limits  Limits // of the last hello
 }
 
 // session is one connection of a Client.
@@ -259,7 +322,77 @@ type session struct {
 	wake chan struct{} // the writer has frames
 }
 
-// Dial connects to the wsroom.v1 endpoint at url (ws:// or wss://, see
+// Limits are the server's limits, as its hello frame gives them
+// (PROTOCOL.md, section 2 of wsroom.v2). A zero Rate means no rate limit,
+// a zero Ping that the server does not ping.
+type Limits struct {
+	ReadLimit    int64         // bytes per frame the server reads
+	Rooms        int           // rooms per connection
+	Inflight     int           // replies the server queues unread before it stops reading
+	SendBuffer   int           // room messages queued for a slow reader
+	Presence     int           // the presence bound (0: no presence events)
+	PublishRetry time.Duration // how long a pub may wait for the engine
+	Rate         int           // frames a second (0: no limit)
+	Burst        int
+	Ping         time.Duration
+	PongTimeout  time.Duration
+	AckTTL       time.Duration // how long publish ids are remembered
+	AcksPerRoom  int           // publish ids remembered per room
+}
+
+// wireLimits is the limits member of hello.
+type wireLimits struct {
+	ReadLimit      int64 `json:"readLimit"`
+	Rooms          int   `json:"rooms"`
+	Inflight       int   `json:"inflight"`
+	SendBuffer     int   `json:"sendBuffer"`
+	Presence       int   `json:"presence"`
+	PublishRetryMs int64 `json:"publishRetryMs"`
+	Rate           int   `json:"rate"`
+	Burst          int   `json:"burst"`
+	PingMs         int64 `json:"pingMs"`
+	PongTimeoutMs  int64 `json:"pongTimeoutMs"`
+	AckTTLMs       int64 `json:"ackTTLMs"`
+	AcksPerRoom    int   `json:"acksPerRoom"`
+}
+
+func (w *wireLimits) limits() Limits {
+	ms := func(n int64) time.Duration { return time.Duration(n) * time.Millisecond }
+	return Limits{ReadLimit: w.ReadLimit, Rooms: w.Rooms, Inflight: w.Inflight, SendBuffer: w.SendBuffer,
+		Presence: w.Presence, PublishRetry: ms(w.PublishRetryMs), Rate: w.Rate, Burst: w.Burst,
+		Ping: ms(w.PingMs), PongTimeout: ms(w.PongTimeoutMs), AckTTL: ms(w.AckTTLMs), AcksPerRoom: w.AcksPerRoom}
+}
+
+// Limits returns the limits of the last hello frame the server sent, and
+// false before the first one.
+func (c *Client) Limits() (Limits, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.limits, c.hello
+}
+
+// ConnID returns the connection id of the last hello frame (the From of
+// this client's messages, its member id), or "" before the first one. It
+// changes at each reconnection.
+func (c *Client) ConnID() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.connID
+}
+
+// queueLimitLocked returns how many frames may wait to be written before
+// Publish refuses (see WithQueue).
+func (c *Client) queueLimitLocked() int {
+	if c.cfg.queue > 0 {
+		return c.cfg.queue
+	}
+	if c.hello && c.limits.Inflight+c.limits.Burst > 0 {
+		return max(c.limits.Inflight+c.limits.Burst, 16)
+	}
+	return 104
+}
+
+// Dial connects to the wsroom.v2 endpoint at url (ws:// or wss://, see
 // wsroom.Registry.MuxHandler) and returns a Client in no room. The first
 // handshake is made before Dial returns, bounded by ctx, and its failure is
 // Dial's error; later ones, after a lost connection, are made in the
@@ -430,23 +563,60 @@ func (c *Client) serve(conn *websocket.Conn) error {
 	return fmt.Errorf("wsclient: connection lost: %w", err)
 }
 
-// write writes the session's frames until ctx is done or a write fails.
+// write writes the session's frames until ctx is done or a write fails,
+// each within the write timeout, and no faster than the server's rate
+// limit (the last hello's: the rejoins of a new connection are paced by
+// the previous one's until its own hello comes).
 func (c *Client) write(ctx context.Context, s *session) {
+	var tokens float64
+	var last time.Time
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.wake:
-		}
 		c.mu.Lock()
-		out := s.out
-		s.out = nil
+		var b []byte
+		if len(s.out) > 0 {
+			b = s.out[0]
+			s.out[0] = nil
+			s.out = s.out[1:]
+		}
+		rate, burst := c.limits.Rate, c.limits.Burst
 		c.mu.Unlock()
-		for _, b := range out {
-			if err := s.conn.Write(ctx, websocket.MessageText, b); err != nil {
-				s.conn.CloseNow()
+		if b == nil {
+			select {
+			case <-ctx.Done():
 				return
+			case <-s.wake:
 			}
+			continue
+		}
+		if rate > 0 {
+			burst = max(burst, 1)
+			now := time.Now()
+			if last.IsZero() {
+				tokens = float64(burst)
+			} else {
+				tokens = min(float64(burst), tokens+now.Sub(last).Seconds()*float64(rate))
+			}
+			last = now
+			if tokens < 1 {
+				wait := time.Duration((1 - tokens) / float64(rate) * float64(time.Second))
+				t := time.NewTimer(wait)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return
+				case <-t.C:
+				}
+				last = time.Now()
+				tokens = 1
+			}
+			tokens--
+		}
+		wctx, cancel := context.WithTimeout(ctx, c.cfg.writeTimeout)
+		err := s.conn.Write(wctx, websocket.MessageText, b)
+		cancel()
+		if err != nil {
+			s.conn.CloseNow()
+			return
 		}
 	}
 }
@@ -461,6 +631,10 @@ type inFrame struct {
 	Time    int64           `json:"time"`
 	From    string          `json:"from"`
 	Data    json.RawMessage `json:"data"`
+	Text    *string         `json:"text"`
+	Bytes   *string         `json:"bytes"`
+	Conn    string          `json:"conn"`
+	Limits  *wireLimits     `json:"limits"`
 	Code    string          `json:"code"`
 	Message string          `json:"message"`
 	Reason  string          `json:"reason"`
@@ -482,6 +656,13 @@ type outFrame struct {
 
 // handleLocked acts on a frame from the server.
 func (c *Client) handleLocked(f *inFrame) {
+	if f.Op == "hello" {
+		c.hello, c.connID = true, f.Conn
+		if f.Limits != nil {
+			c.limits = f.Limits.limits()
+		}
+		return
+	}
 	if f.Op == "ack" || f.Op == "error" {
 		if p := c.pending[f.ID]; p != nil && f.ID != "" {
 			c.pubReplyLocked(p, f)

@@ -9,7 +9,9 @@ import (
 )
 
 // Ack is the server's answer to a publish: the message's place in the
-// room's history (none for an ephemeral message).
+// room's history (none for an ephemeral message, nor when the server's
+// broker does not number messages at publish: the ack is then matched by
+// its request id alone, and the place is in the message's Seq).
 type Ack struct {
 	Room  string
 	Epoch string
@@ -29,6 +31,7 @@ type pending struct {
 	ephemeral bool
 	sent      bool // on the current connection
 	retry     *time.Timer
+	tries     int // errors "unavailable" and "internal" answered so far
 	ack       Ack
 	err       error
 	done      chan struct{}
@@ -39,10 +42,13 @@ type pending struct {
 // The publish has a request id of its own: if the connection is lost
 // before the ack, it is sent again, with the same id, once the room is
 // joined again, so that the server publishes it once (PROTOCOL.md, section
-// 5; the server remembers ids for 2 minutes). If the server is
-// unavailable, it is sent again after a while. If ctx is done first,
-// Publish returns ctx.Err() and the message may or may not be published.
-// A refused publish returns an *Error.
+// 5; the server remembers ids for 2 minutes). If the server answers
+// "unavailable" or "internal", it is sent again after a while (with
+// backoff, as reconnections), with the same id, until ctx is done. If ctx
+// is done first, Publish returns ctx.Err() and the message may or may not
+// be published. A publish the server refuses for good returns an *Error;
+// one past the client's bounds returns ErrQueueFull (see WithMaxPending and
+// WithQueue).
 func (r *Room) Publish(ctx context.Context, data []byte) (Ack, error) {
 	return r.publish(ctx, data, false)
 }
@@ -66,11 +72,18 @@ func (r *Room) publish(ctx context.Context, data []byte, ephemeral bool) (Ack, e
 		c.mu.Unlock()
 		return Ack{}, err
 	}
+	sendNow := r.onServer && r.joinID == ""
+	if len(c.pending) >= c.cfg.maxPending ||
+		c.hello && c.limits.AcksPerRoom > 0 && len(r.pubs) >= c.limits.AcksPerRoom ||
+		sendNow && c.sess != nil && len(c.sess.out) >= c.queueLimitLocked() {
+		c.mu.Unlock()
+		return Ack{}, ErrQueueFull
+	}
 	p := &pending{room: r, id: c.newIDLocked(), ephemeral: ephemeral, done: make(chan struct{})}
 	p.frame = outFrame{Op: "pub", Room: r.name, ID: p.id, Data: data, Ephemeral: ephemeral}
 	c.pending[p.id] = p
 	r.pubs = append(r.pubs, p)
-	if r.onServer && r.joinID == "" {
+	if sendNow {
 		c.sendPubLocked(p)
 	}
 	c.mu.Unlock()
@@ -93,13 +106,14 @@ func (c *Client) pubReplyLocked(p *pending, f *inFrame) {
 	switch {
 	case f.Op == "ack":
 		p.finishLocked(Ack{Room: f.Room, Epoch: f.Epoch, Seq: f.Seq}, nil)
-	case f.Code == "unavailable" && !p.ephemeral:
+	case retryable(f.Code) && !p.ephemeral:
 		p.sent = false
 		if p.retry != nil {
 			p.retry.Stop()
 		}
 		r := p.room
-		p.retry = time.AfterFunc(c.cfg.minDelay, func() {
+		p.tries++
+		p.retry = time.AfterFunc(c.cfg.backoff(p.tries-1), func() {
 			c.mu.Lock()
 			defer c.mu.Unlock()
 			if c.pending[p.id] == p && !p.sent && r.onServer && r.joinID == "" {
@@ -110,6 +124,10 @@ func (c *Client) pubReplyLocked(p *pending, f *inFrame) {
 		p.finishLocked(Ack{}, &Error{Code: f.Code, Message: f.Message, Room: f.Room})
 	}
 }
+
+// retryable reports whether a request answered with the error code should
+// be sent again later with the same id (wsroom.v2, item 12).
+func retryable(code string) bool { return code == "unavailable" || code == "internal" }
 
 // finishLocked ends p with its result, unless it has ended.
 func (p *pending) finishLocked(ack Ack, err error) {

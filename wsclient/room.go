@@ -2,7 +2,7 @@ package wsclient
 
 import (
 	"context"
-	"encoding/json"
+	"encoding/base64"
 	"fmt"
 	"iter"
 	"strconv"
@@ -16,8 +16,34 @@ type Message struct {
 	Epoch string // the epoch of Seq; "" for an ephemeral message
 	Seq   uint64 // the message's number in the room, from 1; 0 for an ephemeral message
 	Time  time.Time
-	From  string          // the id of the publishing connection; "" for server code's messages
-	Data  json.RawMessage // the JSON value published
+	From  string // the id of the publishing connection; "" for server code's messages
+	Kind  Kind   // which kind of payload Data holds
+	// Data is the payload: the JSON value published (KindData), the UTF-8
+	// text (KindText) or the bytes (KindBytes).
+	Data []byte
+}
+
+// Kind says how a message's payload came (wsroom.v2, item 16).
+type Kind uint8
+
+// The kinds of payload: the "data", "text" and "bytes" members of a msg.
+const (
+	KindData  Kind = iota // a JSON value, as clients publish
+	KindText              // UTF-8 text that is not JSON, from server code or a raw text codec
+	KindBytes             // bytes that are not UTF-8, from a binary codec
+)
+
+// String returns "data", "text" or "bytes".
+func (k Kind) String() string {
+	switch k {
+	case KindData:
+		return "data"
+	case KindText:
+		return "text"
+	case KindBytes:
+		return "bytes"
+	}
+	return "Kind(" + strconv.Itoa(int(k)) + ")"
 }
 
 // Member is a member of a room, as the server describes it.
@@ -57,8 +83,10 @@ func (e *LeftError) Error() string {
 }
 
 // Error is a request's failure as the server answered it (PROTOCOL.md,
-// section 6): Code is one of "bad_request", "bad_room", "not_joined",
-// "forbidden", "too_many_rooms", "unavailable", ...
+// section 6): Code is one of "bad_request", "unknown_op", "bad_room",
+// "not_joined", "forbidden", "too_many_rooms", ... The client sends again
+// by itself, with the same id, what was answered "unavailable" or
+// "internal"; the other codes are final.
 type Error struct {
 	Code    string
 	Message string
@@ -111,6 +139,7 @@ type Room struct {
 	buf      buffer     // for the reader; buf.err is why the room ended
 	pubs     []*pending // in order
 	retry    *time.Timer
+	tries    int // of the join, answered "unavailable" or "internal"
 }
 
 // How a join asks for history.
@@ -122,7 +151,9 @@ const (
 // Join joins the room called name and returns once the server has said so
 // (or failed it, with an *Error, or ctx is done). After a reconnection the
 // Client joins it again by itself, resuming after the last message the
-// room took. A name the Client is in already is an error.
+// room took. A join the server answers "unavailable" or "internal" is made
+// again after a while (with backoff), until ctx is done. A name the Client
+// is in already is an error.
 func (c *Client) Join(ctx context.Context, name string, opts ...JoinOption) (*Room, error) {
 	r := &Room{c: c, name: name, ready: make(chan struct{})}
 	r.buf = newBuffer(&c.mu, func() {
@@ -257,7 +288,7 @@ func (c *Client) joinLocked(r *Room) {
 
 // joinedLocked takes the answer to the join in flight.
 func (r *Room) joinedLocked(f *inFrame) {
-	r.joinID = ""
+	r.joinID, r.tries = "", 0
 	switch r.joinMode {
 	case joinFresh:
 		r.epoch, r.seq = f.Epoch, f.Seq-min(f.Seq, uint64(r.last))
@@ -281,12 +312,13 @@ func (r *Room) joinFailedLocked(f *inFrame) {
 	switch {
 	case f.Code == "resync":
 		r.resyncLocked(f.Message, f.Resume)
-	case f.Code == "unavailable" && r.joined:
+	case retryable(f.Code):
 		if r.retry != nil {
 			r.retry.Stop()
 		}
 		c := r.c
-		r.retry = time.AfterFunc(c.cfg.minDelay, func() {
+		r.tries++
+		r.retry = time.AfterFunc(c.cfg.backoff(r.tries-1), func() {
 			c.mu.Lock()
 			c.joinLocked(r)
 			c.mu.Unlock()
@@ -325,6 +357,16 @@ func (r *Room) msgLocked(f *inFrame) {
 		return
 	}
 	m := Message{Room: r.name, Epoch: f.Epoch, Seq: f.Seq, From: f.From, Data: f.Data}
+	switch {
+	case f.Text != nil:
+		m.Kind, m.Data = KindText, []byte(*f.Text)
+	case f.Bytes != nil:
+		b, err := base64.StdEncoding.DecodeString(*f.Bytes)
+		if err != nil {
+			return // not this protocol's
+		}
+		m.Kind, m.Data = KindBytes, b
+	}
 	if f.Time != 0 {
 		m.Time = time.UnixMilli(f.Time)
 	}

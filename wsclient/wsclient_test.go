@@ -182,8 +182,11 @@ func TestRoomsPublishAndAck(t *testing.T) {
 	c := f.dial(t)
 	a := join(t, c, "a", wsclient.Members())
 	b := join(t, c, "b")
-	if ms := a.Members(); len(ms) != 1 || ms[0].ID == "" {
-		t.Errorf("Members() = %+v, want this client", ms)
+	if ms := a.Members(); len(ms) != 1 || ms[0].ID == "" || ms[0].ID != c.ConnID() {
+		t.Errorf("Members() = %+v, want this client (%q, its hello's id)", ms, c.ConnID())
+	}
+	if lim, ok := c.Limits(); !ok || lim.Rate != 20 || lim.Burst != 40 || lim.AcksPerRoom != 1024 {
+		t.Errorf("Limits() = %+v, %v; want the server's defaults", lim, ok)
 	}
 
 	ack, err := a.Publish(t.Context(), []byte(`{"n":1}`))
@@ -191,7 +194,7 @@ func TestRoomsPublishAndAck(t *testing.T) {
 		t.Fatalf("Publish = %+v, %v; want seq 1 of a", ack, err)
 	}
 	m := next(t, a)
-	if short(m) != `1:{"n":1}` || m.Epoch != ack.Epoch || m.From == "" || m.Time.IsZero() {
+	if short(m) != `1:{"n":1}` || m.Epoch != ack.Epoch || m.From != c.ConnID() || m.Time.IsZero() || m.Kind != wsclient.KindData {
 		t.Errorf("own message = %+v", m)
 	}
 	if ack, err := b.Publish(t.Context(), []byte(`"x"`)); err != nil || ack.Seq != 1 {

@@ -8,10 +8,12 @@ export interface Position {
 }
 
 /** The error a request is rejected with. `code` is an error code of the
- * wsroom.v1 protocol (PROTOCOL.md section 6), or one of the client's:
+ * wsroom.v2 protocol (PROTOCOL.md section 6), or one of the client's:
  * "offline" (not connected, for what cannot wait), "disconnected" (the
- * connection ended before the reply), "left" (the room was left) and
- * "closed" (the client was closed). */
+ * connection ended before the reply), "left" (the room was left),
+ * "closed" (the client was closed) and "queue_full" (too many publishes
+ * waiting for an ack: ClientOptions.maxPending, or the server's
+ * acksPerRoom in one room). */
 export class WsroomError extends Error {
   constructor(code: string, message?: string, frame?: ErrorFrame);
   readonly name: "WsroomError";
@@ -28,7 +30,9 @@ export type ErrorCode =
   | "forbidden"
   | "too_many_rooms"
   | "unavailable"
+  | "internal"
   | "resync"
+  | "queue_full"
   | "offline"
   | "disconnected"
   | "left"
@@ -109,7 +113,48 @@ interface ConnectionEvents {
   closed(info: StateInfo): void;
 }
 
-// ---- Many rooms on one connection (wsroom.v1) ----
+// ---- Many rooms on one connection (wsroom.v2) ----
+
+/** The server's limits, from its hello frame (PROTOCOL.md). Members this
+ * version does not know may come too. */
+export interface Limits {
+  /** Bytes per frame the server reads (over it: close 1009). */
+  readLimit: number;
+  /** Rooms per connection (over it: too_many_rooms). */
+  rooms: number;
+  /** Replies the server queues unread before it stops reading. */
+  inflight: number;
+  /** Room messages queued for a slow reader. */
+  sendBuffer: number;
+  /** The presence bound; 0: no presence events. */
+  presence: number;
+  publishRetryMs: number;
+  /** Frames a second (0: no limit) and the burst. */
+  rate: number;
+  burst: number;
+  /** 0: the server does not ping. */
+  pingMs: number;
+  pongTimeoutMs: number;
+  /** How long, and for how many publishes per room, publish ids are
+   * remembered for idempotent retries. */
+  ackTTLMs: number;
+  acksPerRoom: number;
+  [member: string]: unknown;
+}
+
+/** The server's first frame on every connection. */
+export interface HelloFrame {
+  op: "hello";
+  /** This connection's id: the `from` of its messages, its member id. */
+  conn: string;
+  limits: Limits;
+}
+
+/** Which member of a msg frame carried the payload: "data" (a JSON value,
+ * as clients publish), "text" (a string that is not JSON, from server
+ * code) or "bytes" (not UTF-8, from a binary codec; given as a
+ * Uint8Array). */
+export type PayloadKind = "data" | "text" | "bytes";
 
 export interface Member {
   id: string;
@@ -127,7 +172,10 @@ export interface MessageFrame<T = unknown> {
   time: number;
   /** The publishing connection's id; absent for server code's messages. */
   from?: string;
-  data: T;
+  /** Exactly one of data, text and bytes (standard base64) is present. */
+  data?: T;
+  text?: string;
+  bytes?: string;
 }
 
 export interface JoinedFrame {
@@ -183,9 +231,21 @@ export interface ResyncInfo {
 }
 
 export interface ClientOptions extends ConnectionOptions {
+  /** How many publishes may wait for their ack at once, in all rooms,
+   * including those queued while offline (default 1000). Past it, or past
+   * the server's acksPerRoom in one room, publish rejects at once with
+   * "queue_full". */
+  maxPending?: number;
+  /** How many times a request answered "unavailable" or "internal" is
+   * sent again, with the same id and backoff (default 6); then a publish
+   * is rejected with that error, and a join ends the room with an "error"
+   * event. */
+  maxRetries?: number;
+  /** Listener of each connection's hello frame. */
+  onHello?(frame: HelloFrame): void;
   /** Listener of messages the server sends to this connection alone, with
    * no room. */
-  onMessage?(data: unknown, frame: MessageFrame): void;
+  onMessage?(data: unknown, frame: MessageFrame, kind: PayloadKind): void;
   /** Listener of error frames that answer no request of the client. */
   onError?(error: WsroomError): void;
 }
@@ -198,7 +258,9 @@ export interface JoinOptions<T = unknown> {
   /** Start from this position ("EPOCH:SEQ"), e.g. one kept from a
    * previous page load. */
   resume?: string;
-  onMessage?(data: T, frame: MessageFrame<T>): void;
+  /** data is the payload as kind says: a JSON value, a string, or a
+   * Uint8Array. */
+  onMessage?(data: T, frame: MessageFrame<T>, kind: PayloadKind): void;
   onJoined?(frame: JoinedFrame): void;
   onPresence?(frame: PresenceFrame): void;
   /** What the application has of the room is out of date: drop it; the
@@ -207,18 +269,20 @@ export interface JoinOptions<T = unknown> {
   /** The server took the client out of the room (reason "removed",
    * "closed" or the application's); the room is not joined again. */
   onLeft?(frame: LeftFrame): void;
-  /** The server refused the join (forbidden, bad_room, too_many_rooms...);
-   * the room is not joined again. */
+  /** The server refused the join (forbidden, bad_room, too_many_rooms...,
+   * or unavailable/internal maxRetries times); the room is not joined
+   * again. */
   onError?(error: WsroomError): void;
 }
 
 interface ClientEvents extends ConnectionEvents {
-  message(data: unknown, frame: MessageFrame): void;
+  hello(frame: HelloFrame): void;
+  message(data: unknown, frame: MessageFrame, kind: PayloadKind): void;
   error(error: WsroomError): void;
 }
 
 interface RoomEvents<T> {
-  message(data: T, frame: MessageFrame<T>): void;
+  message(data: T, frame: MessageFrame<T>, kind: PayloadKind): void;
   joined(frame: JoinedFrame): void;
   presence(frame: PresenceFrame): void;
   resync(info: ResyncInfo): void;
@@ -240,6 +304,10 @@ export class Client {
   on<K extends keyof ClientEvents>(type: K, listener: ClientEvents[K]): () => void;
   readonly url: URL;
   readonly state: ConnectionState;
+  /** The connection id of the last hello frame, or null before the first. */
+  readonly connId: string | null;
+  /** The limits of the last hello frame, or null before the first. */
+  readonly limits: Limits | null;
   /** The rooms joined or being joined, by name. */
   readonly rooms: Map<string, Room>;
   /** Joins a room and returns it at once; it is joined again after every
@@ -280,7 +348,7 @@ export class Room<T = unknown> {
   leave(): Promise<void>;
 }
 
-/** Connects to a wsroom.v1 endpoint (Registry.MuxHandler): one connection
+/** Connects to a wsroom.v2 endpoint (Registry.MuxHandler): one connection
  * in many rooms. The URL may be ws(s), http(s) or a path resolved against
  * the page. */
 export function connect(url: string | URL, options?: ClientOptions): Client;

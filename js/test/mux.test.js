@@ -1,4 +1,4 @@
-// Tests of connect(): many rooms on one connection (wsroom.v1), against a
+// Tests of connect(): many rooms on one connection (wsroom.v2), against a
 // real wsroom server.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -8,7 +8,7 @@ import { startServer, until, next, sleep, fast } from "./helpers.js";
 let srv;
 const clients = [];
 const open = (query = "", options = {}) => {
-  const c = connect(srv.ws + "/mux" + query, { ...fast, ...options });
+  const c = connect(srv.ws + "/ws" + query, { ...fast, ...options });
   clients.push(c);
   return c;
 };
@@ -50,6 +50,12 @@ test("join, publish and ack in several rooms", async () => {
   const gotB = roomsB.map(collect);
   await Promise.all([...roomsA, ...roomsB].map((r) => r.ready));
   assert.equal(a.state, "open");
+  // hello came first: the connection's id and the server's default limits.
+  assert.equal(typeof a.connId, "string");
+  assert.notEqual(a.connId, b.connId);
+  assert.equal(a.limits.rate, 20);
+  assert.equal(a.limits.burst, 40);
+  assert.equal(a.limits.acksPerRoom, 1024);
   assert.deepEqual(
     roomsA[0].position,
     null,

@@ -85,12 +85,12 @@ test("one room: URLs, close codes 4000 with and without resume=, and 1013", asyn
 });
 
 test("backoff: full jitter within the doubling bound, reset after a stable connection", async () => {
-  const c = connect("ws://example.test/mux", { WebSocket: FakeSocket, minDelay: 100, maxDelay: 1000, stableAfter: 0 });
+  const c = connect("ws://example.test/ws", { WebSocket: FakeSocket, minDelay: 100, maxDelay: 1000, stableAfter: 0 });
   closers.push(c);
   const delays = [];
   c.on("reconnecting", (info) => delays.push(info));
   const ws = await dialed(1);
-  assert.deepEqual(ws.protocols, ["wsroom.v1"]);
+  assert.deepEqual(ws.protocols, ["wsroom.v2"]);
   // Handshakes that fail (an error and, in Node 20, no close event).
   ws.onerror({});
   for (let i = 0; i < 6; i++) {
@@ -114,7 +114,7 @@ test("backoff: full jitter within the doubling bound, reset after a stable conne
 test("online and visibilitychange retry at once", async () => {
   globalThis.window = new EventTarget();
   globalThis.document = Object.assign(new EventTarget(), { visibilityState: "visible" });
-  const c = connect("ws://example.test/mux", { WebSocket: FakeSocket, minDelay: 60000, maxDelay: 60000 });
+  const c = connect("ws://example.test/ws", { WebSocket: FakeSocket, minDelay: 60000, maxDelay: 60000 });
   closers.push(c);
   const ws1 = await dialed(1);
   ws1.onerror({});
@@ -134,7 +134,7 @@ test("online and visibilitychange retry at once", async () => {
 });
 
 test("many rooms: rejoin frames and the resend of unacked publishes", async () => {
-  const c = connect("ws://example.test/mux", opts);
+  const c = connect("ws://example.test/ws", opts);
   closers.push(c);
   const room = c.join("r", { last: 2, members: true });
   const ws1 = await dialed(1);
@@ -185,4 +185,30 @@ test("many rooms: rejoin frames and the resend of unacked publishes", async () =
     ],
   );
   assert.equal(empty.state, "joining");
+});
+
+test("many rooms: a join answered unavailable or internal is retried maxRetries times, then the room ends with an error", async () => {
+  const c = connect("ws://example.test/ws", { ...opts, maxRetries: 2 });
+  closers.push(c);
+  const room = c.join("r");
+  const errors = [];
+  room.on("error", (err) => errors.push(err));
+  const ws = await dialed(1);
+  ws.open();
+  ws.receive({ op: "hello", conn: "c1", limits: { rate: 20, burst: 40 } });
+  assert.equal(c.connId, "c1");
+  assert.equal(c.limits.burst, 40);
+  // The join, then two retries, each answered with a retryable error.
+  for (const code of ["unavailable", "internal"]) {
+    const n = ws.sent.length;
+    ws.receive({ op: "error", id: ws.sent.at(-1).id, room: "r", code, message: "not now" });
+    while (ws.sent.length === n) await new Promise((r) => setTimeout(r, 1));
+    assert.equal(ws.sent.at(-1).op, "join");
+  }
+  assert.equal(errors.length, 0);
+  ws.receive({ op: "error", id: ws.sent.at(-1).id, room: "r", code: "unavailable", message: "not now" });
+  assert.equal(ws.sent.length, 3, "the join and two retries");
+  await assert.rejects(room.ready, (err) => err.code === "unavailable");
+  assert.equal(errors.length, 1);
+  assert.equal(room.state, "left");
 });

@@ -3,7 +3,12 @@
 // and serves, with the JSON codec:
 //
 //	GET  /rooms/{name}         one room per connection (Registry.Handler)
-//	GET  /mux                  many rooms per connection (wsroom.v1)
+//	GET  /ws                   many rooms per connection (wsroom.v2)
+//	GET  /fault/{scenario}     protocoltest.FaultServer: a wsroom.v2 server
+//	                           that misbehaves as the scenario says; without
+//	                           a WebSocket upgrade, the log of the session
+//	                           (?session=S) as JSON, or with do=drop it
+//	                           drops the session's connections
 //	POST /ctl/publish?room=R   publishes the request body (JSON) to R
 //	POST /ctl/drop[?hold=1]    cuts every WebSocket at the TCP level, as a
 //	                           network failure would; with hold=1 it also
@@ -33,6 +38,7 @@ import (
 	"time"
 
 	"github.com/wsroom/wsroom"
+	"github.com/wsroom/wsroom/protocoltest"
 )
 
 func main() {
@@ -71,7 +77,8 @@ func main() {
 
 	mux := http.NewServeMux()
 	mux.Handle("GET /rooms/{name}", refusing(rooms.Handler(nil)))
-	mux.Handle("GET /mux", refusing(rooms.MuxHandler()))
+	mux.Handle("GET /ws", refusing(rooms.MuxHandler()))
+	mux.Handle("GET /fault/", protocoltest.NewFaultServer())
 	mux.HandleFunc("POST /ctl/publish", func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(r.Body)
 		if err != nil {

@@ -16,6 +16,15 @@ const client: Client = connect("wss://example.com/mux", {
   shouldReconnect: (info) => info.code !== 1008,
 });
 client.on("reconnecting", (info) => info.delay + info.attempt);
+client.on("hello", (hello) => {
+  const conn: string = hello.conn;
+  const burst: number = hello.limits.burst;
+  void conn, burst;
+});
+const limits = client.limits;
+const rate: number | undefined = limits?.rate;
+const id: string | null = client.connId;
+void rate, id;
 const off: () => void = client.on("open", () => {});
 off();
 
@@ -37,6 +46,13 @@ const lobby: Room<Chat> = client.join<Chat>("lobby", {
   },
 });
 lobby.on("left", (frame) => frame.reason);
+lobby.on("message", (data, frame, kind) => {
+  if (kind === "bytes") void (data as unknown as Uint8Array).byteLength;
+  const text: string | undefined = frame.text;
+  void text;
+  // @ts-expect-error: no such kind
+  void (kind === "binary");
+});
 lobby.ready.then((joined: JoinedFrame) => joined.members?.map((m) => m.id));
 const acked: Promise<Ack> = lobby.publish({ text: "hi" });
 acked.then((ack) => ack.seq, (err: unknown) => err instanceof WsroomError && err.code === "not_joined");
