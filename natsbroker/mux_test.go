@@ -47,7 +47,7 @@ func newMuxNode(t *testing.T, b wsroom.Broker, opts ...wsroom.Option) *muxNode {
 	return &muxNode{reg: reg, url: "ws" + strings.TrimPrefix(srv.URL, "http")}
 }
 
-// muxFrame is any frame of the wsroom.v1 protocol, as a client reads it.
+// muxFrame is any frame of the wsroom.v2 protocol, as a client reads it.
 type muxFrame struct {
 	Op     string          `json:"op"`
 	ID     string          `json:"id"`

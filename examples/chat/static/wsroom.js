@@ -1,7 +1,7 @@
 // wsroom client: WebSocket rooms of a wsroom server, in browsers and Node.
 // No dependencies. Two modes:
 //
-//   connect(url, options)      one connection in many rooms, the wsroom.v1
+//   connect(url, options)      one connection in many rooms, the wsroom.v2
 //                              protocol (PROTOCOL.md, Registry.MuxHandler)
 //   connectRoom(url, options)  one room per connection, JSON envelopes and
 //                              ?resume=EPOCH:SEQ (Room.Handler,
@@ -10,11 +10,12 @@
 // Both reconnect by themselves, with exponential backoff and full jitter,
 // and resume from the last message seen. README.md describes the API.
 
-const PROTOCOL = "wsroom.v1";
+const PROTOCOL = "wsroom.v2";
 const STATUS_RESYNC = 4000;
 
 /** The error a request is rejected with; code is the protocol's error code
- * or one of the client's: "offline", "disconnected", "left", "closed". */
+ * or one of the client's: "offline", "disconnected", "left", "closed",
+ * "queue_full". */
 export class WsroomError extends Error {
   constructor(code, message, frame) {
     super(message || code);
@@ -33,6 +34,34 @@ const parsePosition = (s) => {
 };
 
 const positionString = (p) => p.epoch + ":" + p.seq;
+
+// Errors after which a request is sent again later with the same id
+// (wsroom.v2, item 12); the other codes are final.
+const retryable = (code) => code === "unavailable" || code === "internal";
+
+// fromBase64 decodes standard base64 into a Uint8Array.
+const fromBase64 = (s) => {
+  if (typeof Uint8Array.fromBase64 === "function") return Uint8Array.fromBase64(s);
+  const bin = atob(s);
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+};
+
+// payload returns a msg frame's payload and its kind: the JSON value of
+// "data", the string of "text", or the bytes of "bytes" (wsroom.v2, item
+// 16; a member whose value is null is absent).
+const payload = (f) => {
+  if (f.text != null) return [f.text, "text"];
+  if (f.bytes != null) {
+    try {
+      return [fromBase64(f.bytes), "bytes"];
+    } catch {
+      return [undefined, "bytes"];
+    }
+  }
+  return [f.data, "data"];
+};
 
 // fresh reports whether the message m with a sequence number comes after
 // position p, and if so makes it the holder's position.
@@ -204,7 +233,7 @@ class Connection extends Emitter {
   }
 }
 
-/** Connects to a wsroom.v1 endpoint (Registry.MuxHandler): one connection
+/** Connects to a wsroom.v2 endpoint (Registry.MuxHandler): one connection
  * in many rooms. */
 export function connect(url, options) {
   return new Client(url, options);
@@ -228,6 +257,12 @@ export class Client extends Connection {
     this._prefix = randomPrefix();
     this._n = 0;
     this._conn = 0; // connection number, one more on each connection
+    this.options.maxPending ??= 1000;
+    this.options.maxRetries ??= 6;
+    /** The last hello frame's connection id and limits, or null before
+     * the first. */
+    this.connId = null;
+    this.limits = null;
   }
 
   _protocols() {
@@ -280,6 +315,20 @@ export class Client extends Connection {
   _pub(room, data, ephemeral) {
     if (room.state === "left") return fail("not_joined", "wsroom: not in room " + JSON.stringify(room.name));
     if (ephemeral && !room._in) return fail("offline", "wsroom: not connected");
+    // Bounded: the publishes waiting for an ack (queued while offline
+    // included), in all rooms and per room within the server's idempotency
+    // window (a publish retried after more than acksPerRoom others of its
+    // room could be published twice).
+    let all = 0,
+      inRoom = 0;
+    for (const q of this._pending.values()) {
+      if (q.room) all++;
+      if (q.room === room) inRoom++;
+    }
+    const perRoom = this.limits && this.limits.acksPerRoom;
+    if (all >= this.options.maxPending || (perRoom > 0 && inRoom >= perRoom)) {
+      return fail("queue_full", "wsroom: too many publishes waiting for an ack");
+    }
     const frame = { op: "pub", room: room.name, id: this._id(), data };
     if (ephemeral) frame.ephemeral = true;
     return new Promise((resolve, reject) => {
@@ -339,10 +388,17 @@ export class Client extends Connection {
     const room = this.rooms.get(f.room);
     const req = f.id !== undefined && this._pending.get(f.id);
     switch (f.op) {
-      case "msg":
-        if (f.room === undefined) this._emit("message", f.data, f);
-        else if (room && room._in && advance(room, f)) room._emit("message", f.data, f);
+      case "hello":
+        this.connId = f.conn;
+        this.limits = f.limits || {};
+        this._emit("hello", f);
         return;
+      case "msg": {
+        const [data, kind] = payload(f);
+        if (f.room === undefined) this._emit("message", data, f, kind);
+        else if (room && room._in && advance(room, f)) room._emit("message", data, f, kind);
+        return;
+      }
       case "joined":
         if (req) {
           this._pending.delete(f.id);
@@ -356,6 +412,7 @@ export class Client extends Connection {
           room.position = f.seq > 0 && !(room.options.last > 0) ? { epoch: f.epoch, seq: f.seq } : null;
         }
         room._in = true;
+        room._tries = 0;
         room.state = "joined";
         room._settle(null, f);
         room._emit("joined", f);
@@ -389,8 +446,9 @@ export class Client extends Connection {
     if (room && f.id === room._joinID) {
       room._joinID = null;
       if (f.code === "resync") this._resync(room, f);
-      else if (f.code === "unavailable") this._later(() => room.state === "joining" && !room._in && this._join(room));
-      else {
+      else if (retryable(f.code) && (room._tries = (room._tries || 0) + 1) <= this.options.maxRetries) {
+        this._later(() => room.state === "joining" && !room._in && this._join(room), room._tries);
+      } else {
         this._gone(room, err);
         room._emit("error", err);
       }
@@ -401,12 +459,16 @@ export class Client extends Connection {
       return;
     }
     const r = req.room;
-    if (r && (f.code === "unavailable" || (f.code === "not_joined" && r.state === "joining"))) {
+    const again = retryable(f.code) && (req.tries || 0) < this.options.maxRetries;
+    if (r && (again || (f.code === "not_joined" && r.state === "joining"))) {
       // Send it again later with the same id: after the rejoin, or after
-      // a while when the server could not publish it now.
+      // a while when the server could not publish it now (at most
+      // maxRetries times: then the publish is rejected with the error).
       req.sent = 0;
-      req.tries = (req.tries || 0) + 1;
-      if (f.code === "unavailable") this._later(() => this._pending.get(f.id) === req && r._in && !req.sent && this._sendReq(req), req.tries);
+      if (again) {
+        req.tries = (req.tries || 0) + 1;
+        this._later(() => this._pending.get(f.id) === req && r._in && !req.sent && this._sendReq(req), req.tries);
+      }
       return;
     }
     this._pending.delete(f.id);
