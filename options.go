@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/coder/websocket"
@@ -94,6 +95,8 @@ type config struct {
 	history      int
 	publishRetry time.Duration
 
+	set optionSet // the options given that serve a Registry only
+
 	// Registry only.
 	idleTimeout time.Duration
 	validName   func(string) error
@@ -134,6 +137,53 @@ func mustConfig(opts []Option) config {
 	cfg, err := newConfig(opts)
 	if err != nil {
 		panic(err)
+	}
+	return cfg
+}
+
+// optionSet records which options a configuration was given, of those that
+// serve a Registry only, so that New refuses them rather than ignore them.
+type optionSet uint16
+
+const (
+	setIdleTimeout optionSet = 1 << iota
+	setNameValidator
+	setMaxRooms
+	setJoinCheck
+	setMaxRoomsPerClient
+	setPresenceEvents
+	setOnRoomJoin
+	setOnRoomLeave
+	setOnPublish
+)
+
+// registryOptions names the options of an optionSet, in the order of its
+// bits.
+var registryOptions = [...]string{
+	"WithIdleTimeout", "WithNameValidator", "WithMaxRooms", "WithJoinCheck",
+	"WithMaxRoomsPerClient", "WithPresenceEvents", "WithOnRoomJoin",
+	"WithOnRoomLeave", "WithOnPublish",
+}
+
+// names returns the names of the options in s.
+func (s optionSet) names() []string {
+	var out []string
+	for i, name := range registryOptions {
+		if s&(1<<i) != 0 {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// mustRoomConfig is mustConfig for New, which also panics if opts hold an
+// option that serves a Registry only: a lone Room would ignore it.
+func mustRoomConfig(opts []Option) config {
+	cfg := mustConfig(opts)
+	if cfg.set != 0 {
+		panic("wsroom: New(" + strings.Join(cfg.set.names(), ", ") + "): " +
+			"these options serve a Registry (its rooms by name, its idle rooms, its connections of many rooms); " +
+			"a Room made by New would ignore them: drop them, or use NewRegistry")
 	}
 	return cfg
 }
@@ -386,6 +436,7 @@ func WithHistory(n int) Option {
 // d <= 0 selects the default). Rooms only; ignored by New.
 func WithIdleTimeout(d time.Duration) Option {
 	return func(cfg *config) {
+		cfg.set |= setIdleTimeout
 		if d <= 0 {
 			d = DefaultIdleTimeout
 		}
@@ -397,6 +448,7 @@ func WithIdleTimeout(d time.Duration) Option {
 // ValidRoomName). Registry only; ignored by New.
 func WithNameValidator(valid func(name string) error) Option {
 	return func(cfg *config) {
+		cfg.set |= setNameValidator
 		if valid == nil {
 			valid = ValidRoomName
 		}
@@ -425,6 +477,7 @@ func WithPublishRetry(d time.Duration) Option {
 // an error; rooms that exist still serve. Registry only; ignored by New.
 func WithMaxRooms(n int) Option {
 	return func(cfg *config) {
+		cfg.set |= setMaxRooms
 		if n < 1 {
 			n = DefaultMaxRooms
 		}
@@ -442,7 +495,10 @@ func WithMaxRooms(n int) Option {
 // release in WithOnRoomLeave. Default: none, every join is allowed.
 // Registry only.
 func WithJoinCheck(fn func(c *Client, room string) error) Option {
-	return func(cfg *config) { cfg.joinCheck = fn }
+	return func(cfg *config) {
+		cfg.set |= setJoinCheck
+		cfg.joinCheck = fn
+	}
 }
 
 // WithMaxRoomsPerClient sets how many rooms a client of many rooms may be
@@ -451,6 +507,7 @@ func WithJoinCheck(fn func(c *Client, room string) error) Option {
 // Registry only.
 func WithMaxRoomsPerClient(n int) Option {
 	return func(cfg *config) {
+		cfg.set |= setMaxRoomsPerClient
 		if n < 1 {
 			n = DefaultMaxRoomsPerClient
 		}
@@ -470,7 +527,10 @@ func WithMaxRoomsPerClient(n int) Option {
 // with members on the node), else the node's. limit <= 0 turns presence
 // events off (the default).
 func WithPresenceEvents(limit int) Option {
-	return func(cfg *config) { cfg.presenceEvents = max(limit, 0) }
+	return func(cfg *config) {
+		cfg.set |= setPresenceEvents
+		cfg.presenceEvents = max(limit, 0)
+	}
 }
 
 // WithOnRoomJoin sets a hook called when a client of many rooms (see
@@ -478,7 +538,10 @@ func WithPresenceEvents(limit int) Option {
 // written to it. It runs on the goroutine that joined the client: its
 // reading goroutine, or the caller of Client.Join. Registry only.
 func WithOnRoomJoin(fn func(c *Client, r *Room)) Option {
-	return func(cfg *config) { cfg.onRoomJoin = fn }
+	return func(cfg *config) {
+		cfg.set |= setOnRoomJoin
+		cfg.onRoomJoin = fn
+	}
 }
 
 // WithOnRoomLeave sets a hook called once when a client of many rooms has
@@ -488,7 +551,10 @@ func WithOnRoomJoin(fn func(c *Client, r *Room)) Option {
 // It may run on the client's goroutines or on one of the room's. Registry
 // only.
 func WithOnRoomLeave(fn func(c *Client, r *Room, reason string)) Option {
-	return func(cfg *config) { cfg.onRoomLeave = fn }
+	return func(cfg *config) {
+		cfg.set |= setOnRoomLeave
+		cfg.onRoomLeave = fn
+	}
 }
 
 // WithOnPublish sets a hook that sees every message a client of many rooms
@@ -500,5 +566,8 @@ func WithOnRoomLeave(fn func(c *Client, r *Room, reason string)) Option {
 // nobody else does. Default: none. Registry only; one-room clients have
 // WithOnMessage.
 func WithOnPublish(fn func(c *Client, r *Room, data []byte) ([]byte, error)) Option {
-	return func(cfg *config) { cfg.onPublish = fn }
+	return func(cfg *config) {
+		cfg.set |= setOnPublish
+		cfg.onPublish = fn
+	}
 }

@@ -88,9 +88,13 @@ const (
 // room there. Use a Registry for named rooms.
 //
 // New panics if opts cannot work together: WithStore given a Store other
-// than the one a Broker numbers messages in (see WithStore).
+// than the one a Broker numbers messages in (see WithStore). It panics too
+// for an option that serves a Registry only, which a lone Room would
+// ignore: WithIdleTimeout, WithNameValidator, WithMaxRooms, WithJoinCheck,
+// WithMaxRoomsPerClient, WithPresenceEvents, WithOnRoomJoin,
+// WithOnRoomLeave and WithOnPublish.
 func New(opts ...Option) *Room {
-	return newRoom("", mustConfig(opts))
+	return newRoom("", mustRoomConfig(opts))
 }
 
 func newRoom(name string, cfg config) *Room {
