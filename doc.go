@@ -64,8 +64,8 @@
 // request's credential: a session cookie, a header, or, since browsers
 // cannot set headers on a WebSocket handshake, a token offered as a
 // subprotocol (WithSubprotocols, OfferedSubprotocols). What it returns is
-// the client's Identity; WithJoinCheck decides which rooms a connection of
-// many rooms may join. A credential that expires while the client is
+// the client's Identity; WithJoinCheck decides which rooms a client of a
+// Registry may join, by either handler. A credential that expires while the client is
 // connected is the application's to enforce, by closing the client with
 // StatusExpired (4001). Package wsroomtest connects clients to a handler in
 // memory, to test all this.
@@ -159,7 +159,9 @@
 // 400 for a malformed handshake (method, version, key, or none of the
 // subprotocols the handler speaks: WithSubprotocols, Subprotocol), 403 for
 // a foreign origin (WithOriginPatterns, WithOriginCheck), 400 for a bad
-// resume parameter or room name, 401/403 from the authorize hook, 503 when the room is full or closed or the Registry holds
+// resume parameter or room name, 401/403 from the authorize hook, 403 (or
+// an HTTPError's status) from a Registry's join check (WithJoinCheck), 503
+// when the room is full or closed or the Registry holds
 // its maximum of rooms. A Registry makes a room only for a handshake that
 // passed every check. Close codes: 1003 for the wrong frame type, 1007 for
 // invalid UTF-8 or a codec error, 1008 for a full send buffer, the rate

@@ -485,15 +485,25 @@ func WithMaxRooms(n int) Option {
 	}
 }
 
-// WithJoinCheck sets a hook that decides whether a client of many rooms
-// (see Registry.MuxHandler) may join the room called room: a non-nil error
-// refuses the join with the error code "forbidden" and the error's text.
-// It runs on the client's reading goroutine, for joins the client asks
-// for, not for Client.Join, after the connection's own checks (the name,
-// the number of rooms); the join may still fail after it (the room is not
-// available), so it should claim nothing: claim in WithOnRoomJoin and
-// release in WithOnRoomLeave. Default: none, every join is allowed.
-// Registry only.
+// WithJoinCheck sets a hook that decides whether a client may join the
+// room called room, in both kinds of a Registry's connection. A panic is
+// reported to the error hook and refuses the join. Default: none, every
+// join is allowed. It serves a Registry only: New panics on it.
+//
+// With Registry.Handler it checks the room picked from the URL, on the
+// request's goroutine, after every other check of the handshake (the
+// authorize hook last), before the upgrade and before the room is made. c
+// is then the client to be: its ID, which the connection keeps, and its
+// Identity are set, and nothing else of it may be used yet. A non-nil
+// error refuses the handshake with 403 Forbidden and the error's text, or
+// with an *HTTPError's status and message; a panic with 500.
+//
+// With Registry.MuxHandler it runs on the client's reading goroutine, for
+// joins the client asks for, not for Client.Join, after the connection's
+// own checks (the name, the number of rooms). A non-nil error refuses the
+// join with the error code "forbidden" and the error's text. The join may
+// still fail after it (the room is not available), so it should claim
+// nothing: claim in WithOnRoomJoin and release in WithOnRoomLeave.
 func WithJoinCheck(fn func(c *Client, room string) error) Option {
 	return func(cfg *config) {
 		cfg.set |= setJoinCheck

@@ -1,12 +1,17 @@
 package wsroom_test
 
 import (
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/wsroom/wsroom"
 )
 
@@ -75,4 +80,103 @@ func TestNewRefusesRegistryOptions(t *testing.T) {
 		all = append(all, opt)
 	}
 	wsroom.NewRegistry(all...).Close() // must not panic
+}
+
+// WithJoinCheck applies to Registry.Handler as to MuxHandler: the room
+// picked from the URL is checked after the authorize hook and before the
+// upgrade; a refusal gets 403 with the error's text, an *HTTPError its own
+// status, a panic 500, and no room is made for any of them. An admitted
+// client keeps the ID the check saw.
+func TestJoinCheckInRegistryHandler(t *testing.T) {
+	type seen struct{ id, room, who string }
+	checks := make(chan seen, 10)
+	joined := make(chan string, 10)
+	var reported atomic.Int64
+	reg := wsroom.NewRegistry(
+		wsroom.WithAuthorize(func(r *http.Request) (any, error) { return r.URL.Query().Get("user"), nil }),
+		wsroom.WithJoinCheck(func(c *wsroom.Client, room string) error {
+			checks <- seen{c.ID(), room, fmt.Sprint(c.Identity())}
+			switch room {
+			case "secret":
+				return errors.New("members only")
+			case "login":
+				return &wsroom.HTTPError{Code: http.StatusUnauthorized, Message: "log in first"}
+			case "broken":
+				panic("join check bug")
+			}
+			return nil
+		}),
+		wsroom.WithOnJoin(func(c *wsroom.Client) { joined <- c.ID() }),
+		wsroom.WithOnError(func(c *wsroom.Client, err error) { reported.Add(1) }),
+	)
+	defer reg.Close()
+	mux := http.NewServeMux()
+	mux.Handle("GET /rooms/{name}", reg.Handler(nil))
+	srv := newServer(t, mux)
+	url := "ws" + strings.TrimPrefix(srv.URL, "http") + "/rooms/"
+	checked := func(room string) seen {
+		t.Helper()
+		select {
+		case s := <-checks:
+			return s
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the join check did not run", room)
+			return seen{}
+		}
+	}
+
+	for _, tt := range []struct {
+		room   string
+		status int
+		body   string
+	}{
+		{"secret", http.StatusForbidden, "members only"},
+		{"login", http.StatusUnauthorized, "log in first"},
+		{"broken", http.StatusInternalServerError, http.StatusText(http.StatusInternalServerError)},
+	} {
+		c, resp, err := websocket.Dial(t.Context(), url+tt.room+"?user=ana", nil)
+		if err == nil {
+			c.CloseNow()
+			t.Errorf("%s: the handshake was accepted, want %d", tt.room, tt.status)
+			continue
+		}
+		if resp == nil || resp.StatusCode != tt.status {
+			t.Errorf("%s: Dial response %v, err %v; want status %d", tt.room, resp, err, tt.status)
+			continue
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if got := strings.TrimSpace(string(body)); got != tt.body {
+			t.Errorf("%s: body %q, want %q", tt.room, got, tt.body)
+		}
+		if s := checked(tt.room); s.room != tt.room || s.who != "ana" || s.id == "" {
+			t.Errorf("%s: the check saw room %q, identity %q, ID %q", tt.room, s.room, s.who, s.id)
+		}
+	}
+	if got := names(reg); len(got) != 0 {
+		t.Errorf("rooms after refused handshakes = %v, want none", got)
+	}
+	if got := reported.Load(); got != 1 {
+		t.Errorf("error hook ran %d times, want once, for the check's panic", got)
+	}
+
+	c, _, err := websocket.Dial(t.Context(), url+"lobby?user=bo", nil)
+	if err != nil {
+		t.Fatalf("Dial lobby: %v", err)
+	}
+	defer c.CloseNow()
+	s := checked("lobby")
+	if s.room != "lobby" || s.who != "bo" {
+		t.Errorf("lobby: the check saw room %q, identity %q", s.room, s.who)
+	}
+	select {
+	case id := <-joined:
+		if id != s.id {
+			t.Errorf("the client joined with ID %q, the check saw %q", id, s.id)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the admitted client did not join")
+	}
+	if got := names(reg); !slices.Equal(got, []string{"lobby"}) {
+		t.Errorf("rooms = %v, want [lobby]", got)
+	}
 }
