@@ -146,13 +146,15 @@
 // # Limits and defaults
 //
 // The defaults are chosen so that one abusive client cannot hurt the others:
-// send buffer 256 messages per client (DefaultSendBuffer), read limit 32 KiB
-// (DefaultReadLimit), each client throttled to 20 messages a second in
-// bursts of 40 (DefaultRateLimit), pings from a client answered 10 a second
+// send buffer 256 messages per client (WithSendBuffer), read limit 32 KiB
+// (WithReadLimit), each client throttled to 20 messages a second in
+// bursts of 40 (WithRateLimit), pings from a client answered 10 a second
 // in bursts of 20 (beyond that it is closed with 1008), write timeout 10s,
 // ping every 30s with a 10s pong timeout, publish retry 10s, no compression,
 // same-origin handshakes only, no client cap, at most 10,000 rooms per
-// Registry (DefaultMaxRooms), memory history of 1,000 messages per room for
+// Registry (WithMaxRooms), each closed after one minute without clients
+// (WithIdleTimeout), at most 100 rooms per connection of many rooms
+// (WithMaxRoomsPerClient), memory history of 1,000 messages per room for
 // 24 hours, no history on join.
 //
 // Handshake answers, checked in this order: 426 for non-WebSocket requests,
