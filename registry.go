@@ -221,13 +221,24 @@ func (g *Registry) Shutdown(ctx context.Context) error {
 func (g *Registry) Close() error {
 	rooms, muxes := g.closeAll()
 	for _, c := range muxes {
-		c.conn.CloseNow()
+		c.closeNow()
 	}
 	for _, r := range rooms {
 		r.Close()
 	}
 	g.conns.Wait()
 	return nil
+}
+
+// closeNow closes the client's connection at once. It closes the socket
+// first: coder/websocket's CloseNow waits for a close handshake under way
+// (with compression on, Client.Close and Shutdown close its way), for up
+// to 5s, and a closed socket ends that handshake at once.
+func (c *Client) closeNow() {
+	if c.fc != nil {
+		c.fc.Close()
+	}
+	c.conn.CloseNow()
 }
 
 // addConn counts a connection of many rooms about to start, unless the

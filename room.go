@@ -330,7 +330,7 @@ func (r *Room) Close() error {
 			c.evict(r, &reply{Op: "left", Room: r.name, Reason: "closed"})
 			continue
 		}
-		c.conn.CloseNow()
+		c.closeNow()
 	}
 	r.wg.Wait()
 	return nil
