@@ -58,7 +58,11 @@ func serveClient(cfg *config, w http.ResponseWriter, req *http.Request, check fu
 	var id string
 	if check != nil {
 		id = newID()
-		if err := check(&Client{id: id, identity: identity, ctx: req.Context()}); err != nil {
+		// The client to be has no connection: it starts no goroutine
+		// (writing, stopped), so that a check that calls Close harms
+		// nothing.
+		pre := &Client{id: id, identity: identity, ctx: req.Context(), writing: true, stopped: true}
+		if err := check(pre); err != nil {
 			refuse(w, err)
 			return
 		}

@@ -103,6 +103,9 @@ func TestJoinCheckInRegistryHandler(t *testing.T) {
 				return &wsroom.HTTPError{Code: http.StatusUnauthorized, Message: "log in first"}
 			case "broken":
 				panic("join check bug")
+			case "closing":
+				c.Close(websocket.StatusNormalClosure, "not yet connected")
+				return errors.New("closed by the check")
 			}
 			return nil
 		}),
@@ -133,6 +136,7 @@ func TestJoinCheckInRegistryHandler(t *testing.T) {
 		{"secret", http.StatusForbidden, "members only"},
 		{"login", http.StatusUnauthorized, "log in first"},
 		{"broken", http.StatusInternalServerError, http.StatusText(http.StatusInternalServerError)},
+		{"closing", http.StatusForbidden, "closed by the check"},
 	} {
 		c, resp, err := websocket.Dial(t.Context(), url+tt.room+"?user=ana", nil)
 		if err == nil {
