@@ -517,7 +517,8 @@ func WithMaxRooms(n int) Option {
 // request's goroutine, after every other check of the handshake (the
 // authorize hook last), before the upgrade and before the room is made. c
 // is then the client to be: its ID, which the connection keeps, and its
-// Identity are set, and nothing else of it may be used yet. A non-nil
+// Identity are set, its Close does nothing, and nothing else of it may be
+// used yet. A non-nil
 // error refuses the handshake with 403 Forbidden and the error's text, or
 // with an *HTTPError's status and message; a panic with 500.
 //
