@@ -81,3 +81,37 @@ func TestCloseWaitsForNoCloseHandshake(t *testing.T) {
 		})
 	}
 }
+
+// Registry.Close closes its connections of many rooms at once in the same
+// case: compressed, not reading, their close handshakes under way.
+func TestRegistryCloseWaitsForNoCloseHandshake(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		joined := make(chan *wsroom.Client, 8)
+		reg := wsroom.NewRegistry(wsroom.WithCompression(websocket.CompressionContextTakeover), wsroom.WithPing(0, 0),
+			wsroom.WithOnJoin(func(c *wsroom.Client) { joined <- c }))
+		defer reg.Close()
+		h := reg.MuxHandler()
+		for range 8 {
+			c, _, err := wspipe.Dial(t.Context(), h, "ws://room.test/", &websocket.DialOptions{
+				CompressionMode: websocket.CompressionContextTakeover,
+				Subprotocols:    []string{wsroom.Subprotocol},
+			})
+			if err != nil {
+				t.Fatalf("Dial: %v", err)
+			}
+			defer c.CloseNow()
+		}
+		synctest.Wait()
+		for range 8 {
+			(<-joined).Close(websocket.StatusNormalClosure, "bye")
+		}
+		synctest.Wait()
+		start := time.Now()
+		reg.Close()
+		d := time.Since(start)
+		t.Logf("8 compressed connections of many rooms that do not read, close handshakes under way: Registry.Close took %v", d)
+		if d > 0 {
+			t.Errorf("Registry.Close took %v of virtual time: it waited for a timeout", d)
+		}
+	})
+}
