@@ -64,8 +64,8 @@
 // request's credential: a session cookie, a header, or, since browsers
 // cannot set headers on a WebSocket handshake, a token offered as a
 // subprotocol (WithSubprotocols, OfferedSubprotocols). What it returns is
-// the client's Identity; WithJoinCheck decides which rooms a connection of
-// many rooms may join. A credential that expires while the client is
+// the client's Identity; WithJoinCheck decides which rooms a client of a
+// Registry may join, by either handler. A credential that expires while the client is
 // connected is the application's to enforce, by closing the client with
 // StatusExpired (4001). Package wsroomtest connects clients to a handler in
 // memory, to test all this.
@@ -146,20 +146,24 @@
 // # Limits and defaults
 //
 // The defaults are chosen so that one abusive client cannot hurt the others:
-// send buffer 256 messages per client (DefaultSendBuffer), read limit 32 KiB
-// (DefaultReadLimit), each client throttled to 20 messages a second in
-// bursts of 40 (DefaultRateLimit), pings from a client answered 10 a second
+// send buffer 256 messages per client (WithSendBuffer), read limit 32 KiB
+// (WithReadLimit), each client throttled to 20 messages a second in
+// bursts of 40 (WithRateLimit), pings from a client answered 10 a second
 // in bursts of 20 (beyond that it is closed with 1008), write timeout 10s,
 // ping every 30s with a 10s pong timeout, publish retry 10s, no compression,
 // same-origin handshakes only, no client cap, at most 10,000 rooms per
-// Registry (DefaultMaxRooms), memory history of 1,000 messages per room for
+// Registry (WithMaxRooms), each closed after one minute without clients
+// (WithIdleTimeout), at most 100 rooms per connection of many rooms
+// (WithMaxRoomsPerClient), memory history of 1,000 messages per room for
 // 24 hours, no history on join.
 //
 // Handshake answers, checked in this order: 426 for non-WebSocket requests,
 // 400 for a malformed handshake (method, version, key, or none of the
 // subprotocols the handler speaks: WithSubprotocols, Subprotocol), 403 for
 // a foreign origin (WithOriginPatterns, WithOriginCheck), 400 for a bad
-// resume parameter or room name, 401/403 from the authorize hook, 503 when the room is full or closed or the Registry holds
+// resume parameter or room name, 401/403 from the authorize hook, 403 (or
+// an HTTPError's status) from a Registry's join check (WithJoinCheck), 503
+// when the room is full or closed or the Registry holds
 // its maximum of rooms. A Registry makes a room only for a handshake that
 // passed every check. Close codes: 1003 for the wrong frame type, 1007 for
 // invalid UTF-8 or a codec error, 1008 for a full send buffer, the rate

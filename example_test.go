@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -441,8 +442,10 @@ func ExampleWithSubprotocols() {
 	// closed: 4001 token expired true
 }
 
-// A join check for connections of many rooms: anyone may join the lobby,
-// and a team's room only its members.
+// A join check for both handlers of a Registry: anyone may join the lobby,
+// and a team's room only its members. A connection of many rooms gets an
+// error reply for a refused join; a handshake of Registry.Handler for a
+// refused room gets 403 with the check's message.
 func ExampleWithJoinCheck() {
 	teams := map[string][]string{"ana": {"red"}, "ben": {"blue"}} // user → teams
 	rooms := wsroom.NewRegistry(
@@ -464,13 +467,15 @@ func ExampleWithJoinCheck() {
 	defer rooms.Close()
 	mux := http.NewServeMux()
 	mux.Handle("GET /ws", rooms.MuxHandler())
+	mux.Handle("GET /rooms/{name}", rooms.Handler(nil))
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
 
 	ctx := context.Background()
+	auth := http.Header{"Authorization": {"Bearer ana"}}
 	c, _, err := websocket.Dial(ctx, wsURL(srv, "/ws"), &websocket.DialOptions{
 		Subprotocols: []string{wsroom.Subprotocol},
-		HTTPHeader:   http.Header{"Authorization": {"Bearer ana"}},
+		HTTPHeader:   auth,
 	})
 	if err != nil {
 		panic(err)
@@ -484,8 +489,15 @@ func ExampleWithJoinCheck() {
 		json.Unmarshal(b, &f)
 		fmt.Println(strings.TrimSpace(fmt.Sprintln(f.Op, f.Room, f.ID, f.Code, f.Message)))
 	}
+	_, resp, err := websocket.Dial(ctx, wsURL(srv, "/rooms/team-blue"), &websocket.DialOptions{HTTPHeader: auth})
+	if err == nil {
+		panic("joined team-blue")
+	}
+	body, _ := io.ReadAll(resp.Body)
+	fmt.Println(resp.StatusCode, strings.TrimSpace(string(body)))
 	// Output:
 	// joined lobby j1
 	// joined team-red j2
 	// error team-blue j3 forbidden ana is not in team blue
+	// 403 ana is not in team blue
 }

@@ -21,8 +21,9 @@ import (
 // This file holds the handshake: every check a request passes before a room
 // is made or joined, then the upgrade.
 
-// HTTPError is an error an authorize hook returns to refuse a handshake with
-// a given HTTP status, such as 401 or 403.
+// HTTPError is an error an authorize hook, or a join check of
+// Registry.Handler (see WithJoinCheck), returns to refuse a handshake with a
+// given HTTP status, such as 401 or 403.
 type HTTPError struct {
 	Code    int    // HTTP status code
 	Message string // response body; http.StatusText(Code) if empty
@@ -45,13 +46,26 @@ var (
 )
 
 // serveClient runs the handshake checks, upgrades, and serves the client on
-// the room that acquire reserves a place in. acquire runs only once every
+// the room that acquire reserves a place in. If check is not nil, it runs
+// last, with the client to be (see joinCheck). acquire runs only once every
 // check has passed, so that no request that will be refused makes a room;
 // if the upgrade still fails, abandon gives the place back.
-func serveClient(cfg *config, w http.ResponseWriter, req *http.Request, acquire func() (*Room, error), abandon func(*Room)) {
+func serveClient(cfg *config, w http.ResponseWriter, req *http.Request, check func(*Client) error, acquire func() (*Room, error), abandon func(*Room)) {
 	identity, resume, ok := checkRequest(cfg, w, req, cfg.subprotocols, false)
 	if !ok {
 		return
+	}
+	var id string
+	if check != nil {
+		id = newID()
+		// The client to be has no connection: it starts no goroutine
+		// (writing, stopped), so that a check that calls Close harms
+		// nothing.
+		pre := &Client{id: id, identity: identity, ctx: req.Context(), writing: true, stopped: true}
+		if err := check(pre); err != nil {
+			refuse(w, err)
+			return
+		}
 	}
 	r, err := acquire()
 	if err != nil {
@@ -66,9 +80,29 @@ func serveClient(cfg *config, w http.ResponseWriter, req *http.Request, acquire 
 		r.cfg.logger.Debug("wsroom: handshake failed", "room", r.name, "err", err)
 		return
 	}
+	c := newClient(r, conn, hw.conn, identity, resume)
+	if id != "" {
+		c.id = id // the ID the join check saw
+	}
 	// The client runs on its own goroutine, so that the handler returns and
 	// net/http lets go of the request and its buffers.
-	go newClient(r, conn, hw.conn, identity, resume).serve()
+	go c.serve()
+}
+
+// refuse answers a handshake that a hook refused with err: an *HTTPError
+// with its status and message, a hook's panic with 500, any other error
+// with 403 and the error's text.
+func refuse(w http.ResponseWriter, err error) {
+	var he *HTTPError
+	var hp *hookPanic
+	switch {
+	case errors.As(err, &he):
+		http.Error(w, he.text(), he.Code)
+	case errors.As(err, &hp):
+		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
+	default:
+		http.Error(w, err.Error(), http.StatusForbidden)
+	}
 }
 
 // checkRequest runs every check of a handshake, in order, the authorize

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/coder/websocket"
@@ -11,6 +12,14 @@ import (
 
 // Option configures a Room or a Registry. Options are applied in order, so
 // when the same option is passed twice the later value wins.
+//
+// Each option's documentation says which connections it serves: a Room
+// made by New and the rooms of a Registry (Room.Handler,
+// Registry.Handler), and the connections of many rooms of
+// Registry.MuxHandler. Options that serve a Registry only (WithIdleTimeout,
+// WithNameValidator, WithMaxRooms, WithJoinCheck and the options of
+// connections of many rooms) make New panic, as a lone Room would ignore
+// them.
 type Option func(*config)
 
 // SlowPolicy says what a room does with a client whose send buffer is full.
@@ -42,27 +51,21 @@ const (
 	CloseOverLimit
 )
 
-// Defaults of the options, in one place.
+// The defaults of the options, in one place. Each option's documentation
+// states its default in words, and TestDefaultsInDocs checks that the two
+// agree.
 const (
-	DefaultSendBuffer   = 256
-	DefaultReadLimit    = 32 << 10
-	DefaultWriteTimeout = 10 * time.Second
-	DefaultPingInterval = 30 * time.Second
-	DefaultPongTimeout  = 10 * time.Second
-	DefaultIdleTimeout  = time.Minute
-	DefaultPublishRetry = 10 * time.Second
-	DefaultMaxRooms     = 10000
-
-	// DefaultMaxRoomsPerClient is how many rooms a connection of many
-	// rooms may be in at once (see WithMaxRoomsPerClient).
-	DefaultMaxRoomsPerClient = 100
-
-	// DefaultRateLimit and DefaultRateBurst are each client's default rate
-	// limit: 20 messages a second on average, in bursts of up to 40, with
-	// the Throttle policy. A client that floods the room is slowed to
-	// that, and nobody else notices. WithRateLimit changes or lifts it.
-	DefaultRateLimit = 20
-	DefaultRateBurst = 40
+	defaultSendBuffer        = 256
+	defaultReadLimit         = 32 << 10
+	defaultWriteTimeout      = 10 * time.Second
+	defaultPingInterval      = 30 * time.Second
+	defaultPongTimeout       = 10 * time.Second
+	defaultIdleTimeout       = time.Minute
+	defaultPublishRetry      = 10 * time.Second
+	defaultMaxRooms          = 10000
+	defaultMaxRoomsPerClient = 100
+	defaultRateLimit         = 20 // messages a second, with the Throttle policy
+	defaultRateBurst         = 40
 )
 
 type config struct {
@@ -94,6 +97,8 @@ type config struct {
 	history      int
 	publishRetry time.Duration
 
+	set optionSet // the options given that serve a Registry only
+
 	// Registry only.
 	idleTimeout time.Duration
 	validName   func(string) error
@@ -111,19 +116,19 @@ type config struct {
 func defaultConfig() config {
 	return config{
 		codec:             Text(),
-		sendBuffer:        DefaultSendBuffer,
-		readLimit:         DefaultReadLimit,
-		writeTimeout:      DefaultWriteTimeout,
-		pingInterval:      DefaultPingInterval,
-		pongTimeout:       DefaultPongTimeout,
+		sendBuffer:        defaultSendBuffer,
+		readLimit:         defaultReadLimit,
+		writeTimeout:      defaultWriteTimeout,
+		pingInterval:      defaultPingInterval,
+		pongTimeout:       defaultPongTimeout,
 		logger:            slog.New(slog.DiscardHandler),
-		idleTimeout:       DefaultIdleTimeout,
+		idleTimeout:       defaultIdleTimeout,
 		validName:         ValidRoomName,
-		maxRooms:          DefaultMaxRooms,
-		maxRoomsPerClient: DefaultMaxRoomsPerClient,
-		rateLimit:         DefaultRateLimit,
-		rateBurst:         DefaultRateBurst,
-		publishRetry:      DefaultPublishRetry,
+		maxRooms:          defaultMaxRooms,
+		maxRoomsPerClient: defaultMaxRoomsPerClient,
+		rateLimit:         defaultRateLimit,
+		rateBurst:         defaultRateBurst,
+		publishRetry:      defaultPublishRetry,
 	}
 }
 
@@ -134,6 +139,53 @@ func mustConfig(opts []Option) config {
 	cfg, err := newConfig(opts)
 	if err != nil {
 		panic(err)
+	}
+	return cfg
+}
+
+// optionSet records which options a configuration was given, of those that
+// serve a Registry only, so that New refuses them rather than ignore them.
+type optionSet uint16
+
+const (
+	setIdleTimeout optionSet = 1 << iota
+	setNameValidator
+	setMaxRooms
+	setJoinCheck
+	setMaxRoomsPerClient
+	setPresenceEvents
+	setOnRoomJoin
+	setOnRoomLeave
+	setOnPublish
+)
+
+// registryOptions names the options of an optionSet, in the order of its
+// bits.
+var registryOptions = [...]string{
+	"WithIdleTimeout", "WithNameValidator", "WithMaxRooms", "WithJoinCheck",
+	"WithMaxRoomsPerClient", "WithPresenceEvents", "WithOnRoomJoin",
+	"WithOnRoomLeave", "WithOnPublish",
+}
+
+// names returns the names of the options in s.
+func (s optionSet) names() []string {
+	var out []string
+	for i, name := range registryOptions {
+		if s&(1<<i) != 0 {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// mustRoomConfig is mustConfig for New, which also panics if opts hold an
+// option that serves a Registry only: a lone Room would ignore it.
+func mustRoomConfig(opts []Option) config {
+	cfg := mustConfig(opts)
+	if cfg.set != 0 {
+		panic("wsroom: New(" + strings.Join(cfg.set.names(), ", ") + "): " +
+			"these options serve a Registry (its rooms by name, its idle rooms, its connections of many rooms); " +
+			"a Room made by New would ignore them: drop them, or use NewRegistry")
 	}
 	return cfg
 }
@@ -190,7 +242,10 @@ func sameStore(a, b Store) (same bool) {
 
 // WithCodec sets how frames from clients become payloads and how messages
 // become frames. The default is Text(): text frames carried as they are.
-// A nil codec selects the default.
+// A nil codec selects the default. The codec frames the messages of
+// clients of one room (Room.Handler, Registry.Handler); clients of many
+// rooms (Registry.MuxHandler) get wsroom.v1 frames instead, and the data
+// they publish is decoded by the codec all the same.
 func WithCodec(c Codec) Option {
 	return func(cfg *config) {
 		if c == nil {
@@ -201,64 +256,65 @@ func WithCodec(c Codec) Option {
 }
 
 // WithSendBuffer sets how many messages may wait to be written to one
-// client (default DefaultSendBuffer, 256; n < 1 selects the default). When a
-// client's buffer is full, the SlowPolicy applies. Memory for the buffer is
-// taken only as messages queue up.
+// client (default 256; n < 1 selects the default), of either kind: a
+// client of many rooms has one buffer for all its rooms. When a client's
+// buffer is full, the SlowPolicy applies. Memory for the buffer is taken
+// only as messages queue up.
 func WithSendBuffer(n int) Option {
 	return func(cfg *config) {
 		if n < 1 {
-			n = DefaultSendBuffer
+			n = defaultSendBuffer
 		}
 		cfg.sendBuffer = n
 	}
 }
 
-// WithReadLimit sets the largest message, in bytes, a client may send
-// (default DefaultReadLimit, 32 KiB; n < 1 selects the default). A client
-// that sends a larger one is closed with websocket.StatusMessageTooBig (1009).
+// WithReadLimit sets the largest message, in bytes, a client of either
+// kind may send (default 32 KiB; n < 1 selects the default). A client that
+// sends a larger one is closed with websocket.StatusMessageTooBig (1009).
 func WithReadLimit(n int64) Option {
 	return func(cfg *config) {
 		if n < 1 {
-			n = DefaultReadLimit
+			n = defaultReadLimit
 		}
 		cfg.readLimit = n
 	}
 }
 
-// WithWriteTimeout bounds each write to a client (default
-// DefaultWriteTimeout, 10s; d <= 0 selects the default). A client that
-// cannot take a write in time is dropped.
+// WithWriteTimeout bounds each write to a client of either kind (default
+// 10s; d <= 0 selects the default). A client that cannot take a write in
+// time is dropped.
 func WithWriteTimeout(d time.Duration) Option {
 	return func(cfg *config) {
 		if d <= 0 {
-			d = DefaultWriteTimeout
+			d = defaultWriteTimeout
 		}
 		cfg.writeTimeout = d
 	}
 }
 
-// WithPing makes the room ping each client every interval and drop a client
-// that has not answered within timeout, so a dead peer is gone within
-// interval + timeout (defaults 30s and 10s). interval <= 0 turns pings off;
-// timeout <= 0 selects the default.
+// WithPing makes the room ping each client, of either kind, every interval
+// and drop a client that has not answered within timeout, so a dead peer
+// is gone within interval + timeout (defaults 30s and 10s). interval <= 0
+// turns pings off; timeout <= 0 selects the default.
 func WithPing(interval, timeout time.Duration) Option {
 	return func(cfg *config) {
 		if timeout <= 0 {
-			timeout = DefaultPongTimeout
+			timeout = defaultPongTimeout
 		}
 		cfg.pingInterval, cfg.pongTimeout = interval, timeout
 	}
 }
 
 // WithSlowPolicy sets what happens when a client's send buffer is full
-// (default CloseSlow).
+// (default CloseSlow), for clients of either kind.
 func WithSlowPolicy(p SlowPolicy) Option {
 	return func(cfg *config) { cfg.slowPolicy = p }
 }
 
-// WithCompression sets the permessage-deflate mode offered to clients
-// (default websocket.CompressionDisabled). Compression costs CPU and memory
-// per client; it pays off for large, repetitive text.
+// WithCompression sets the permessage-deflate mode offered to clients of
+// either kind (default websocket.CompressionDisabled). Compression costs
+// CPU and memory per client; it pays off for large, repetitive text.
 func WithCompression(mode websocket.CompressionMode) Option {
 	return func(cfg *config) { cfg.compression = mode }
 }
@@ -266,7 +322,8 @@ func WithCompression(mode websocket.CompressionMode) Option {
 // WithOriginPatterns allows cross-origin handshakes from origins whose host
 // matches one of patterns (path.Match syntax, e.g. "*.example.com"; a
 // pattern with "://" matches "scheme://host"). By default only same-origin
-// handshakes are accepted and others get 403. Later calls add patterns.
+// handshakes are accepted and others get 403. Later calls add patterns. It
+// serves every handler.
 func WithOriginPatterns(patterns ...string) Option {
 	return func(cfg *config) { cfg.origins = append(cfg.origins, patterns...) }
 }
@@ -274,8 +331,8 @@ func WithOriginPatterns(patterns ...string) Option {
 // WithAuthorize sets a hook run on every handshake request before the
 // upgrade. It returns the client's identity (see Client.Identity) or an
 // error: an *HTTPError answers with its status and message, any other error
-// with 403 Forbidden. The hook runs on the request's goroutine. Default: none,
-// every request is accepted with a nil identity.
+// with 403 Forbidden. The hook runs on the request's goroutine, for every
+// handler. Default: none, every request is accepted with a nil identity.
 func WithAuthorize(fn func(r *http.Request) (identity any, err error)) Option {
 	return func(cfg *config) { cfg.authorize = fn }
 }
@@ -288,20 +345,26 @@ func WithAuthorize(fn func(r *http.Request) (identity any, err error)) Option {
 // error's text; it receives no message, and neither the join nor the leave
 // hook runs for it. For an admitted client the leave hook always runs once,
 // even if the room closes before the client could join. The hook runs on
-// the client's own goroutine.
+// the client's own goroutine. It serves every handler: for a client of
+// many rooms it runs once, when the connection opens, before it joins any
+// room.
 func WithAdmit(fn func(c *Client) error) Option {
 	return func(cfg *config) { cfg.admit = fn }
 }
 
 // WithOnJoin sets a hook called when a client has joined, before any message
-// is written to it. It runs on the client's own goroutine.
+// is written to it. It runs on the client's own goroutine. A client of
+// many rooms joins when its connection opens (the rooms it then joins are
+// for WithOnRoomJoin).
 func WithOnJoin(fn func(c *Client)) Option {
 	return func(cfg *config) { cfg.onJoin = fn }
 }
 
 // WithOnLeave sets a hook called once when a client has left, with the
 // reason (a *websocket.CloseError, ErrClosed, or another error). It runs on
-// the client's own goroutine, after the client has stopped receiving.
+// the client's own goroutine, after the client has stopped receiving. A
+// client of many rooms leaves when its connection ends (the rooms it
+// leaves before are for WithOnRoomLeave).
 func WithOnLeave(fn func(c *Client, reason error)) Option {
 	return func(cfg *config) { cfg.onLeave = fn }
 }
@@ -312,29 +375,36 @@ func WithOnLeave(fn func(c *Client, reason error)) Option {
 // A non-nil error is passed to the error hook and closes the client with
 // websocket.StatusPolicyViolation. The hook runs on the client's reading
 // goroutine: the client's next message waits for it, nobody else does.
-// Default: none; each message is published to the room as it is.
+// Default: none; each message is published to the room as it is. It serves
+// clients of one room (Room.Handler, Registry.Handler); Registry.MuxHandler
+// answers its clients' requests as the wsroom.v1 protocol says, and shows
+// what they publish to WithOnPublish instead.
 func WithOnMessage(fn func(c *Client, data []byte) error) Option {
 	return func(cfg *config) { cfg.onMessage = fn }
 }
 
 // WithOnError sets a hook that receives errors the room handles by itself:
 // a client's bad input, failed writes, broker and store failures (c is nil
-// for errors that belong to no client). It may be called concurrently.
+// for errors that belong to no client). It may be called concurrently. It
+// serves every handler.
 func WithOnError(fn func(c *Client, err error)) Option {
 	return func(cfg *config) { cfg.onError = fn }
 }
 
-// WithMaxClients caps the number of clients of a room (default 0, no cap).
-// Handshakes beyond it are answered 503 Service Unavailable.
+// WithMaxClients caps the number of clients of a room, of either kind
+// (default 0, no cap). Handshakes beyond it are answered 503 Service
+// Unavailable, and join requests of clients of many rooms the error code
+// "unavailable".
 func WithMaxClients(n int) Option {
 	return func(cfg *config) { cfg.maxClients = max(n, 0) }
 }
 
 // WithRateLimit limits each client to perSecond messages per second on
 // average, with bursts of up to burst messages (burst < 1 means 1), and sets
-// what happens beyond it. The default is DefaultRateLimit (20 a second) with
-// bursts of DefaultRateBurst (40) and the Throttle policy, so that one
-// client cannot flood a room; perSecond <= 0 removes the limit.
+// what happens beyond it, for clients of either kind (a client of many
+// rooms counts its requests). The default is 20 a second with bursts of 40
+// and the Throttle policy, so that one client cannot flood a room;
+// perSecond <= 0 removes the limit.
 func WithRateLimit(perSecond float64, burst int, p RatePolicy) Option {
 	return func(cfg *config) {
 		cfg.rateLimit, cfg.rateBurst, cfg.ratePolicy = perSecond, max(burst, 1), p
@@ -342,7 +412,7 @@ func WithRateLimit(perSecond float64, burst int, p RatePolicy) Option {
 }
 
 // WithLogger sets where the room logs joins, leaves and handled errors, at
-// debug and warn levels (default: nowhere).
+// debug and warn levels (default: nowhere), for every handler.
 func WithLogger(l *slog.Logger) Option {
 	return func(cfg *config) {
 		if l == nil {
@@ -374,29 +444,33 @@ func WithBroker(b Broker) Option {
 	return func(cfg *config) { cfg.broker = b }
 }
 
-// WithHistory makes the room send each joining client the last n messages of
-// its history before live ones (default 0: none). A client that resumes (see
-// the package documentation) gets what it missed instead.
+// WithHistory makes the room send each joining client of one room the last
+// n messages of its history before live ones (default 0: none). A client
+// that resumes (see the package documentation) gets what it missed
+// instead. A client of many rooms asks for history in each join request.
 func WithHistory(n int) Option {
 	return func(cfg *config) { cfg.history = max(n, 0) }
 }
 
 // WithIdleTimeout sets how long a Registry keeps a room without clients
-// before it closes and forgets it (default DefaultIdleTimeout, a minute;
-// d <= 0 selects the default). Rooms only; ignored by New.
+// before it closes and forgets it (default one minute; d <= 0 selects the
+// default). It serves a Registry only: New panics on it.
 func WithIdleTimeout(d time.Duration) Option {
 	return func(cfg *config) {
+		cfg.set |= setIdleTimeout
 		if d <= 0 {
-			d = DefaultIdleTimeout
+			d = defaultIdleTimeout
 		}
 		cfg.idleTimeout = d
 	}
 }
 
 // WithNameValidator sets the check a Registry applies to room names (default
-// ValidRoomName). Registry only; ignored by New.
+// ValidRoomName), in Registry.Room, Registry.Handler, Registry.MuxHandler
+// and Client.Join. It serves a Registry only: New panics on it.
 func WithNameValidator(valid func(name string) error) Option {
 	return func(cfg *config) {
+		cfg.set |= setNameValidator
 		if valid == nil {
 			valid = ValidRoomName
 		}
@@ -405,54 +479,71 @@ func WithNameValidator(valid func(name string) error) Option {
 }
 
 // WithPublishRetry sets how long a room retries publishing a message a
-// client sent while the Broker fails (default DefaultPublishRetry, 10s;
-// d <= 0 selects the default). Meanwhile the client's next messages wait
+// client of either kind sent while the Broker fails (default 10s; d <= 0
+// selects the default). Meanwhile the client's next messages wait
 // (its reads stop), so nothing it sent is lost; past d the client is closed
 // with websocket.StatusTryAgainLater (1013) and ErrUnavailable, and should
 // send the message again. Retries are counted in Stats.PublishRetries.
 func WithPublishRetry(d time.Duration) Option {
 	return func(cfg *config) {
 		if d <= 0 {
-			d = DefaultPublishRetry
+			d = defaultPublishRetry
 		}
 		cfg.publishRetry = d
 	}
 }
 
 // WithMaxRooms caps the number of rooms a Registry holds at once (default
-// DefaultMaxRooms, 10,000; n < 1 selects the default). Beyond it, a
-// handshake for a new room gets 503 Service Unavailable and Registry.Room
-// an error; rooms that exist still serve. Registry only; ignored by New.
+// 10,000; n < 1 selects the default). Beyond it, a handshake for a new
+// room gets 503 Service Unavailable, a join request for one the error code
+// "unavailable", and Registry.Room an error; rooms that exist still serve.
+// It serves a Registry only: New panics on it.
 func WithMaxRooms(n int) Option {
 	return func(cfg *config) {
+		cfg.set |= setMaxRooms
 		if n < 1 {
-			n = DefaultMaxRooms
+			n = defaultMaxRooms
 		}
 		cfg.maxRooms = n
 	}
 }
 
-// WithJoinCheck sets a hook that decides whether a client of many rooms
-// (see Registry.MuxHandler) may join the room called room: a non-nil error
-// refuses the join with the error code "forbidden" and the error's text.
-// It runs on the client's reading goroutine, for joins the client asks
-// for, not for Client.Join, after the connection's own checks (the name,
-// the number of rooms); the join may still fail after it (the room is not
-// available), so it should claim nothing: claim in WithOnRoomJoin and
-// release in WithOnRoomLeave. Default: none, every join is allowed.
-// Registry only.
+// WithJoinCheck sets a hook that decides whether a client may join the
+// room called room, in both kinds of a Registry's connection. A panic is
+// reported to the error hook and refuses the join. Default: none, every
+// join is allowed. It serves a Registry only: New panics on it.
+//
+// With Registry.Handler it checks the room picked from the URL, on the
+// request's goroutine, after every other check of the handshake (the
+// authorize hook last), before the upgrade and before the room is made. c
+// is then the client to be: its ID, which the connection keeps, and its
+// Identity are set, its Close does nothing, and nothing else of it may be
+// used yet. A non-nil
+// error refuses the handshake with 403 Forbidden and the error's text, or
+// with an *HTTPError's status and message; a panic with 500.
+//
+// With Registry.MuxHandler it runs on the client's reading goroutine, for
+// joins the client asks for, not for Client.Join, after the connection's
+// own checks (the name, the number of rooms). A non-nil error refuses the
+// join with the error code "forbidden" and the error's text. The join may
+// still fail after it (the room is not available), so it should claim
+// nothing: claim in WithOnRoomJoin and release in WithOnRoomLeave.
 func WithJoinCheck(fn func(c *Client, room string) error) Option {
-	return func(cfg *config) { cfg.joinCheck = fn }
+	return func(cfg *config) {
+		cfg.set |= setJoinCheck
+		cfg.joinCheck = fn
+	}
 }
 
-// WithMaxRoomsPerClient sets how many rooms a client of many rooms may be
-// in at once (default DefaultMaxRoomsPerClient, 100; n < 1 selects the
-// default); a join beyond it gets the error code "too_many_rooms".
-// Registry only.
+// WithMaxRoomsPerClient sets how many rooms a client of many rooms (see
+// Registry.MuxHandler) may be in at once (default 100; n < 1 selects the
+// default); a join beyond it gets the error code "too_many_rooms". It
+// serves a Registry only: New panics on it.
 func WithMaxRoomsPerClient(n int) Option {
 	return func(cfg *config) {
+		cfg.set |= setMaxRoomsPerClient
 		if n < 1 {
-			n = DefaultMaxRoomsPerClient
+			n = defaultMaxRoomsPerClient
 		}
 		cfg.maxRoomsPerClient = n
 	}
@@ -468,27 +559,38 @@ func WithMaxRoomsPerClient(n int) Option {
 // members, at most once a second, when it changed. The number is the
 // Broker's Presence count when it has one (asked once a second per room
 // with members on the node), else the node's. limit <= 0 turns presence
-// events off (the default).
+// events off (the default). It serves a Registry only, whose members of
+// many rooms get the events: New panics on it.
 func WithPresenceEvents(limit int) Option {
-	return func(cfg *config) { cfg.presenceEvents = max(limit, 0) }
+	return func(cfg *config) {
+		cfg.set |= setPresenceEvents
+		cfg.presenceEvents = max(limit, 0)
+	}
 }
 
 // WithOnRoomJoin sets a hook called when a client of many rooms (see
 // Registry.MuxHandler) has joined room r, before the room's messages are
 // written to it. It runs on the goroutine that joined the client: its
-// reading goroutine, or the caller of Client.Join. Registry only.
+// reading goroutine, or the caller of Client.Join. It serves a Registry
+// only: New panics on it.
 func WithOnRoomJoin(fn func(c *Client, r *Room)) Option {
-	return func(cfg *config) { cfg.onRoomJoin = fn }
+	return func(cfg *config) {
+		cfg.set |= setOnRoomJoin
+		cfg.onRoomJoin = fn
+	}
 }
 
 // WithOnRoomLeave sets a hook called once when a client of many rooms has
 // left room r, with the reason: "requested" (it asked), "removed"
 // (Client.Leave), "closed" (the room closed), "resync" (the room lost
 // messages it owed the client), or "disconnected" (the connection ended).
-// It may run on the client's goroutines or on one of the room's. Registry
-// only.
+// It may run on the client's goroutines or on one of the room's. It serves
+// a Registry only: New panics on it.
 func WithOnRoomLeave(fn func(c *Client, r *Room, reason string)) Option {
-	return func(cfg *config) { cfg.onRoomLeave = fn }
+	return func(cfg *config) {
+		cfg.set |= setOnRoomLeave
+		cfg.onRoomLeave = fn
+	}
 }
 
 // WithOnPublish sets a hook that sees every message a client of many rooms
@@ -497,8 +599,11 @@ func WithOnRoomLeave(fn func(c *Client, r *Room, reason string)) Option {
 // refuses the publish with the error code "forbidden" and the error's
 // text. The acknowledgement is for what the hook returned. It runs on the
 // client's reading goroutine: the client's next request waits for it,
-// nobody else does. Default: none. Registry only; one-room clients have
-// WithOnMessage.
+// nobody else does. Default: none. It serves a Registry only (New panics on
+// it); clients of one room have WithOnMessage.
 func WithOnPublish(fn func(c *Client, r *Room, data []byte) ([]byte, error)) Option {
-	return func(cfg *config) { cfg.onPublish = fn }
+	return func(cfg *config) {
+		cfg.set |= setOnPublish
+		cfg.onPublish = fn
+	}
 }

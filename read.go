@@ -23,7 +23,7 @@ var ErrRateLimited = errors.New("wsroom: rate limit exceeded")
 // WithPublishRetry), and it should send the message again; or the Store
 // could not tell a new room where its history ends within the write
 // timeout, and it should connect again.
-var ErrUnavailable = errors.New("wsroom: message not published, broker unavailable")
+var ErrUnavailable = errors.New("wsroom: broker or store unavailable")
 
 // readLoop reads, checks and publishes the client's messages until the
 // connection fails or the client must be closed.

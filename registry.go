@@ -157,9 +157,11 @@ func (g *Registry) Rooms() []*Room {
 // Room.Handler, in the room whose name pick returns for the request. If
 // pick is nil, the name is the path value "name", as in the pattern
 // "GET /rooms/{name}" of an http.ServeMux. A name the validator refuses is
-// answered with 400 Bad Request and the validator's message. A room is made
-// only for a handshake that passed every check, and a new room beyond
-// WithMaxRooms gets 503 Service Unavailable.
+// answered with 400 Bad Request and the validator's message. The join check
+// (WithJoinCheck) runs last, after the authorize hook: a refusal is
+// answered with 403 Forbidden and the error's text, or an *HTTPError's
+// status and message. A room is made only for a handshake that passed every
+// check, and a new room beyond WithMaxRooms gets 503 Service Unavailable.
 func (g *Registry) Handler(pick func(*http.Request) string) http.Handler {
 	if pick == nil {
 		pick = func(r *http.Request) string { return r.PathValue("name") }
@@ -170,7 +172,20 @@ func (g *Registry) Handler(pick func(*http.Request) string) http.Handler {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		serveClient(&g.cfg, w, req, func() (*Room, error) { return g.acquire(name) }, g.abandon)
+		var check func(*Client) error
+		if g.cfg.joinCheck != nil {
+			check = func(c *Client) error { return g.joinCheck(c, name) }
+		}
+		serveClient(&g.cfg, w, req, check, func() (*Room, error) { return g.acquire(name) }, g.abandon)
+	})
+}
+
+// joinCheck runs the join check for a handshake of Registry.Handler, on the
+// request's goroutine, before the upgrade: c is the client to be, with its
+// ID and identity only. A panic is reported, and refuses the handshake.
+func (g *Registry) joinCheck(c *Client, name string) error {
+	return runHook(c, "join check", func() error { return g.cfg.joinCheck(c, name) }, func(c *Client, err error) {
+		g.cfg.report(c, name, err)
 	})
 }
 
@@ -206,13 +221,24 @@ func (g *Registry) Shutdown(ctx context.Context) error {
 func (g *Registry) Close() error {
 	rooms, muxes := g.closeAll()
 	for _, c := range muxes {
-		c.conn.CloseNow()
+		c.closeNow()
 	}
 	for _, r := range rooms {
 		r.Close()
 	}
 	g.conns.Wait()
 	return nil
+}
+
+// closeNow closes the client's connection at once. It closes the socket
+// first: coder/websocket's CloseNow waits for a close handshake under way
+// (with compression on, Client.Close and Shutdown close its way), for up
+// to 5s, and a closed socket ends that handshake at once.
+func (c *Client) closeNow() {
+	if c.fc != nil {
+		c.fc.Close()
+	}
+	c.conn.CloseNow()
 }
 
 // addConn counts a connection of many rooms about to start, unless the

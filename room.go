@@ -87,9 +87,13 @@ const (
 // room there. Use a Registry for named rooms.
 //
 // New panics if opts cannot work together: WithStore given a Store other
-// than the one a Broker numbers messages in (see WithStore).
+// than the one a Broker numbers messages in (see WithStore). It panics too
+// for an option that serves a Registry only, which a lone Room would
+// ignore: WithIdleTimeout, WithNameValidator, WithMaxRooms, WithJoinCheck,
+// WithMaxRoomsPerClient, WithPresenceEvents, WithOnRoomJoin,
+// WithOnRoomLeave and WithOnPublish.
 func New(opts ...Option) *Room {
-	return newRoom("", mustConfig(opts))
+	return newRoom("", mustRoomConfig(opts))
 }
 
 func newRoom(name string, cfg config) *Room {
@@ -172,7 +176,7 @@ func (r *Room) Len() int { return int(r.joined.Load()) }
 // "?resume=EPOCH:SEQ" to the URL; see the package documentation.
 func (r *Room) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		serveClient(&r.cfg, w, req, func() (*Room, error) { return r, r.reserve() }, (*Room).release)
+		serveClient(&r.cfg, w, req, nil, func() (*Room, error) { return r, r.reserve() }, (*Room).release)
 	})
 }
 
@@ -352,7 +356,7 @@ func (r *Room) Close() error {
 			c.evict(r, &reply{Op: "left", Room: r.name, Reason: "closed"})
 			continue
 		}
-		c.conn.CloseNow()
+		c.closeNow()
 	}
 	r.wg.Wait()
 	return nil

@@ -127,9 +127,6 @@ func NewServer(opts Options) (*Server, error) {
 	if opts.RateLimit <= 0 {
 		opts.RateLimit, opts.RateBurst = 10, 40
 	}
-	if opts.IdleTimeout <= 0 {
-		opts.IdleTimeout = wsroom.DefaultIdleTimeout
-	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
