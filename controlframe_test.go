@@ -66,7 +66,7 @@ func TestControlFramesAreWrittenWhole(t *testing.T) {
 	accepted := make(chan served, 1)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rw := &recordingWriter{ResponseWriter: w}
-		hw := &hijackWriter{ResponseWriter: rw, timeout: 10 * time.Second, framed: true}
+		hw := &hijackWriter{ResponseWriter: rw, timeout: 10 * time.Second} // no compression: framed
 		conn, err := websocket.Accept(hw, r, nil)
 		if err != nil {
 			t.Errorf("Accept: %v", err)
