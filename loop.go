@@ -17,9 +17,10 @@ import (
 
 const (
 	// inboxSize is how many messages from the Broker may wait for the loop.
-	// When the inbox is full the Broker is not held up: a numbered message
-	// is read back from the Store, an ephemeral one is dropped (counted in
-	// Stats.Overflow).
+	// When the inbox is full, the default LocalBroker waits for the loop
+	// (its publishers are slowed); any other Broker is not held up: a
+	// numbered message is read back from the Store, an ephemeral one is
+	// dropped (counted in Stats.Overflow).
 	inboxSize = 1024
 	// catchUpPage is how many messages the keeper reads from the Store at a
 	// time when the loop catches up.
@@ -31,9 +32,28 @@ const (
 	storeRetry = 30 * time.Second
 )
 
+// deliverWait hands a message from the room's LocalBroker to the room's
+// loop, waiting while the inbox is full, until ctx ends or the room stops:
+// on one node a publisher is slowed rather than the loop left behind. If
+// ctx ends first, m takes the path of deliver.
+func (r *Room) deliverWait(ctx context.Context, m Message) {
+	select {
+	case r.inbox <- m:
+		return
+	default:
+	}
+	select {
+	case r.inbox <- m:
+	case <-r.quit:
+	case <-ctx.Done():
+		r.deliver(m)
+	}
+}
+
 // deliver hands a message from the broker to the room's loop. It never
 // blocks: if the loop is behind, a numbered message is read back from the
-// store later and an ephemeral one is dropped.
+// store later and an ephemeral one is dropped. A Broker across nodes calls
+// it from its own goroutine, which must not wait.
 func (r *Room) deliver(m Message) {
 	select {
 	case r.inbox <- m:
@@ -496,6 +516,11 @@ func (r *Room) subscribe() bool {
 	close(r.ready) // clients may join: the loop knows where it starts
 	var unsub func()
 	if !r.retry(0, func(ctx context.Context) (err error) {
+		if lb, ok := r.cfg.broker.(*LocalBroker); ok {
+			// A single node: publishers wait for a loop that is behind.
+			unsub, err = lb.subscribe(ctx, r.name, &subscription{deliver: r.deliver, wait: r.deliverWait})
+			return err
+		}
 		unsub, err = r.cfg.broker.Subscribe(ctx, r.name, r.deliver, r.lost)
 		return err
 	}) {
