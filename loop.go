@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -37,15 +38,7 @@ const (
 // on one node a publisher is slowed rather than the loop left behind. If
 // ctx ends first, m takes the path of deliver.
 func (r *Room) deliverWait(ctx context.Context, m Message) {
-	select {
-	case r.inbox <- m:
-		return
-	default:
-	}
-	select {
-	case r.inbox <- m:
-	case <-r.quit:
-	case <-ctx.Done():
+	if !r.inbox.put(ctx, r.quit, m) && ctx.Err() != nil {
 		r.deliver(m)
 	}
 }
@@ -55,15 +48,132 @@ func (r *Room) deliverWait(ctx context.Context, m Message) {
 // store later and an ephemeral one is dropped. A Broker across nodes calls
 // it from its own goroutine, which must not wait.
 func (r *Room) deliver(m Message) {
-	select {
-	case r.inbox <- m:
+	if r.inbox.offer(m) {
 		return
-	default:
 	}
 	r.stats.overflow.Add(1)
 	if !m.Ephemeral {
 		r.overflow.Store(true)
 		r.nudge()
+	}
+}
+
+// inbox holds the messages from the Broker that wait for the room's loop,
+// oldest first, at most max of them. It costs no message slot while empty:
+// its buffer grows as messages queue up and is let go once the loop has
+// taken them all, so that an idle room holds none.
+type inbox struct {
+	mu      sync.Mutex
+	msgs    []Message // msgs[head:] wait
+	head    int
+	max     int
+	waiting int          // publishers waiting for a place (put)
+	n       atomic.Int64 // len(msgs) - head, read without mu
+	// ready holds a token while a message may wait; space gets one when
+	// the loop takes a message while publishers wait.
+	ready, space chan struct{}
+}
+
+// inboxKeep is the most message slots an empty inbox keeps: a room that
+// takes its messages one at a time allocates no buffer per message.
+const inboxKeep = 16
+
+func newInbox(max int) *inbox {
+	return &inbox{max: max, ready: make(chan struct{}, 1), space: make(chan struct{}, 1)}
+}
+
+// len returns the number of messages waiting.
+func (q *inbox) len() int { return int(q.n.Load()) }
+
+// offer queues m unless max messages wait, and reports whether it did.
+func (q *inbox) offer(m Message) bool {
+	q.mu.Lock()
+	if len(q.msgs)-q.head >= q.max {
+		q.mu.Unlock()
+		return false
+	}
+	q.pushLocked(m)
+	q.mu.Unlock()
+	signal(q.ready)
+	return true
+}
+
+// put queues m, waiting while max messages wait, until ctx ends or quit
+// closes; it reports whether m was queued.
+func (q *inbox) put(ctx context.Context, quit <-chan struct{}, m Message) bool {
+	for {
+		q.mu.Lock()
+		if len(q.msgs)-q.head < q.max {
+			q.pushLocked(m)
+			q.mu.Unlock()
+			signal(q.ready)
+			return true
+		}
+		q.waiting++
+		q.mu.Unlock()
+		ok := true
+		select {
+		case <-q.space:
+		case <-quit:
+			ok = false
+		case <-ctx.Done():
+			ok = false
+		}
+		q.mu.Lock()
+		q.waiting--
+		q.mu.Unlock()
+		if !ok {
+			return false
+		}
+	}
+}
+
+func (q *inbox) pushLocked(m Message) {
+	if q.head > 0 && len(q.msgs) == cap(q.msgs) && q.head >= cap(q.msgs)/2 {
+		// Reuse the taken half rather than grow.
+		k := copy(q.msgs, q.msgs[q.head:])
+		clear(q.msgs[k:])
+		q.msgs, q.head = q.msgs[:k], 0
+	}
+	q.msgs = append(q.msgs, m)
+	q.n.Add(1)
+}
+
+// take returns the oldest waiting message, if any.
+func (q *inbox) take() (Message, bool) {
+	q.mu.Lock()
+	if q.head == len(q.msgs) {
+		q.mu.Unlock()
+		return Message{}, false
+	}
+	m := q.msgs[q.head]
+	q.msgs[q.head] = Message{}
+	q.head++
+	if q.head == len(q.msgs) {
+		if cap(q.msgs) > inboxKeep {
+			q.msgs = nil
+		} else {
+			q.msgs = q.msgs[:0]
+		}
+		q.head = 0
+	}
+	q.n.Add(-1)
+	more, wake := q.head < len(q.msgs), q.waiting > 0
+	q.mu.Unlock()
+	if more {
+		signal(q.ready)
+	}
+	if wake {
+		signal(q.space)
+	}
+	return m, true
+}
+
+// signal puts a token in c, a channel of one slot, unless one is there.
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
 	}
 }
 
@@ -131,8 +241,10 @@ func (r *Room) run() {
 			l.add(c)
 		case c := <-r.leavec:
 			l.remove(c)
-		case m := <-r.inbox:
-			l.handle(m)
+		case <-r.inbox.ready:
+			if m, ok := r.inbox.take(); ok {
+				l.handle(m)
+			}
 		case q := <-r.queryc:
 			q <- slices.Clone(l.list)
 		case <-r.catchup:
@@ -149,12 +261,11 @@ func (r *Room) run() {
 		case <-r.quit:
 			// Deliver what the broker handed over before the stop.
 			for {
-				select {
-				case m := <-r.inbox:
-					l.handle(m)
-				default:
+				m, ok := r.inbox.take()
+				if !ok {
 					return
 				}
+				l.handle(m)
 			}
 		}
 	}
@@ -302,7 +413,7 @@ func (l *loop) fanout(m Message) {
 	// which is cheap and never waits for a helper, and the clients'
 	// writers, on every core, write all that queued up for a client in one
 	// system call.
-	inline := len(r.inbox) == 0
+	inline := r.inbox.len() == 0
 	// Encoded before any helper runs: they only read fs.
 	if l.muxes < len(l.list) {
 		fs.frame(false)

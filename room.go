@@ -46,7 +46,7 @@ type Room struct {
 	// The loop's channels (loop.go).
 	joinc    chan *Client
 	leavec   chan *Client
-	inbox    chan Message
+	inbox    *inbox
 	queryc   chan chan []*Client
 	catchup  chan struct{}    // the broker may have missed messages
 	fetchc   chan fetchResult // store reads the keeper did for the loop
@@ -100,7 +100,7 @@ func newRoom(name string, cfg config) *Room {
 		rawFrames: cfg.compression == websocket.CompressionDisabled,
 		joinc:     make(chan *Client),
 		leavec:    make(chan *Client),
-		inbox:     make(chan Message, inboxSize),
+		inbox:     newInbox(inboxSize),
 		queryc:    make(chan chan []*Client),
 		catchup:   make(chan struct{}, 1),
 		fetchc:    make(chan fetchResult),
@@ -470,10 +470,8 @@ func (r *Room) countMembers(sent int64) int64 {
 	if !r.crowded() || n == sent {
 		return sent
 	}
-	select {
-	case r.inbox <- Message{Time: time.Now(), Ephemeral: true, Presence: presenceCount, Data: strconv.AppendInt(nil, n, 10)}:
+	if r.inbox.offer(Message{Time: time.Now(), Ephemeral: true, Presence: presenceCount, Data: strconv.AppendInt(nil, n, 10)}) {
 		return n
-	default:
-		return sent
 	}
+	return sent
 }
