@@ -430,8 +430,28 @@ func (l *loop) fanout(m Message) {
 	if fs.err != nil {
 		r.reportAsync(nil, fs.err)
 	}
+	if !inline {
+		l.yieldToWriters()
+	}
 	if obs != nil {
 		obs.Fanout(FanoutEvent{Room: r.name, Clients: n, Duration: time.Since(start)})
+	}
+}
+
+// yieldToWriters lets the clients' writers run before the next message
+// when, on average, more than a quarter of the clients' send buffers is
+// taken:
+// the room's loop queues faster than the writers write, because the
+// server as a whole (not one slow client, which counts for only its own
+// buffer) is out of CPU. Without it the loop, never waiting, would fill
+// every buffer and the slow-client policy would close the room's clients
+// for the server's overload; with it the loop, and through its inbox the
+// publishers, slow to the pace of the writers. It yields the processor;
+// it never waits for a client.
+func (l *loop) yieldToWriters() {
+	ones := len(l.list) - l.muxes // clients whose queues the room counts
+	if ones > 0 && l.r.stats.queued.Load() > int64(ones)*int64(l.r.cfg.sendBuffer)/4 {
+		runtime.Gosched()
 	}
 }
 
