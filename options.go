@@ -57,6 +57,12 @@ const (
 	// rooms may be in at once (see WithMaxRoomsPerClient).
 	DefaultMaxRoomsPerClient = 100
 
+	// DefaultMaxNewRoomsPerConn and DefaultMaxNewRoomsPerIdentity are how
+	// many of a Registry's rooms one connection, and all the connections
+	// of one identity, may have made (see WithMaxNewRooms).
+	DefaultMaxNewRoomsPerConn     = 100
+	DefaultMaxNewRoomsPerIdentity = 1000
+
 	// DefaultRateLimit and DefaultRateBurst are each client's default rate
 	// limit: 20 messages a second on average, in bursts of up to 40, with
 	// the Throttle policy. A client that floods the room is slowed to
@@ -98,6 +104,8 @@ type config struct {
 	idleTimeout time.Duration
 	validName   func(string) error
 	maxRooms    int
+	// Caps on the rooms a connection and an identity made (0: none).
+	maxNewRoomsPerConn, maxNewRoomsPerIdentity int
 
 	// Connections of many rooms only.
 	joinCheck         func(*Client, string) error
@@ -110,20 +118,22 @@ type config struct {
 
 func defaultConfig() config {
 	return config{
-		codec:             Text(),
-		sendBuffer:        DefaultSendBuffer,
-		readLimit:         DefaultReadLimit,
-		writeTimeout:      DefaultWriteTimeout,
-		pingInterval:      DefaultPingInterval,
-		pongTimeout:       DefaultPongTimeout,
-		logger:            slog.New(slog.DiscardHandler),
-		idleTimeout:       DefaultIdleTimeout,
-		validName:         ValidRoomName,
-		maxRooms:          DefaultMaxRooms,
-		maxRoomsPerClient: DefaultMaxRoomsPerClient,
-		rateLimit:         DefaultRateLimit,
-		rateBurst:         DefaultRateBurst,
-		publishRetry:      DefaultPublishRetry,
+		codec:                  Text(),
+		sendBuffer:             DefaultSendBuffer,
+		readLimit:              DefaultReadLimit,
+		writeTimeout:           DefaultWriteTimeout,
+		pingInterval:           DefaultPingInterval,
+		pongTimeout:            DefaultPongTimeout,
+		logger:                 slog.New(slog.DiscardHandler),
+		idleTimeout:            DefaultIdleTimeout,
+		validName:              ValidRoomName,
+		maxRooms:               DefaultMaxRooms,
+		maxNewRoomsPerConn:     DefaultMaxNewRoomsPerConn,
+		maxNewRoomsPerIdentity: DefaultMaxNewRoomsPerIdentity,
+		maxRoomsPerClient:      DefaultMaxRoomsPerClient,
+		rateLimit:              DefaultRateLimit,
+		rateBurst:              DefaultRateBurst,
+		publishRetry:           DefaultPublishRetry,
 	}
 }
 
@@ -429,6 +439,40 @@ func WithMaxRooms(n int) Option {
 			n = DefaultMaxRooms
 		}
 		cfg.maxRooms = n
+	}
+}
+
+// WithMaxNewRooms caps how many of a Registry's rooms one client may make,
+// so that a client that joins room after room cannot fill the registry
+// (WithMaxRooms) and lock everyone else out of new rooms. A room counts
+// against the connection of many rooms (see Registry.MuxHandler) whose join
+// made it, perConn at most (default DefaultMaxNewRoomsPerConn, 100), and
+// against that connection's identity, counting every connection of the
+// identity, one-room handshakes of Registry.Handler included, perIdentity
+// at most (default DefaultMaxNewRoomsPerIdentity, 1,000), for as long as
+// the registry holds the room: until the idle timeout after its last client
+// left. An identity counts when it is a string or a fmt.Stringer (as
+// Member.Info shows it), equal strings being one identity; other
+// identities, and none, are capped per connection only. A join that would
+// make a room over a cap gets the error code "too_many_rooms" (a client of
+// many rooms) or 503 Service Unavailable (Registry.Handler); joining a room
+// that exists is never capped, nor is a room server code makes
+// (Registry.Room, Registry.Publish). Client.Join counts as the client's
+// join. A value of 0 selects the default; a negative one removes the cap.
+// Registry only.
+func WithMaxNewRooms(perConn, perIdentity int) Option {
+	pick := func(n, def int) int {
+		switch {
+		case n == 0:
+			return def
+		case n < 0:
+			return 0
+		}
+		return n
+	}
+	return func(cfg *config) {
+		cfg.maxNewRoomsPerConn = pick(perConn, DefaultMaxNewRoomsPerConn)
+		cfg.maxNewRoomsPerIdentity = pick(perIdentity, DefaultMaxNewRoomsPerIdentity)
 	}
 }
 

@@ -174,7 +174,7 @@ func (r *Room) Len() int { return int(r.joined.Load()) }
 // "?resume=EPOCH:SEQ" to the URL; see the package documentation.
 func (r *Room) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		serveClient(&r.cfg, w, req, func() (*Room, error) { return r, r.reserve() }, (*Room).release)
+		serveClient(&r.cfg, w, req, func(maker) (*Room, error) { return r, r.reserve() }, (*Room).release)
 	})
 }
 
