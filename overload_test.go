@@ -38,9 +38,10 @@ const (
 
 // flood publishes overloadMessages numbered messages to room from a
 // goroutine while the loop is held up by obs, and opens the gate once the
-// publisher has finished or has stopped getting through (it waits for the
-// loop). It returns a channel that yields the publisher's first error.
-func flood(t *testing.T, room *wsroom.Room, obs *gatedObserver) <-chan error {
+// publisher has finished or, unless waitAll, has stopped getting through
+// (it waits for the loop). It returns a channel that yields the
+// publisher's first error.
+func flood(t *testing.T, room *wsroom.Room, obs *gatedObserver, waitAll bool) <-chan error {
 	t.Helper()
 	var published atomic.Int64
 	done := make(chan error, 1)
@@ -58,6 +59,12 @@ func flood(t *testing.T, room *wsroom.Room, obs *gatedObserver) <-chan error {
 	waitUntil(t, "the loop is held up", func() bool { return obs.fanouts.Load() > 0 })
 	// Hold the loop until the publisher is done or stalls (not an
 	// assertion: either way the gate opens and the test goes on).
+	if waitAll {
+		err := <-done
+		close(obs.open)
+		done <- err
+		return done
+	}
 	var last int64 = -1
 	for published.Load() < overloadMessages && published.Load() != last {
 		last = published.Load()
@@ -81,7 +88,7 @@ func TestOverloadSlowsPublishers(t *testing.T) {
 	for range clients {
 		conns = append(conns, f.dial(t, ""))
 	}
-	done := flood(t, f.room, obs)
+	done := flood(t, f.room, obs, false)
 	var wg sync.WaitGroup
 	errs := make(chan error, clients)
 	for i, c := range conns {
@@ -134,7 +141,7 @@ func TestOverloadAcrossNodesResyncsOnlyPastTheStore(t *testing.T) {
 	f := newFixture(t, wsroom.WithStore(store), wsroom.WithBroker(b), wsroom.WithCodec(wsroom.JSON()),
 		wsroom.WithObserver(obs), wsroom.WithSendBuffer(2*overloadMessages))
 	c := f.dial(t, "")
-	done := flood(t, f.room, obs)
+	done := flood(t, f.room, obs, true) // the publisher never waits
 	if err := <-done; err != nil {
 		t.Fatalf("Publish: %v", err)
 	}
@@ -150,5 +157,37 @@ func TestOverloadAcrossNodesResyncsOnlyPastTheStore(t *testing.T) {
 	st := f.room.Stats()
 	if st.Overflow == 0 || st.Resyncs != 1 {
 		t.Errorf("Stats: Overflow %d, Resyncs %d, want > 0 and 1", st.Overflow, st.Resyncs)
+	}
+}
+
+// A publish whose context ends while it waits for the loop returns without
+// error: its message is numbered and stored, and the loop reads it back
+// from the store, so every client still gets every message in order.
+func TestOverloadPublishContextEnds(t *testing.T) {
+	obs := &gatedObserver{open: make(chan struct{})}
+	store := wsroom.NewMemoryStore(4096, 0) // holds all: the catch-up needs no resync
+	f := newFixture(t, wsroom.WithStore(store), wsroom.WithCodec(wsroom.JSON()),
+		wsroom.WithObserver(obs), wsroom.WithSendBuffer(4096))
+	c := f.dial(t, "")
+	const inbox = 1024
+	publishAll(t, f.room, "1") // held up in the loop's fan-out
+	waitUntil(t, "the loop is held up", func() bool { return obs.fanouts.Load() > 0 })
+	for i := 2; i <= inbox+1; i++ { // fills the inbox
+		publishAll(t, f.room, strconv.Itoa(i))
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	err := f.room.Publish(ctx, []byte(strconv.Itoa(inbox+2))) // waits, then gives up waiting
+	cancel()
+	if err != nil {
+		t.Fatalf("Publish once its context ended waiting = %v, want nil (the message is stored)", err)
+	}
+	close(obs.open)
+	for want := uint64(1); want <= inbox+2; want++ {
+		if e := readEnvelope(t, c); e.Seq != want || string(e.Data) != strconv.FormatUint(want, 10) {
+			t.Fatalf("got seq %d data %s, want %d", e.Seq, e.Data, want)
+		}
+	}
+	if st := f.room.Stats(); st.Overflow != 1 || st.Resyncs != 0 {
+		t.Errorf("Stats: Overflow %d, Resyncs %d, want 1 and 0", st.Overflow, st.Resyncs)
 	}
 }
