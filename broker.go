@@ -87,7 +87,12 @@ type topic struct {
 	dead bool // removed from LocalBroker.topics
 }
 
-type subscription struct{ deliver func(Message) }
+type subscription struct {
+	deliver func(Message)
+	// wait, if set, hands m over as deliver does but, rather than have the
+	// subscriber fall behind, waits while it is full, until ctx ends.
+	wait func(ctx context.Context, m Message)
+}
 
 // NewLocalBroker returns a LocalBroker that numbers and stores messages in s.
 func NewLocalBroker(s Store) *LocalBroker {
@@ -105,6 +110,14 @@ func (b *LocalBroker) Publish(ctx context.Context, room string, m Message) error
 }
 
 // PublishSeq implements Sequencer.
+//
+// When a room's loop in this process is behind (its inbox is full), Publish
+// waits, until ctx ends, for the loop to take the message, rather than let
+// the loop fall further behind: publishers are slowed, and no client of the
+// room loses messages to an overload. The messages of one room are
+// published one at a time, so every publisher of the room waits then. A
+// message whose wait ctx ends is numbered and stored all the same, and the
+// loop reads it back from the Store.
 func (b *LocalBroker) PublishSeq(ctx context.Context, room string, m Message) (Message, error) {
 	for {
 		b.mu.Lock()
@@ -139,7 +152,11 @@ func (t *topic) publish(ctx context.Context, s Store, room string, m Message) (M
 		}
 	}
 	for sub := range t.subs {
-		sub.deliver(m)
+		if sub.wait != nil {
+			sub.wait(ctx, m)
+		} else {
+			sub.deliver(m)
+		}
 	}
 	return m, nil
 }
@@ -147,10 +164,14 @@ func (t *topic) publish(ctx context.Context, s Store, room string, m Message) (M
 // Subscribe implements Broker.
 // The LocalBroker never misses a message, so it never calls lost.
 func (b *LocalBroker) Subscribe(ctx context.Context, room string, deliver func(Message), lost func(error)) (func(), error) {
+	return b.subscribe(ctx, room, &subscription{deliver: deliver})
+}
+
+// subscribe adds s to the room's subscribers.
+func (b *LocalBroker) subscribe(ctx context.Context, room string, s *subscription) (func(), error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	s := &subscription{deliver: deliver}
 	b.mu.Lock()
 	t := b.topics[room]
 	if t == nil {

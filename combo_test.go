@@ -157,7 +157,7 @@ func TestMuxDropPoliciesKeepReplies(t *testing.T) {
 // closed for its replies, however small its send buffer.
 func TestMuxPipelinedJoinsNotClosed(t *testing.T) {
 	const n = 300
-	f := newMux(t, wsroom.WithSendBuffer(4), wsroom.WithRateLimit(0, 0, wsroom.Throttle), wsroom.WithMaxRoomsPerClient(n))
+	f := newMux(t, wsroom.WithSendBuffer(4), wsroom.WithRateLimit(0, 0, wsroom.Throttle), wsroom.WithMaxRoomsPerClient(n), wsroom.WithMaxNewRooms(-1, -1))
 	c := f.dial(t)
 	done := make(chan error, 1)
 	go func() {

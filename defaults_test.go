@@ -40,6 +40,7 @@ func TestDefaultsInDocs(t *testing.T) {
 		{"WithPublishRetry", fmt.Sprintf("(default %s;", words(defaultPublishRetry))},
 		{"WithMaxRooms", fmt.Sprintf("(default %s;", count(defaultMaxRooms))},
 		{"WithMaxRoomsPerClient", fmt.Sprintf("(default %d;", defaultMaxRoomsPerClient)},
+		{"WithMaxNewRooms", fmt.Sprintf("(defaults %s and %s;", count(defaultMaxNewRoomsPerConn), count(defaultMaxNewRoomsPerIdentity))},
 		{"WithRateLimit", fmt.Sprintf("The default is %d a second with bursts of %d and the Throttle policy", defaultRateLimit, defaultRateBurst)},
 
 		{"package", fmt.Sprintf("send buffer %d messages per client", defaultSendBuffer)},

@@ -108,9 +108,12 @@
 //  2. Room.Publish hands the message to the Broker. The default LocalBroker
 //     numbers it through the Store (sequence numbers 1, 2, 3 ... per room,
 //     within an epoch), stores it, and delivers it to the room's loop.
-//     Other Brokers do the same across server nodes. Delivery never waits
-//     for the loop: if the loop's inbox is full, the loop reads the
-//     message back from the Store.
+//     Other Brokers do the same across server nodes. If the loop's inbox
+//     is full, the LocalBroker waits for the loop, so that an overload
+//     slows the publishers (a client's reads stop, and TCP pushes back);
+//     a Broker across nodes never waits for it: the loop reads the message
+//     back from the Store, and resynchronises its clients only if the
+//     Store no longer holds it.
 //  3. The room's loop, the only owner of the set of clients, encodes the
 //     message once into a whole WebSocket frame (server frames are not
 //     masked, so the bytes are the same for every client) and appends it to

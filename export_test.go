@@ -12,3 +12,11 @@ func SetFanoutShard(n int) (restore func()) {
 	fanoutShard = n
 	return func() { fanoutShard = prev }
 }
+
+// MemoryStoreBytes returns the bytes a MemoryStore counts against its
+// bound, and the size it counts a message of no data and no From as.
+func MemoryStoreBytes(s *MemoryStore) (total, perMessage int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.bytes, msgOverhead
+}

@@ -43,14 +43,18 @@ func (e *HTTPError) text() string {
 var (
 	errFull         = errors.New("wsroom: room is full")
 	errTooManyRooms = errors.New("wsroom: too many rooms")
+	// errTooManyNewRooms refuses a room a client would make beyond a cap
+	// of WithMaxNewRooms.
+	errTooManyNewRooms = errors.New("wsroom: too many new rooms: the connection or its identity made as many rooms as it may; join one that exists, or try again once one has closed")
 )
 
 // serveClient runs the handshake checks, upgrades, and serves the client on
-// the room that acquire reserves a place in. If check is not nil, it runs
-// last, with the client to be (see joinCheck). acquire runs only once every
-// check has passed, so that no request that will be refused makes a room;
-// if the upgrade still fails, abandon gives the place back.
-func serveClient(cfg *config, w http.ResponseWriter, req *http.Request, check func(*Client) error, acquire func() (*Room, error), abandon func(*Room)) {
+// the room that acquire reserves a place in for the client (its
+// identity; the connection makes one room at most). If check is not nil,
+// it runs last, with the client to be (see joinCheck). acquire runs only
+// once every check has passed, so that no request that will be refused
+// makes a room; if the upgrade still fails, abandon gives the place back.
+func serveClient(cfg *config, w http.ResponseWriter, req *http.Request, check func(*Client) error, acquire func(maker) (*Room, error), abandon func(*Room)) {
 	identity, resume, ok := checkRequest(cfg, w, req, cfg.subprotocols, false)
 	if !ok {
 		return
@@ -67,7 +71,7 @@ func serveClient(cfg *config, w http.ResponseWriter, req *http.Request, check fu
 			return
 		}
 	}
-	r, err := acquire()
+	r, err := acquire(makerOf("", identity))
 	if err != nil {
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)

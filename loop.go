@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -17,9 +18,10 @@ import (
 
 const (
 	// inboxSize is how many messages from the Broker may wait for the loop.
-	// When the inbox is full the Broker is not held up: a numbered message
-	// is read back from the Store, an ephemeral one is dropped (counted in
-	// Stats.Overflow).
+	// When the inbox is full, the default LocalBroker waits for the loop
+	// (its publishers are slowed); any other Broker is not held up: a
+	// numbered message is read back from the Store, an ephemeral one is
+	// dropped (counted in Stats.Overflow).
 	inboxSize = 1024
 	// catchUpPage is how many messages the keeper reads from the Store at a
 	// time when the loop catches up.
@@ -31,19 +33,147 @@ const (
 	storeRetry = 30 * time.Second
 )
 
+// deliverWait hands a message from the room's LocalBroker to the room's
+// loop, waiting while the inbox is full, until ctx ends or the room stops:
+// on one node a publisher is slowed rather than the loop left behind. If
+// ctx ends first, m takes the path of deliver.
+func (r *Room) deliverWait(ctx context.Context, m Message) {
+	if !r.inbox.put(ctx, r.quit, m) && ctx.Err() != nil {
+		r.deliver(m)
+	}
+}
+
 // deliver hands a message from the broker to the room's loop. It never
 // blocks: if the loop is behind, a numbered message is read back from the
-// store later and an ephemeral one is dropped.
+// store later and an ephemeral one is dropped. A Broker across nodes calls
+// it from its own goroutine, which must not wait.
 func (r *Room) deliver(m Message) {
-	select {
-	case r.inbox <- m:
+	if r.inbox.offer(m) {
 		return
-	default:
 	}
 	r.stats.overflow.Add(1)
 	if !m.Ephemeral {
 		r.overflow.Store(true)
 		r.nudge()
+	}
+}
+
+// inbox holds the messages from the Broker that wait for the room's loop,
+// oldest first, at most max of them. It costs no message slot while empty:
+// its buffer grows as messages queue up and is let go once the loop has
+// taken them all, so that an idle room holds none.
+type inbox struct {
+	mu      sync.Mutex
+	msgs    []Message // msgs[head:] wait
+	head    int
+	max     int
+	waiting int          // publishers waiting for a place (put)
+	n       atomic.Int64 // len(msgs) - head, read without mu
+	// ready holds a token while a message may wait; space gets one when
+	// the loop takes a message while publishers wait.
+	ready, space chan struct{}
+}
+
+// inboxKeep is the most message slots an empty inbox keeps: a room that
+// takes its messages one at a time allocates no buffer per message.
+const inboxKeep = 16
+
+func newInbox(max int) *inbox {
+	return &inbox{max: max, ready: make(chan struct{}, 1), space: make(chan struct{}, 1)}
+}
+
+// len returns the number of messages waiting.
+func (q *inbox) len() int { return int(q.n.Load()) }
+
+// offer queues m unless max messages wait, and reports whether it did.
+func (q *inbox) offer(m Message) bool {
+	q.mu.Lock()
+	if len(q.msgs)-q.head >= q.max {
+		q.mu.Unlock()
+		return false
+	}
+	q.pushLocked(m)
+	q.mu.Unlock()
+	signal(q.ready)
+	return true
+}
+
+// put queues m, waiting while max messages wait, until ctx ends or quit
+// closes; it reports whether m was queued.
+func (q *inbox) put(ctx context.Context, quit <-chan struct{}, m Message) bool {
+	for {
+		q.mu.Lock()
+		if len(q.msgs)-q.head < q.max {
+			q.pushLocked(m)
+			q.mu.Unlock()
+			signal(q.ready)
+			return true
+		}
+		q.waiting++
+		q.mu.Unlock()
+		ok := true
+		select {
+		case <-q.space:
+		case <-quit:
+			ok = false
+		case <-ctx.Done():
+			ok = false
+		}
+		q.mu.Lock()
+		q.waiting--
+		q.mu.Unlock()
+		if !ok {
+			return false
+		}
+	}
+}
+
+func (q *inbox) pushLocked(m Message) {
+	if q.head > 0 && len(q.msgs) == cap(q.msgs) && q.head >= cap(q.msgs)/2 {
+		// Reuse the taken half rather than grow.
+		k := copy(q.msgs, q.msgs[q.head:])
+		clear(q.msgs[k:])
+		q.msgs, q.head = q.msgs[:k], 0
+	}
+	q.msgs = append(q.msgs, m)
+	q.n.Add(1)
+}
+
+// take returns the oldest waiting message, if any.
+func (q *inbox) take() (Message, bool) {
+	q.mu.Lock()
+	if q.head == len(q.msgs) {
+		q.mu.Unlock()
+		return Message{}, false
+	}
+	m := q.msgs[q.head]
+	q.msgs[q.head] = Message{}
+	q.head++
+	if q.head == len(q.msgs) {
+		if cap(q.msgs) > inboxKeep {
+			q.msgs = nil
+		} else {
+			q.msgs = q.msgs[:0]
+		}
+		q.head = 0
+	}
+	q.n.Add(-1)
+	more, wake := q.head < len(q.msgs), q.waiting > 0
+	q.mu.Unlock()
+	if more {
+		signal(q.ready)
+	}
+	if wake {
+		signal(q.space)
+	}
+	return m, true
+}
+
+// signal puts a token in c, a channel of one slot, unless one is there.
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
 	}
 }
 
@@ -112,8 +242,10 @@ func (r *Room) run() {
 			req.at <- cut{pos: l.pos, known: l.known}
 		case c := <-r.leavec:
 			l.remove(c)
-		case m := <-r.inbox:
-			l.handle(m)
+		case <-r.inbox.ready:
+			if m, ok := r.inbox.take(); ok {
+				l.handle(m)
+			}
 		case q := <-r.queryc:
 			q <- slices.Clone(l.list)
 		case <-r.catchup:
@@ -130,12 +262,11 @@ func (r *Room) run() {
 		case <-r.quit:
 			// Deliver what the broker handed over before the stop.
 			for {
-				select {
-				case m := <-r.inbox:
-					l.handle(m)
-				default:
+				m, ok := r.inbox.take()
+				if !ok {
 					return
 				}
+				l.handle(m)
 			}
 		}
 	}
@@ -283,7 +414,7 @@ func (l *loop) fanout(m Message) {
 	// which is cheap and never waits for a helper, and the clients'
 	// writers, on every core, write all that queued up for a client in one
 	// system call.
-	inline := len(r.inbox) == 0
+	inline := r.inbox.len() == 0
 	// Encoded before any helper runs: they only read fs.
 	if l.muxes < len(l.list) {
 		fs.frame(false)
@@ -300,8 +431,28 @@ func (l *loop) fanout(m Message) {
 	if fs.err != nil {
 		r.reportAsync(nil, fs.err)
 	}
+	if !inline {
+		l.yieldToWriters()
+	}
 	if obs != nil {
 		obs.Fanout(FanoutEvent{Room: r.name, Clients: n, Duration: time.Since(start)})
+	}
+}
+
+// yieldToWriters lets the clients' writers run before the next message
+// when, on average, more than a quarter of the clients' send buffers is
+// taken:
+// the room's loop queues faster than the writers write, because the
+// server as a whole (not one slow client, which counts for only its own
+// buffer) is out of CPU. Without it the loop, never waiting, would fill
+// every buffer and the slow-client policy would close the room's clients
+// for the server's overload; with it the loop, and through its inbox the
+// publishers, slow to the pace of the writers. It yields the processor;
+// it never waits for a client.
+func (l *loop) yieldToWriters() {
+	ones := len(l.list) - l.muxes // clients whose queues the room counts
+	if ones > 0 && l.r.stats.queued.Load() > int64(ones)*int64(l.r.cfg.sendBuffer)/4 {
+		runtime.Gosched()
 	}
 }
 
@@ -497,6 +648,11 @@ func (r *Room) subscribe() bool {
 	close(r.ready) // clients may join: the loop knows where it starts
 	var unsub func()
 	if !r.retry(0, func(ctx context.Context) (err error) {
+		if lb, ok := r.cfg.broker.(*LocalBroker); ok {
+			// A single node: publishers wait for a loop that is behind.
+			unsub, err = lb.subscribe(ctx, r.name, &subscription{deliver: r.deliver, wait: r.deliverWait})
+			return err
+		}
 		unsub, err = r.cfg.broker.Subscribe(ctx, r.name, r.deliver, r.lost)
 		return err
 	}) {

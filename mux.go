@@ -306,10 +306,10 @@ func (c *Client) joinRoom(ctx context.Context, name string, req *request) error 
 			return hookError(err)
 		}
 	}
-	r, err := g.acquire(name)
+	r, err := g.acquireFor(c, name)
 	if err != nil {
 		untake()
-		return protoErr(codeUnavailable, "%v", err)
+		return acquireErr(err)
 	}
 	if !r.awaitReady() {
 		untake()

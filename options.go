@@ -55,17 +55,19 @@ const (
 // states its default in words, and TestDefaultsInDocs checks that the two
 // agree.
 const (
-	defaultSendBuffer        = 256
-	defaultReadLimit         = 32 << 10
-	defaultWriteTimeout      = 10 * time.Second
-	defaultPingInterval      = 30 * time.Second
-	defaultPongTimeout       = 10 * time.Second
-	defaultIdleTimeout       = time.Minute
-	defaultPublishRetry      = 10 * time.Second
-	defaultMaxRooms          = 10000
-	defaultMaxRoomsPerClient = 100
-	defaultRateLimit         = 20 // messages a second, with the Throttle policy
-	defaultRateBurst         = 40
+	defaultSendBuffer             = 256
+	defaultReadLimit              = 32 << 10
+	defaultWriteTimeout           = 10 * time.Second
+	defaultPingInterval           = 30 * time.Second
+	defaultPongTimeout            = 10 * time.Second
+	defaultIdleTimeout            = time.Minute
+	defaultPublishRetry           = 10 * time.Second
+	defaultMaxRooms               = 10000
+	defaultMaxRoomsPerClient      = 100
+	defaultMaxNewRoomsPerConn     = 1000
+	defaultMaxNewRoomsPerIdentity = 1000
+	defaultRateLimit              = 20 // messages a second, with the Throttle policy
+	defaultRateBurst              = 40
 )
 
 type config struct {
@@ -103,6 +105,8 @@ type config struct {
 	idleTimeout time.Duration
 	validName   func(string) error
 	maxRooms    int
+	// Caps on the rooms a connection and an identity made (0: none).
+	maxNewRoomsPerConn, maxNewRoomsPerIdentity int
 
 	// Connections of many rooms only.
 	joinCheck         func(*Client, string) error
@@ -115,20 +119,22 @@ type config struct {
 
 func defaultConfig() config {
 	return config{
-		codec:             Text(),
-		sendBuffer:        defaultSendBuffer,
-		readLimit:         defaultReadLimit,
-		writeTimeout:      defaultWriteTimeout,
-		pingInterval:      defaultPingInterval,
-		pongTimeout:       defaultPongTimeout,
-		logger:            slog.New(slog.DiscardHandler),
-		idleTimeout:       defaultIdleTimeout,
-		validName:         ValidRoomName,
-		maxRooms:          defaultMaxRooms,
-		maxRoomsPerClient: defaultMaxRoomsPerClient,
-		rateLimit:         defaultRateLimit,
-		rateBurst:         defaultRateBurst,
-		publishRetry:      defaultPublishRetry,
+		codec:                  Text(),
+		sendBuffer:             defaultSendBuffer,
+		readLimit:              defaultReadLimit,
+		writeTimeout:           defaultWriteTimeout,
+		pingInterval:           defaultPingInterval,
+		pongTimeout:            defaultPongTimeout,
+		logger:                 slog.New(slog.DiscardHandler),
+		idleTimeout:            defaultIdleTimeout,
+		validName:              ValidRoomName,
+		maxRooms:               defaultMaxRooms,
+		maxRoomsPerClient:      defaultMaxRoomsPerClient,
+		maxNewRoomsPerConn:     defaultMaxNewRoomsPerConn,
+		maxNewRoomsPerIdentity: defaultMaxNewRoomsPerIdentity,
+		rateLimit:              defaultRateLimit,
+		rateBurst:              defaultRateBurst,
+		publishRetry:           defaultPublishRetry,
 	}
 }
 
@@ -157,6 +163,7 @@ const (
 	setOnRoomJoin
 	setOnRoomLeave
 	setOnPublish
+	setMaxNewRooms
 )
 
 // registryOptions names the options of an optionSet, in the order of its
@@ -164,7 +171,7 @@ const (
 var registryOptions = [...]string{
 	"WithIdleTimeout", "WithNameValidator", "WithMaxRooms", "WithJoinCheck",
 	"WithMaxRoomsPerClient", "WithPresenceEvents", "WithOnRoomJoin",
-	"WithOnRoomLeave", "WithOnPublish",
+	"WithOnRoomLeave", "WithOnPublish", "WithMaxNewRooms",
 }
 
 // names returns the names of the options in s.
@@ -505,6 +512,39 @@ func WithMaxRooms(n int) Option {
 			n = defaultMaxRooms
 		}
 		cfg.maxRooms = n
+	}
+}
+
+// WithMaxNewRooms caps how many of a Registry's rooms one client may make,
+// so that a client that joins room after room cannot fill the registry
+// (WithMaxRooms) and lock everyone else out of new rooms (defaults 1,000 and
+// 1,000; 0 selects the default, a negative value removes the cap). A room
+// counts against the connection whose join made it, perConn at most, and
+// against that connection's identity, counting every connection of the
+// identity (one-room handshakes of Registry.Handler included), perIdentity
+// at most, for as long as the registry holds the room: until the idle
+// timeout after its last client left. An identity counts when it is a
+// string or a fmt.Stringer (as Member.Info shows it), equal strings being
+// one identity; other identities, and none, are capped per connection
+// only. A join that would make a room over a cap gets the error code
+// "too_many_rooms" (Registry.MuxHandler) or 503 Service Unavailable
+// (Registry.Handler); joining a room that exists is never capped, nor is a
+// room server code makes (Registry.Room, Registry.Publish). Client.Join
+// counts as the client's join. It serves a Registry only: New panics on it.
+func WithMaxNewRooms(perConn, perIdentity int) Option {
+	pick := func(n, def int) int {
+		switch {
+		case n == 0:
+			return def
+		case n < 0:
+			return 0
+		}
+		return n
+	}
+	return func(cfg *config) {
+		cfg.set |= setMaxNewRooms
+		cfg.maxNewRoomsPerConn = pick(perConn, defaultMaxNewRoomsPerConn)
+		cfg.maxNewRoomsPerIdentity = pick(perIdentity, defaultMaxNewRoomsPerIdentity)
 	}
 }
 

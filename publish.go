@@ -51,7 +51,11 @@ func Filter(keep func(c *Client) bool) PublishOption {
 // what is not valid UTF-8.
 //
 // Publish returns when the message is on its way, not when it has been
-// written. It returns ErrClosed once the room is shutting down or closed,
+// written. With the default LocalBroker, when the room's loop is behind
+// (more messages wait for it than its inbox holds), Publish waits for it,
+// until ctx ends, so that an overload slows publishers instead of costing
+// clients messages; a Broker across nodes never waits for the loop. It
+// returns ErrClosed once the room is shutting down or closed,
 // and the Broker's error if it could not take the message. data must not be
 // modified afterwards.
 func (r *Room) Publish(ctx context.Context, data []byte, opts ...PublishOption) error {

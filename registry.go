@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"net/http"
 	"slices"
@@ -27,6 +28,8 @@ type Registry struct {
 
 	mu     sync.Mutex
 	rooms  map[string]*entry
+	made   map[string]int // rooms held that each connection made, by its ID
+	madeAs map[string]int // rooms held that each identity's connections made
 	closed bool
 	conns  sync.WaitGroup       // connections of many rooms
 	muxes  map[*Client]struct{} // connections of many rooms
@@ -35,12 +38,17 @@ type Registry struct {
 type entry struct {
 	room *Room
 	idle *time.Timer
+	// The connection that made the room, and its identity ("" if it has
+	// none to count by), while the room counts against their caps (see
+	// WithMaxNewRooms); conn is "" for a room server code made.
+	conn, identity string
 }
 
 // NewRegistry returns an empty registry whose rooms are configured by opts.
 // Like New, it panics if opts cannot work together.
 func NewRegistry(opts ...Option) *Registry {
-	return &Registry{cfg: mustConfig(opts), rooms: make(map[string]*entry), muxes: make(map[*Client]struct{})}
+	return &Registry{cfg: mustConfig(opts), rooms: make(map[string]*entry), muxes: make(map[*Client]struct{}),
+		made: make(map[string]int), madeAs: make(map[string]int)}
 }
 
 // Room returns the room called name, making it if needed. It returns the
@@ -55,10 +63,28 @@ func (g *Registry) Room(name string) (*Room, error) {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.roomLocked(name)
+	return g.roomLocked(name, maker{})
 }
 
-func (g *Registry) roomLocked(name string) (*Room, error) {
+// maker is who asks for a room: a connection, by its ID, and its identity
+// as a string ("" for none); the zero maker is server code, which no cap
+// of WithMaxNewRooms limits.
+type maker struct{ conn, identity string }
+
+// makerOf returns the maker a client is, calling its identity's String
+// method, if any, so that it is not called under the registry's lock.
+func makerOf(connID string, identity any) maker {
+	m := maker{conn: connID}
+	switch v := identity.(type) {
+	case string:
+		m.identity = v
+	case fmt.Stringer:
+		m.identity = v.String()
+	}
+	return m
+}
+
+func (g *Registry) roomLocked(name string, by maker) (*Room, error) {
 	if g.closed {
 		return nil, ErrClosed
 	}
@@ -68,12 +94,41 @@ func (g *Registry) roomLocked(name string) (*Room, error) {
 	if len(g.rooms) >= g.cfg.maxRooms {
 		return nil, errTooManyRooms
 	}
+	if by.conn != "" && g.cfg.maxNewRoomsPerConn > 0 && g.made[by.conn] >= g.cfg.maxNewRoomsPerConn {
+		return nil, errTooManyNewRooms
+	}
+	if by.identity != "" && g.cfg.maxNewRoomsPerIdentity > 0 && g.madeAs[by.identity] >= g.cfg.maxNewRoomsPerIdentity {
+		return nil, errTooManyNewRooms
+	}
 	r := newRoom(name, g.cfg) // starts goroutines; waits for no engine
-	e := &entry{room: r}
+	e := &entry{room: r, conn: by.conn, identity: by.identity}
+	if by.conn != "" {
+		g.made[by.conn]++
+	}
+	if by.identity != "" {
+		g.madeAs[by.identity]++
+	}
 	e.idle = time.AfterFunc(g.cfg.idleTimeout, func() { g.expire(name, e) })
 	r.onIdle = func() { e.idle.Reset(g.cfg.idleTimeout) }
 	g.rooms[name] = e
 	return r, nil
+}
+
+// forgetLocked forgets the room of e, called name, and what it counted
+// against its maker's caps.
+func (g *Registry) forgetLocked(name string, e *entry) {
+	delete(g.rooms, name)
+	uncount(g.made, e.conn)
+	uncount(g.madeAs, e.identity)
+}
+
+func uncount(m map[string]int, key string) {
+	if key == "" {
+		return
+	}
+	if m[key]--; m[key] <= 0 {
+		delete(m, key)
+	}
 }
 
 // expire closes and forgets a room that is still idle.
@@ -83,20 +138,38 @@ func (g *Registry) expire(name string, e *entry) {
 		g.mu.Unlock()
 		return
 	}
-	delete(g.rooms, name)
+	g.forgetLocked(name, e)
 	g.mu.Unlock()
 	e.room.Close()
 }
 
-// acquire returns the room called name with a place reserved in it.
-func (g *Registry) acquire(name string) (*Room, error) {
+// acquireFor returns the room called name with a place reserved in it for
+// c, a connection of many rooms, for a join it asked for or Client.Join.
+// If the room must be made, the caps of WithMaxNewRooms on c and on its
+// identity apply: over one, the error is errTooManyNewRooms, answered with
+// the code "too_many_rooms" (see acquireErr).
+func (g *Registry) acquireFor(c *Client, name string) (*Room, error) {
+	return g.acquireAs(name, makerOf(c.id, c.identity))
+}
+
+// acquireAs returns the room called name with a place reserved in it, made
+// by by if it must be made.
+func (g *Registry) acquireAs(name string, by maker) (*Room, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	r, err := g.roomLocked(name)
+	r, err := g.roomLocked(name, by)
 	if err != nil {
 		return nil, err
 	}
 	return r, r.reserve()
+}
+
+// acquireErr is the protocol error for a join that acquireFor refused.
+func acquireErr(err error) *protoError {
+	if errors.Is(err, errTooManyNewRooms) {
+		return protoErr(codeTooManyRooms, "%v", err)
+	}
+	return protoErr(codeUnavailable, "%v", err)
 }
 
 // abandon gives back the place a handshake that failed took in r, and
@@ -111,7 +184,7 @@ func (g *Registry) abandon(r *Room) {
 		return
 	}
 	e.idle.Stop()
-	delete(g.rooms, r.name)
+	g.forgetLocked(r.name, e)
 	g.mu.Unlock()
 	r.Close()
 }
@@ -161,7 +234,8 @@ func (g *Registry) Rooms() []*Room {
 // (WithJoinCheck) runs last, after the authorize hook: a refusal is
 // answered with 403 Forbidden and the error's text, or an *HTTPError's
 // status and message. A room is made only for a handshake that passed every
-// check, and a new room beyond WithMaxRooms gets 503 Service Unavailable.
+// check, and a new room beyond WithMaxRooms, or beyond what the client's
+// identity may make (see WithMaxNewRooms), gets 503 Service Unavailable.
 func (g *Registry) Handler(pick func(*http.Request) string) http.Handler {
 	if pick == nil {
 		pick = func(r *http.Request) string { return r.PathValue("name") }
@@ -176,7 +250,7 @@ func (g *Registry) Handler(pick func(*http.Request) string) http.Handler {
 		if g.cfg.joinCheck != nil {
 			check = func(c *Client) error { return g.joinCheck(c, name) }
 		}
-		serveClient(&g.cfg, w, req, check, func() (*Room, error) { return g.acquire(name) }, g.abandon)
+		serveClient(&g.cfg, w, req, check, func(c maker) (*Room, error) { return g.acquireAs(name, c) }, g.abandon)
 	})
 }
 
@@ -301,7 +375,7 @@ func (g *Registry) closeAll() ([]*Room, []*Client) {
 	for name, e := range g.rooms {
 		e.idle.Stop()
 		out = append(out, e.room)
-		delete(g.rooms, name)
+		g.forgetLocked(name, e)
 	}
 	return out, muxes
 }

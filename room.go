@@ -45,7 +45,7 @@ type Room struct {
 	// The loop's channels (loop.go).
 	joinc    chan joinRequest
 	leavec   chan *Client
-	inbox    chan Message
+	inbox    *inbox
 	queryc   chan chan []*Client
 	catchup  chan struct{}    // the broker may have missed messages
 	fetchc   chan fetchResult // store reads the keeper did for the loop
@@ -102,7 +102,7 @@ func newRoom(name string, cfg config) *Room {
 		cfg:     cfg,
 		joinc:   make(chan joinRequest),
 		leavec:  make(chan *Client),
-		inbox:   make(chan Message, inboxSize),
+		inbox:   newInbox(inboxSize),
 		queryc:  make(chan chan []*Client),
 		catchup: make(chan struct{}, 1),
 		fetchc:  make(chan fetchResult),
@@ -176,7 +176,7 @@ func (r *Room) Len() int { return int(r.joined.Load()) }
 // "?resume=EPOCH:SEQ" to the URL; see the package documentation.
 func (r *Room) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		serveClient(&r.cfg, w, req, nil, func() (*Room, error) { return r, r.reserve() }, (*Room).release)
+		serveClient(&r.cfg, w, req, nil, func(maker) (*Room, error) { return r, r.reserve() }, (*Room).release)
 	})
 }
 
@@ -504,10 +504,8 @@ func (r *Room) countMembers(sent int64) int64 {
 	if n == sent || !r.crowded() && !wasCrowded {
 		return sent
 	}
-	select {
-	case r.inbox <- Message{Time: time.Now(), Ephemeral: true, Presence: presenceCount, Data: strconv.AppendInt(nil, n, 10)}:
+	if r.inbox.offer(Message{Time: time.Now(), Ephemeral: true, Presence: presenceCount, Data: strconv.AppendInt(nil, n, 10)}) {
 		return n
-	default:
-		return sent
 	}
+	return sent
 }

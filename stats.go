@@ -13,11 +13,11 @@ type Stats struct {
 	MessagesOut uint64 // messages written to clients (one per client)
 	BytesOut    uint64 // bytes of those messages
 	Replayed    uint64 // history messages written to joining or resuming clients
-	Resyncs     uint64 // resumes refused with StatusResync
+	Resyncs     uint64 // resumes refused with StatusResync, and clients the room resynchronised because it lost messages it owed them
 	Dropped     uint64 // messages dropped by the DropOldest or DropNewest policy
 	Throttled   uint64 // messages delayed by the Throttle rate policy
 	Errors      uint64 // errors counted: passed to the error hook, or too many at once to report
-	Overflow    uint64 // broker messages the loop was too far behind to take: read back from the store, or dropped if ephemeral
+	Overflow    uint64 // broker messages the loop was too far behind to take: read back from the store, or dropped if ephemeral (a Broker across nodes; the LocalBroker waits instead, unless the publish's context ends)
 
 	// Messages from clients the Broker did not take at first.
 	PublishRetries uint64 // retries of a client's message while the Broker failed

@@ -1,12 +1,14 @@
 package wsroom
 
 import (
+	"container/list"
 	"context"
 	"crypto/rand"
 	"encoding/base32"
 	"errors"
 	"sync"
 	"time"
+	"unsafe"
 )
 
 // ErrGap reports that a Store cannot serve every message after a position:
@@ -43,24 +45,38 @@ type Store interface {
 }
 
 // MemoryStore is a Store that keeps history in memory, bounded per room by a
-// count and an age. It is the default Store of a Room.
+// count and an age, and in all by a number of rooms and of bytes (see
+// NewMemoryStore). It is the default Store of a Room.
 // It is safe for concurrent use.
 type MemoryStore struct {
-	limit  int
-	maxAge time.Duration
-	now    func() time.Time
+	limit    int
+	maxAge   time.Duration
+	maxRooms int   // 0: no bound
+	maxBytes int64 // 0: no bound
+	now      func() time.Time
 
 	mu        sync.Mutex
 	rooms     map[string]*memHistory
+	written   list.List // of *memHistory, the most recently written first
+	bytes     int64     // msgBytes of every kept message
 	lastSweep time.Time
 }
 
 type memHistory struct {
+	name  string
 	epoch string
 	next  uint64    // sequence number of the next message
 	buf   []Message // buf[off:] is kept, oldest first, with contiguous Seq
 	off   int
+	bytes int64         // msgBytes of the kept messages
+	elem  *list.Element // in MemoryStore.written
 }
+
+// msgOverhead is what a kept message costs beyond its data: the Message.
+const msgOverhead = int64(unsafe.Sizeof(Message{}))
+
+// msgBytes is what the MemoryStore counts for m against its byte bound.
+func msgBytes(m *Message) int64 { return msgOverhead + int64(len(m.Data)+len(m.From)) }
 
 // msgs returns the kept messages, oldest first.
 func (h *memHistory) msgs() []Message { return h.buf[h.off:] }
@@ -81,6 +97,54 @@ func (h *memHistory) drop(n int) {
 // when NewMemoryStore is given a limit < 1.
 const DefaultHistoryLimit = 1000
 
+// DefaultHistoryRooms and DefaultHistoryBytes bound a MemoryStore made
+// without MaxHistoryRooms and MaxHistoryBytes: the histories of at most
+// 10,000 rooms, of at most 256 MiB in all (each message counted as its data,
+// its From and the size of a Message).
+const (
+	DefaultHistoryRooms       = 10000
+	DefaultHistoryBytes int64 = 256 << 20
+)
+
+// MemoryStoreOption bounds a MemoryStore (see NewMemoryStore).
+type MemoryStoreOption func(*MemoryStore)
+
+// MaxHistoryRooms bounds how many rooms' histories a MemoryStore keeps
+// (default DefaultHistoryRooms; n == 0 selects the default, n < 0 removes
+// the bound). Past it the least recently written room's history is
+// forgotten, epoch included.
+func MaxHistoryRooms(n int) MemoryStoreOption {
+	return func(s *MemoryStore) {
+		switch {
+		case n == 0:
+			s.maxRooms = DefaultHistoryRooms
+		case n < 0:
+			s.maxRooms = 0
+		default:
+			s.maxRooms = n
+		}
+	}
+}
+
+// MaxHistoryBytes bounds the bytes of the messages a MemoryStore keeps, in
+// all rooms (default DefaultHistoryBytes; n == 0 selects the default, n < 0
+// removes the bound). Each message counts as its Data, its From and the
+// size of a Message. Past it the least recently written rooms' histories
+// are forgotten, epoch included; if the room just written is the only one
+// left, its oldest messages are dropped instead, down to its last one.
+func MaxHistoryBytes(n int64) MemoryStoreOption {
+	return func(s *MemoryStore) {
+		switch {
+		case n == 0:
+			s.maxBytes = DefaultHistoryBytes
+		case n < 0:
+			s.maxBytes = 0
+		default:
+			s.maxBytes = n
+		}
+	}
+}
+
 // DefaultHistoryAge is how long the default MemoryStore of a Room or a
 // Registry keeps messages, so that the history of rooms that come and go
 // does not grow without end.
@@ -90,11 +154,24 @@ const DefaultHistoryAge = 24 * time.Hour
 // messages (limit < 1 selects DefaultHistoryLimit) that are no older than
 // maxAge (maxAge <= 0 keeps them regardless of age). A room whose every
 // message has expired is forgotten, epoch included.
-func NewMemoryStore(limit int, maxAge time.Duration) *MemoryStore {
+//
+// In all, it keeps the histories of at most DefaultHistoryRooms rooms, of
+// at most DefaultHistoryBytes, unless opts (MaxHistoryRooms,
+// MaxHistoryBytes) say otherwise: past a bound, the least recently
+// written rooms' histories are forgotten, epoch included, so that rooms
+// made by the thousand cannot take the process's memory. A client resuming
+// into a forgotten history is resynchronised (ErrGap), as it is when its
+// messages have expired; the room's next message starts a new epoch.
+func NewMemoryStore(limit int, maxAge time.Duration, opts ...MemoryStoreOption) *MemoryStore {
 	if limit < 1 {
 		limit = DefaultHistoryLimit
 	}
-	return &MemoryStore{limit: limit, maxAge: maxAge, now: time.Now, rooms: make(map[string]*memHistory)}
+	s := &MemoryStore{limit: limit, maxAge: maxAge, maxRooms: DefaultHistoryRooms, maxBytes: DefaultHistoryBytes,
+		now: time.Now, rooms: make(map[string]*memHistory)}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // Append implements Store.
@@ -108,8 +185,11 @@ func (s *MemoryStore) Append(ctx context.Context, room string, m Message) (Messa
 	s.sweepLocked(now)
 	h := s.rooms[room]
 	if h == nil {
-		h = &memHistory{epoch: newID(), next: 1}
+		h = &memHistory{name: room, epoch: newID(), next: 1}
 		s.rooms[room] = h
+		h.elem = s.written.PushFront(h)
+	} else {
+		s.written.MoveToFront(h.elem)
 	}
 	m.Seq, m.Epoch, m.Ephemeral, m.Except = h.next, h.epoch, false, ""
 	if m.Time.IsZero() {
@@ -117,10 +197,51 @@ func (s *MemoryStore) Append(ctx context.Context, room string, m Message) (Messa
 	}
 	h.next++
 	h.buf = append(h.buf, m)
+	size := msgBytes(&m)
+	h.bytes += size
+	s.bytes += size
 	if n := len(h.buf) - h.off - s.limit; n > 0 {
-		h.drop(n)
+		s.drop(h, n)
 	}
+	s.evict(h)
 	return m, nil
+}
+
+// evict forgets the least recently written rooms' histories while the
+// store is over a bound; h, just written, is kept, but for its oldest
+// messages if it alone is over the byte bound.
+func (s *MemoryStore) evict(h *memHistory) {
+	for s.maxRooms > 0 && len(s.rooms) > s.maxRooms {
+		s.forget(s.written.Back().Value.(*memHistory)) // not h: it is first
+	}
+	for s.maxBytes > 0 && s.bytes > s.maxBytes {
+		if old := s.written.Back().Value.(*memHistory); old != h {
+			s.forget(old)
+			continue
+		}
+		if len(h.msgs()) <= 1 {
+			return
+		}
+		s.drop(h, 1)
+	}
+}
+
+// forget forgets the history h.
+func (s *MemoryStore) forget(h *memHistory) {
+	delete(s.rooms, h.name)
+	s.written.Remove(h.elem)
+	s.bytes -= h.bytes
+}
+
+// drop forgets h's n oldest messages.
+func (s *MemoryStore) drop(h *memHistory, n int) {
+	var size int64
+	for i := range h.msgs()[:n] {
+		size += msgBytes(&h.msgs()[i])
+	}
+	h.bytes -= size
+	s.bytes -= size
+	h.drop(n)
 }
 
 // After implements Store.
@@ -178,7 +299,7 @@ func (s *MemoryStore) history(room string) *memHistory {
 	s.sweepLocked(now)
 	h := s.rooms[room]
 	if h != nil && s.trim(h, now) {
-		delete(s.rooms, room)
+		s.forget(h)
 		return nil
 	}
 	return h
@@ -196,7 +317,7 @@ func (s *MemoryStore) trim(h *memHistory, now time.Time) bool {
 		i++
 	}
 	if i > 0 {
-		h.drop(i)
+		s.drop(h, i)
 	}
 	return len(h.msgs()) == 0
 }
@@ -207,9 +328,9 @@ func (s *MemoryStore) sweepLocked(now time.Time) {
 		return
 	}
 	s.lastSweep = now
-	for name, h := range s.rooms {
+	for _, h := range s.rooms {
 		if s.trim(h, now) {
-			delete(s.rooms, name)
+			s.forget(h)
 		}
 	}
 }

@@ -61,6 +61,7 @@ func TestCompression(t *testing.T) {
 	url, cfg := serve(t,
 		wsroom.WithCompression(websocket.CompressionContextTakeover),
 		wsroom.WithMaxRoomsPerClient(400),
+		wsroom.WithMaxNewRooms(-1, -1),
 		wsroom.WithRateLimit(0, 0, wsroom.Throttle),
 	)
 	cfg.Compression = websocket.CompressionContextTakeover
