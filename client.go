@@ -43,18 +43,19 @@ type Client struct {
 	publishing atomic.Bool   // a message the client sent is being published
 	abortOnce  sync.Once
 
-	mu         sync.Mutex
-	queue      []outFrame    // frames waiting for the writer
-	partial    bool          // a frame is begun in fc: a writer must finish it
-	closeReq   *closeRequest // set once: how the connection ends
-	closing    chan struct{} // closed when closeReq is set; many rooms only
-	writing    bool          // a writer goroutine is running (or has finished the connection)
-	stopped    bool          // the client is gone: start no goroutine
-	drained    chan struct{} // signalled by the writer when the queue is empty; many rooms only
-	replies    int           // replies queued or being written (see reply)
-	repliesOut chan struct{} // signalled by the writer when it wrote replies; many rooms only
-	pingTimer  *time.Timer
-	wg         sync.WaitGroup // writers, pings and a ping flood's report
+	mu            sync.Mutex
+	queue         []outFrame    // frames waiting for the writer
+	partial       bool          // a frame is begun in fc: a writer must finish it
+	closeReq      *closeRequest // set once: how the connection ends
+	deferredClose *closeRequest // a resync waiting for the publish under way (one room)
+	closing       chan struct{} // closed when closeReq is set; many rooms only
+	writing       bool          // a writer goroutine is running (or has finished the connection)
+	stopped       bool          // the client is gone: start no goroutine
+	drained       chan struct{} // signalled by the writer when the queue is empty; many rooms only
+	replies       int           // replies queued or being written (see reply)
+	repliesOut    chan struct{} // signalled by the writer when it wrote replies; many rooms only
+	pingTimer     *time.Timer
+	wg            sync.WaitGroup // writers, pings and a ping flood's report
 }
 
 // membership is a client's place in one room.
@@ -68,6 +69,8 @@ type membership struct {
 	told       bool       // the client was sent "joined" (many rooms)
 	evicted    *reply     // the room evicted the client before it was told it joined
 	leaveAfter string     // server code asked to remove the client during its join
+	sentEpoch  string     // the end of the history the client was sent, once sent:
+	sentSeq    uint64     // live frames up to it are not queued again
 
 	// Written by one writer at a time (writing is the token): the last
 	// numbered message of the room the client was sent.
@@ -332,6 +335,8 @@ func (c *Client) replayThenWrite() {
 		c.mu.Lock()
 	}
 	c.home.replaying = false
+	// The writer token is this goroutine's until the writer starts.
+	c.home.sentEpoch, c.home.sentSeq = c.home.lastEpoch, c.home.lastSeq
 	if req != nil {
 		c.setCloseLocked(req)
 	}

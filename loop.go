@@ -388,7 +388,7 @@ func (l *loop) resync(now position, known, fromStart bool, err error) {
 			c.evict(l.r, tell)
 			continue
 		}
-		c.fail(req)
+		c.resyncClose(req)
 	}
 	l.pos, l.known, l.behind = now, known, false
 }
@@ -449,9 +449,18 @@ func (l *loop) fanout(m Message) {
 // for the server's overload; with it the loop, and through its inbox the
 // publishers, slow to the pace of the writers. It yields the processor;
 // it never waits for a client.
+//
+// The queues of connections of many rooms are counted by their Registry,
+// over all its rooms: with such members the loop yields when that count,
+// over the clients of this room, is past the same share, which may be
+// more often than needed, never less.
 func (l *loop) yieldToWriters() {
-	ones := len(l.list) - l.muxes // clients whose queues the room counts
-	if ones > 0 && l.r.stats.queued.Load() > int64(ones)*int64(l.r.cfg.sendBuffer)/4 {
+	queued, clients := l.r.stats.queued.Load(), int64(len(l.list)-l.muxes)
+	if l.muxes > 0 && l.r.muxQueued != nil {
+		queued += l.r.muxQueued.Load()
+		clients += int64(l.muxes)
+	}
+	if clients > 0 && queued > clients*int64(l.r.cfg.sendBuffer)/4 {
 		runtime.Gosched()
 	}
 }

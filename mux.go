@@ -436,6 +436,8 @@ func (c *Client) endReplay(mem *membership, r *Room) bool {
 		}
 		if !mem.overflow {
 			mem.replaying = false
+			// The history is written (sendHistory waited for it).
+			mem.sentEpoch, mem.sentSeq = mem.lastEpoch, mem.lastSeq
 			held := mem.held
 			mem.held = nil
 			if c.closeReq == nil {
@@ -639,7 +641,9 @@ func (c *Client) publishReq(req *request) error {
 		}
 	}
 	m := Message{Time: time.Now(), From: c.id, Ephemeral: req.Ephemeral, Data: data}
+	c.publishing.Store(true)
 	m, err = c.publishRetry(r, m, id != "")
+	c.publishing.Store(false)
 	if errors.Is(err, ErrClosed) {
 		err = protoErr(codeUnavailable, "wsroom: room %q is closing", r.name)
 	} else if err != nil {

@@ -123,13 +123,41 @@ func (c *Client) readFrame(lim *limiter, typ websocket.MessageType) ([]byte, err
 // websocket.StatusTryAgainLater, so that it knows to send again: that
 // message and every one it sent after it are not published (the reader
 // stops), while every one before it was.
+//
+// A resync of the room while the message is retried (see resyncClose)
+// waits for the publish: if it fails, the client must learn that its
+// message was not published (1013), which a 4000 would not tell it.
 func (c *Client) publish(m Message) error {
+	c.mu.Lock()
+	c.publishing.Store(true)
+	c.mu.Unlock()
 	_, err := c.publishRetry(c.room, m, false)
+	c.mu.Lock()
+	c.publishing.Store(false)
+	deferred := c.deferredClose
+	c.deferredClose = nil
+	c.mu.Unlock()
 	if errors.Is(err, ErrUnavailable) {
 		c.stats.closedUnavailable.Add(1)
 		c.requestClose(websocket.StatusTryAgainLater, "wsroom: message not published, send it again", closeDrain)
+	} else if deferred != nil {
+		c.fail(deferred)
 	}
 	return err
+}
+
+// resyncClose closes a client of one room whose room cannot give it every
+// message (see loop.resync), at once, or once the message it is publishing
+// is done.
+func (c *Client) resyncClose(req *closeRequest) {
+	c.mu.Lock()
+	if c.publishing.Load() && c.closeReq == nil {
+		c.deferredClose = req
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+	c.fail(req)
 }
 
 // publishRetry publishes a message a client sent to r and, if seq is set,
@@ -138,10 +166,9 @@ func (c *Client) publish(m Message) error {
 // slowed, not lied to. After the publish retry time it returns an error
 // wrapping ErrUnavailable.
 func (c *Client) publishRetry(r *Room, m Message, seq bool) (Message, error) {
-	c.publishing.Store(true)
-	defer c.publishing.Store(false)
 	backoff := 20 * time.Millisecond
-	deadline := time.Now().Add(r.cfg.publishRetry)
+	start := time.Now()
+	deadline := start.Add(r.cfg.publishRetry)
 	for {
 		// An attempt that hangs (an engine that does not answer) ends well
 		// within the retry time, so that an engine back after an outage
@@ -160,7 +187,10 @@ func (c *Client) publishRetry(r *Room, m Message, seq bool) (Message, error) {
 			return out, err
 		}
 		r.reportError(c, err)
-		if time.Now().Add(backoff).After(deadline) {
+		// A client being closed (a resync, a shutdown) can no longer be
+		// told that its message failed: it is retried for as long as the
+		// close waits for the client (closeMax).
+		if time.Now().Add(backoff).After(deadline) && (!c.closeAsked() || time.Since(start) > closeMax) {
 			return Message{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 		r.stats.publishRetries.Add(1)
@@ -169,6 +199,13 @@ func (c *Client) publishRetry(r *Room, m Message, seq bool) (Message, error) {
 		}
 		backoff = min(2*backoff, time.Second)
 	}
+}
+
+// closeAsked reports whether the connection is to be closed gracefully.
+func (c *Client) closeAsked() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closeReq != nil && c.closeReq.mode != closeAbort
 }
 
 // minAttempt is the least time a publish attempt is given, and maxAttempt

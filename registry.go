@@ -101,6 +101,7 @@ func (g *Registry) roomLocked(name string, by maker) (*Room, error) {
 		return nil, errTooManyNewRooms
 	}
 	r := newRoom(name, g.cfg) // starts goroutines; waits for no engine
+	r.muxQueued = &g.stats.queued
 	e := &entry{room: r, conn: by.conn, identity: by.identity}
 	if by.conn != "" {
 		g.made[by.conn]++

@@ -67,6 +67,8 @@ type Room struct {
 	unsubscribe func()
 	onIdle      func() // set by a Registry
 
+	muxQueued *atomic.Int64 // frames queued for the Registry's connections of many rooms; nil for New
+
 	joined  atomic.Int64
 	members atomic.Int64 // the room's members on every node, when known
 	stats   counters

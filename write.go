@@ -68,6 +68,12 @@ func (c *Client) enqueueLocked(f outFrame, inline bool) bool {
 		c.mu.Unlock()
 		return false
 	}
+	if f.mem != nil && f.seq != 0 && f.seq <= f.mem.sentSeq && f.epoch == f.mem.sentEpoch {
+		// The history the client was sent has it: a message the room's loop
+		// delivers late, after a replay read it from the store.
+		c.mu.Unlock()
+		return true
+	}
 	if f.mem != nil && f.mem.replaying && c.mux != nil {
 		return c.holdLocked(f)
 	}
@@ -105,7 +111,7 @@ func (c *Client) enqueueLocked(f outFrame, inline bool) bool {
 	switch {
 	case f.reply:
 		c.replies++
-	case c.replayingLocked() && len(c.queue) >= c.cfg.sendBuffer:
+	case c.replayingLocked() && len(c.queue) >= holdMax(c.cfg.sendBuffer):
 		// Read back from the store when the history ends (see replay).
 		c.home.overflow = true
 		return true
@@ -192,18 +198,23 @@ func (c *Client) roomLocked(q *[]outFrame) bool {
 }
 
 // holdLocked keeps a live frame of a room whose history is still being
-// sent, until it is (see endReplay). Past the send buffer, the frame is
-// not kept but read back from the store when the history ends: a long
-// history is not a slow client.
+// sent, until it is (see endReplay). Past holdMax, the frame is not kept
+// but read back from the store when the history ends: a long history is
+// not a slow client.
 func (c *Client) holdLocked(f outFrame) bool {
 	defer c.mu.Unlock()
-	if len(f.mem.held) >= c.cfg.sendBuffer {
+	if len(f.mem.held) >= holdMax(c.cfg.sendBuffer) {
 		f.mem.overflow = true
 		return true
 	}
 	f.mem.held = append(f.mem.held, f)
 	return true
 }
+
+// holdMax is how many live frames a replay holds back: half the send
+// buffer, so that once they are queued after the history, live messages
+// that follow at once still have room before the slow policy applies.
+func holdMax(sendBuffer int) int { return max(sendBuffer/2, 1) }
 
 // replayingLocked reports whether the one room of a client is sending its
 // history, which the client writes itself before any writer runs.

@@ -63,10 +63,19 @@ func TestManyRoomsResumeAcrossRestart(t *testing.T) {
 				}
 			}
 		}
+		// dialJoin connects and reads the hello frame every connection
+		// of many rooms starts with.
+		dialJoin := func(url string) *websocket.Conn {
+			c := dial(url)
+			if f := recv(c); f.Op != "hello" {
+				t.Fatalf("first frame %+v, want hello", f)
+			}
+			return c
+		}
 		rooms := []string{d.prefix + "a", d.prefix + "b", d.prefix + "c"}
 
 		reg, url, stop := start()
-		c := dial(url)
+		c := dialJoin(url)
 		pos := map[string]string{}
 		for _, room := range rooms {
 			send(c, fmt.Sprintf(`{"op":"join","room":%q}`, room))
@@ -87,7 +96,7 @@ func TestManyRoomsResumeAcrossRestart(t *testing.T) {
 		for _, room := range rooms {
 			publish(reg, room, 3, 5) // missed by the client
 		}
-		c = dial(url)
+		c = dialJoin(url)
 		defer c.CloseNow() // before stop: Shutdown would wait for its close
 		for _, room := range rooms {
 			send(c, fmt.Sprintf(`{"op":"join","room":%q,"resume":%q}`, room, pos[room]))
