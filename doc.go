@@ -57,6 +57,11 @@
 // WithPresenceEvents tells members who comes and goes. Both kinds of client
 // can share a room.
 //
+// Clients of the protocol: package wsclient (Go) and the npm package
+// @wsroom/client in js/ (browsers and Node). Package protocoltest checks
+// any server of the protocol against PROTOCOL.md, and gives clients a
+// server that misbehaves on purpose.
+//
 // # Authentication
 //
 // Same-origin handshakes only, by default; WithOriginPatterns and
