@@ -532,20 +532,23 @@ func WithMaxRooms(n int) Option {
 // room server code makes (Registry.Room, Registry.Publish). Client.Join
 // counts as the client's join. It serves a Registry only: New panics on it.
 func WithMaxNewRooms(perConn, perIdentity int) Option {
-	pick := func(n, def int) int {
-		switch {
-		case n == 0:
-			return def
-		case n < 0:
-			return 0
-		}
-		return n
-	}
 	return func(cfg *config) {
 		cfg.set |= setMaxNewRooms
-		cfg.maxNewRoomsPerConn = pick(perConn, defaultMaxNewRoomsPerConn)
-		cfg.maxNewRoomsPerIdentity = pick(perIdentity, defaultMaxNewRoomsPerIdentity)
+		cfg.maxNewRoomsPerConn = bound(perConn, defaultMaxNewRoomsPerConn)
+		cfg.maxNewRoomsPerIdentity = bound(perIdentity, defaultMaxNewRoomsPerIdentity)
 	}
+}
+
+// bound returns the bound an option was given: n, def if n is 0, or 0 (no
+// bound) if n is negative.
+func bound[T int | int64](n, def T) T {
+	switch {
+	case n == 0:
+		return def
+	case n < 0:
+		return 0
+	}
+	return n
 }
 
 // WithJoinCheck sets a hook that decides whether a client may join the

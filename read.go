@@ -128,11 +128,9 @@ func (c *Client) readFrame(lim *limiter, typ websocket.MessageType) ([]byte, err
 // waits for the publish: if it fails, the client must learn that its
 // message was not published (1013), which a 4000 would not tell it.
 func (c *Client) publish(m Message) error {
-	c.mu.Lock()
 	c.publishing.Store(true)
-	c.mu.Unlock()
 	_, err := c.publishRetry(c.room, m, false)
-	c.mu.Lock()
+	c.mu.Lock() // resyncClose defers under mu while publishing is set
 	c.publishing.Store(false)
 	deferred := c.deferredClose
 	c.deferredClose = nil

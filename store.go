@@ -114,16 +114,7 @@ type MemoryStoreOption func(*MemoryStore)
 // the bound). Past it the least recently written room's history is
 // forgotten, epoch included.
 func MaxHistoryRooms(n int) MemoryStoreOption {
-	return func(s *MemoryStore) {
-		switch {
-		case n == 0:
-			s.maxRooms = DefaultHistoryRooms
-		case n < 0:
-			s.maxRooms = 0
-		default:
-			s.maxRooms = n
-		}
-	}
+	return func(s *MemoryStore) { s.maxRooms = bound(n, DefaultHistoryRooms) }
 }
 
 // MaxHistoryBytes bounds the bytes of the messages a MemoryStore keeps, in
@@ -133,16 +124,7 @@ func MaxHistoryRooms(n int) MemoryStoreOption {
 // are forgotten, epoch included; if the room just written is the only one
 // left, its oldest messages are dropped instead, down to its last one.
 func MaxHistoryBytes(n int64) MemoryStoreOption {
-	return func(s *MemoryStore) {
-		switch {
-		case n == 0:
-			s.maxBytes = DefaultHistoryBytes
-		case n < 0:
-			s.maxBytes = 0
-		default:
-			s.maxBytes = n
-		}
-	}
+	return func(s *MemoryStore) { s.maxBytes = bound(n, DefaultHistoryBytes) }
 }
 
 // DefaultHistoryAge is how long the default MemoryStore of a Room or a

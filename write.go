@@ -168,13 +168,16 @@ func (c *Client) roomLocked(q *[]outFrame) bool {
 	if len(*q) < c.cfg.sendBuffer {
 		return true
 	}
-	oldest, msgs := -1, 0
-	for i := range *q {
-		if !(*q)[i].reply {
-			if oldest < 0 {
-				oldest = i
+	oldest, msgs := 0, len(*q)
+	if c.mux != nil { // only connections of many rooms get replies
+		oldest, msgs = -1, 0
+		for i := range *q {
+			if !(*q)[i].reply {
+				if oldest < 0 {
+					oldest = i
+				}
+				msgs++
 			}
-			msgs++
 		}
 	}
 	if msgs < c.cfg.sendBuffer {
@@ -357,14 +360,14 @@ func (c *Client) writeLoop() {
 		if len(batch) == 0 && req == nil && !partial {
 			c.writing = false
 			c.mu.Unlock()
-			select {
-			case c.drained <- struct{}{}:
-			default:
-			}
+			signal(c.drained)
 			return
 		}
 		c.mu.Unlock()
-		replies := countReplies(batch)
+		replies := 0
+		if c.mux != nil { // only connections of many rooms get replies
+			replies = countReplies(batch)
+		}
 		if req != nil && req.mode != closeDrain {
 			batch = batch[:0] // the rest of a begun frame still goes out
 		}
@@ -373,10 +376,7 @@ func (c *Client) writeLoop() {
 			c.mu.Lock()
 			c.replies -= replies
 			c.mu.Unlock()
-			select {
-			case c.repliesOut <- struct{}{}:
-			default:
-			}
+			signal(c.repliesOut)
 		}
 		if batch != nil {
 			clear(batch)
