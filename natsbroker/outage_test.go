@@ -185,7 +185,9 @@ func runNATSOutage(t *testing.T, fresh bool) *outageRun {
 	run := &outageRun{newEpoch: fresh}
 	for i := range 2 {
 		nc := connectTo(t, srv.url)
-		b := newNodeOn(t, nc, prefix, WithLogger(logger.With("node", i)))
+		// A history that holds the whole run (about 1,400 messages): a node
+		// that comes back late must catch up from it, not resync.
+		b := newNodeOn(t, nc, prefix, WithLogger(logger.With("node", i)), WithHistoryLimit(5000))
 		brokers = append(brokers, b)
 		room := wsroom.New(wsroom.WithBroker(b), wsroom.WithCodec(wsroom.JSON()), wsroom.WithSendBuffer(1<<14),
 			wsroom.WithPublishRetry(retry),
