@@ -96,6 +96,11 @@ func (fc *frameConn) Close() error {
 func (fc *frameConn) Write(p []byte) (int, error) {
 	fc.mu.Lock()
 	defer fc.mu.Unlock()
+	if !fc.framed && fc.closeFrame && len(p) > 0 && p[0]&0x0f == opClose {
+		// Our close frame went out (closeGracefully): coder/websocket, which
+		// writes nothing else after it, answers the peer's with another.
+		return len(p), nil
+	}
 	if fc.framed && len(p) > 0 {
 		switch p[0] & 0x0f {
 		case opClose:

@@ -424,15 +424,11 @@ const (
 // knew of the close is published, not dropped; then it closes the
 // connection. The close frame's write is bounded by the write timeout, the
 // wait by closeWait after the peer's last message and its publish, and by
-// closeMax in all. With compression on,
-// coder/websocket closes the connection its way: it waits up to 5s for the
-// peer's close frame and drops the messages before it.
+// closeMax in all. With compression negotiated too: the close frame is
+// written to the socket directly, not through coder/websocket's Close,
+// which would read and drop the messages before the peer's close frame.
 func (c *Client) closeGracefully(req *closeRequest) {
 	defer c.markAborted()
-	if !c.raw {
-		c.conn.Close(req.code, req.reason)
-		return
-	}
 	if err := c.fc.writeClose(req.code, req.reason); err == nil {
 		t := time.NewTimer(closeWait)
 		defer t.Stop()
