@@ -100,8 +100,12 @@ func TestManyRoomsResumeAcrossRestart(t *testing.T) {
 		defer c.CloseNow() // before stop: Shutdown would wait for its close
 		for _, room := range rooms {
 			send(c, fmt.Sprintf(`{"op":"join","room":%q,"resume":%q}`, room, pos[room]))
-			if f := recv(c); f.Op != "joined" || f.Seq != 5 {
-				t.Fatalf("rejoin %s: %+v, want joined at 5", room, f)
+			// Publish returns once the message is stored, not once the
+			// room's loop has it: the join may cut at 2 to 5, and what
+			// follows the cut comes live. Either way the client gets 3
+			// to 5 once each, in order.
+			if f := recv(c); f.Op != "joined" || f.Seq < 2 || f.Seq > 5 {
+				t.Fatalf("rejoin %s: %+v, want joined at 2 to 5", room, f)
 			}
 			var got []string
 			for range 3 {
