@@ -671,6 +671,7 @@ func (r *Room) subscribe() bool {
 	stopped := isClosed(r.quit) // stop closes quit under mu
 	if !stopped {
 		r.unsubscribe = unsub
+		close(r.heard)
 	}
 	r.mu.Unlock()
 	if stopped {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -647,5 +648,53 @@ func TestMuxRoomHooks(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"join a", "join b", "leave a requested", "leave b disconnected"}, got); diff != "" {
 		t.Errorf("hooks (-want +got):\n%s", diff)
+	}
+}
+
+// subscribeGatedBroker holds a room's first Subscribe until a presence
+// event is published or a moment has passed, whichever comes first.
+type subscribeGatedBroker struct {
+	*wsroom.LocalBroker
+	presence chan struct{} // closed at the first presence event
+	once     sync.Once
+}
+
+func (b *subscribeGatedBroker) Subscribe(ctx context.Context, room string, deliver func(wsroom.Message), lost func(error)) (func(), error) {
+	select {
+	case <-b.presence:
+	case <-time.After(100 * time.Millisecond):
+	}
+	return b.LocalBroker.Subscribe(ctx, room, deliver, lost)
+}
+
+func (b *subscribeGatedBroker) saw(m wsroom.Message) {
+	if m.Presence != "" {
+		b.once.Do(func() { close(b.presence) })
+	}
+}
+
+func (b *subscribeGatedBroker) Publish(ctx context.Context, room string, m wsroom.Message) error {
+	b.saw(m)
+	return b.LocalBroker.Publish(ctx, room, m)
+}
+
+func (b *subscribeGatedBroker) PublishSeq(ctx context.Context, room string, m wsroom.Message) (wsroom.Message, error) {
+	b.saw(m)
+	return b.LocalBroker.PublishSeq(ctx, room, m)
+}
+
+// A room takes joins before it has subscribed to its broker; the first
+// joiner's presence event is published only once it has, so that the
+// joiner hears its own join.
+func TestMuxPresenceOfFirstJoinBeforeSubscribe(t *testing.T) {
+	b := &subscribeGatedBroker{LocalBroker: wsroom.NewLocalBroker(wsroom.NewMemoryStore(0, 0)), presence: make(chan struct{})}
+	f := newMux(t, wsroom.WithBroker(b), wsroom.WithPresenceEvents(2), wsroom.WithAuthorize(func(r *http.Request) (any, error) {
+		return "ana", nil
+	}))
+	ana := f.dial(t)
+	send(t, ana, `{"op":"join","room":"r"}`)
+	expect(t, ana, "joined")
+	if p := expect(t, ana, "presence"); len(p.Join) != 1 || p.Join[0].Info != "ana" {
+		t.Errorf("ana's own join: %+v", p)
 	}
 }

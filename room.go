@@ -53,6 +53,7 @@ type Room struct {
 	errc     chan roomError // errors for the keeper to report
 	overflow atomic.Bool    // deliver found the inbox full
 	ready    chan struct{}  // closed once the loop knows its start
+	heard    chan struct{}  // closed once the room is subscribed to its broker
 	quit     chan struct{}  // closed to stop the loop and the keeper
 	done     chan struct{}  // closed when the loop has returned
 	final    []*Client      // the loop's clients when it returned
@@ -111,6 +112,7 @@ func newRoom(name string, cfg config) *Room {
 		wantc:   make(chan fetchRequest, 1),
 		errc:    make(chan roomError, errQueue),
 		ready:   make(chan struct{}),
+		heard:   make(chan struct{}),
 		quit:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
@@ -467,6 +469,17 @@ func (r *Room) announce(c *Client, kind string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.writeTimeout)
 	defer cancel()
+	// Joins may go on before the room has subscribed to its broker (see
+	// subscribe); an ephemeral event published then would not reach the
+	// room's own members, the joiner first.
+	select {
+	case <-r.heard:
+	case <-r.done:
+		return
+	case <-ctx.Done():
+		r.reportError(c, fmt.Errorf("wsroom: presence event: %w", ctx.Err()))
+		return
+	}
 	m := Message{Time: time.Now(), Ephemeral: true, From: c.id, Presence: kind}
 	if kind == presenceJoin {
 		m.Data = []byte(c.member().Info)
