@@ -244,7 +244,13 @@ func checkCache(m module.Version, zipData []byte) error {
 		return err
 	}
 	if have := strings.TrimSpace(string(cached)); have != sum {
-		return fmt.Errorf("%s@%s is in the module cache with other contents (%s, here %s): a version must not move to another commit; pin a new version", m.Path, m.Version, have, sum)
+		dir := filepath.Join(string(bytes.TrimSpace(cache)), "cache", "download", filepath.FromSlash(esc), "@v")
+		return fmt.Errorf("%s@%s is in the module cache with other contents than release-pins.txt gives it (cached %s, pinned %s): "+
+			"the cache holds an earlier build of this unreleased version. Remove it, then run the command again:\n"+
+			"\tchmod -R u+w %[5]s %[7]s; rm -f %[6]s.* && rm -rf %[7]s\n"+
+			"(or clear the whole module cache: go clean -modcache). Maintainers: a released version must never move; pin a new one (RELEASING.md)",
+			m.Path, m.Version, have, sum,
+			dir, filepath.Join(dir, m.Version), filepath.Join(string(bytes.TrimSpace(cache)), filepath.FromSlash(esc)+"@"+m.Version))
 	}
 	return nil
 }

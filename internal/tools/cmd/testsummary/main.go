@@ -289,6 +289,7 @@ func report(args []string) error {
 		skips, fails            []*group
 		failedRuns              []string
 		passed, failed, skipped int
+		runs                    int
 	)
 	add := func(gs []*group, r record) []*group {
 		for _, g := range gs {
@@ -313,6 +314,7 @@ func report(args []string) error {
 		case "fail":
 			fails = add(fails, r)
 		case "run":
+			runs++
 			passed += r.Passed
 			failed += r.Failed
 			skipped += r.Skipped
@@ -352,7 +354,10 @@ func report(args []string) error {
 		fmt.Printf("%d tests skipped that must not skip in CI: start what they need (see their reasons).\n", unexpected)
 		bad = true
 	}
-	fmt.Printf("tests: %d passed, %d failed, %d skipped\n", passed, failed, skipped)
+	// A test runs once per run (each module, at each GOMAXPROCS), so the
+	// counts are of test runs; the lists above hold each test once.
+	fmt.Printf("test runs: %d passed, %d failed, %d skipped, in %d runs (distinct tests, as listed above: %d skipped, %d failed)\n",
+		passed, failed, skipped, runs, len(skips), len(fails))
 	if bad {
 		return &exitError{1}
 	}

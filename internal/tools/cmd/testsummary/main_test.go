@@ -1,6 +1,8 @@
 package main
 
 import (
+	"io"
+	"os"
 	"strings"
 	"testing"
 )
@@ -59,5 +61,42 @@ not json
 	}
 	if len(skips) != 1 || skips[0].Test != "TestEngine" || skips[0].Reason != "a_test.go:2: no Redis at 127.0.0.1:6379; start it" {
 		t.Errorf("skips = %+v", skips)
+	}
+}
+
+// The summary lists a test skipped in two runs once, and says that its
+// counts are of test runs.
+func TestReportCountsRuns(t *testing.T) {
+	dir := t.TempDir()
+	rec := dir + "/rec"
+	lines := `{"Label":"a P=default","Action":"skip","Package":"p","Test":"TestEngine","Reason":"start it"}
+{"Label":"a P=default","Action":"run","Passed":3,"Skipped":1}
+{"Label":"a P=1","Action":"skip","Package":"p","Test":"TestEngine","Reason":"start it"}
+{"Label":"a P=1","Action":"run","Passed":3,"Skipped":1}
+`
+	if err := os.WriteFile(rec, []byte(lines), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout := os.Stdout
+	os.Stdout = w
+	err = report([]string{rec})
+	os.Stdout = stdout
+	w.Close()
+	out, _ := io.ReadAll(r)
+	if err != nil {
+		t.Fatalf("report: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"Skipped tests (1):\n",
+		"[a P=default; a P=1]",
+		"test runs: 6 passed, 0 failed, 2 skipped, in 2 runs (distinct tests, as listed above: 1 skipped, 0 failed)\n",
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("summary lacks %q:\n%s", want, out)
+		}
 	}
 }
