@@ -148,11 +148,10 @@ func checkSubprotocol(req *http.Request, protos []string, required bool) error {
 // checkRequest passed with the same subprotocols.
 func acceptOptions(cfg *config, protos []string) *websocket.AcceptOptions {
 	return &websocket.AcceptOptions{
-		Subprotocols:   protos,
-		OriginPatterns: cfg.origins,
-		// checkOrigin has allowed the request; Accept, which knows of
-		// patterns only, would refuse what the origin check allowed.
-		InsecureSkipVerify: cfg.originCheck != nil,
+		Subprotocols: protos,
+		// checkRequest has checked the origin (checkOrigin, which also
+		// knows WithOriginCheck): Accept need not check it again.
+		InsecureSkipVerify: true,
 		CompressionMode:    cfg.compression,
 	}
 }
