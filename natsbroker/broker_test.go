@@ -20,6 +20,8 @@ func TestStoreConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) wsroom.Store { return newNode(t, prefix, WithHistoryLimit(100)) })
 }
 
+var _ wsroom.Sequencer = (*Broker)(nil)
+
 func TestBrokerConformance(t *testing.T) {
 	prefix := testPrefix(t)
 	brokertest.Run(t, func(t *testing.T) wsroom.Broker { return newNode(t, prefix) })

@@ -16,6 +16,8 @@ func TestStoreConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) wsroom.Store { return newBroker(t) })
 }
 
+var _ wsroom.Sequencer = (*Broker)(nil)
+
 // TestBrokerConformance gives each node of a case a Broker with a client of
 // its own, so deliveries really cross Redis between nodes.
 func TestBrokerConformance(t *testing.T) {
