@@ -644,9 +644,14 @@ func (c *Client) publishReq(req *request) error {
 	c.publishing.Store(true)
 	m, err = c.publishRetry(r, m, id != "")
 	c.publishing.Store(false)
-	if errors.Is(err, ErrClosed) {
+	switch {
+	case errors.Is(err, ErrClosed) && !r.isOpen():
 		err = protoErr(codeUnavailable, "wsroom: room %q is closing", r.name)
-	} else if err != nil {
+	case errors.Is(err, ErrClosed):
+		// The connection ended first: a retry of id on another one, which
+		// waits for this publish, is told to send it again.
+		err = protoErr(codeUnavailable, "wsroom: the connection that published this first closed before the publish ended; send it again")
+	case err != nil:
 		err = protoErr(codeUnavailable, "%v", err)
 	}
 	var a *reply

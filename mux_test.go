@@ -698,3 +698,69 @@ func TestMuxPresenceOfFirstJoinBeforeSubscribe(t *testing.T) {
 		t.Errorf("ana's own join: %+v", p)
 	}
 }
+
+// ctxBroker's PublishSeq, while stuck is set, waits for its context to
+// end and fails with its error, as an engine that does not answer.
+type ctxBroker struct {
+	*wsroom.LocalBroker
+	held  atomic.Int64
+	stuck atomic.Bool
+}
+
+func (b *ctxBroker) PublishSeq(ctx context.Context, room string, m wsroom.Message) (wsroom.Message, error) {
+	b.held.Add(1)
+	if b.stuck.Load() {
+		<-ctx.Done()
+		return wsroom.Message{}, ctx.Err()
+	}
+	return b.LocalBroker.PublishSeq(ctx, room, m)
+}
+
+// A retry of an id whose first publish ends with its connection is told
+// unavailable, saying so (not that the room is closing, which it is not),
+// and a retry after that publishes the message once.
+func TestMuxRetryAfterFirstConnectionClosed(t *testing.T) {
+	store := wsroom.NewMemoryStore(0, 0)
+	b := &ctxBroker{LocalBroker: wsroom.NewLocalBroker(store)}
+	b.stuck.Store(true)
+	f := newMux(t, wsroom.WithBroker(b), wsroom.WithCodec(wsroom.JSON()), wsroom.WithPublishRetry(time.Second))
+	first := f.dial(t)
+	send(t, first, `{"op":"join","room":"a"}`)
+	expect(t, first, "joined")
+	send(t, first, `{"op":"pub","room":"a","id":"x-1","data":1}`)
+	waitUntil(t, "the first publish is held", func() bool { return b.held.Load() == 1 })
+	retry := f.dial(t)
+	send(t, retry, `{"op":"join","room":"a","resume":":0"}`)
+	expect(t, retry, "joined")
+	send(t, retry, `{"op":"pub","room":"a","id":"x-1","data":1}`)
+	time.Sleep(50 * time.Millisecond) // the retry waits for the first
+	first.CloseNow()
+	// Writes to the closed connection fail, and the server gives it up
+	// while its publish is still being retried.
+	for range 5 {
+		if err := f.reg.Publish(t.Context(), "a", []byte(`"eph"`), wsroom.Ephemeral()); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var e frame
+	for e.Op != "error" {
+		e = recv(t, retry)
+	}
+	if e.Code != "unavailable" || e.ID != "x-1" || strings.Contains(e.Message, "closing") {
+		t.Errorf("retry while the first ends with its connection: %+v, want unavailable, saying the connection closed", e)
+	}
+	t.Logf("the retry was told %s %q", e.Code, e.Message)
+	b.stuck.Store(false)
+	send(t, retry, `{"op":"pub","room":"a","id":"x-1","data":1}`)
+	var ack frame
+	for ack.Op != "ack" {
+		ack = recv(t, retry)
+	}
+	if ack.Seq != 1 || ack.ID != "x-1" {
+		t.Errorf("second retry's ack = %+v, want seq 1", ack)
+	}
+	if last, _ := store.Last(t.Context(), "a", 10); len(last) != 1 {
+		t.Errorf("store holds %d messages, want the publish once", len(last))
+	}
+}
