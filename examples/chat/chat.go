@@ -21,6 +21,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/wsroom/wsroom"
+	wsroomjs "github.com/wsroom/wsroom/js"
 )
 
 // Limits of the chat. The page reads them from the template, so they are
@@ -179,6 +180,9 @@ func NewServer(opts Options) (*Server, error) {
 	mux.HandleFunc("POST /api/rooms/{room}/files", s.serveUpload)
 	mux.HandleFunc("GET /files/{id}", s.serveFile)
 	mux.Handle("GET /static/", http.StripPrefix("/static", http.FileServerFS(static)))
+	// The JavaScript client, js/src/index.js, as the core module embeds it:
+	// chat.js imports it as "./wsroom.js".
+	mux.Handle("GET /static/wsroom.js", wsroomjs.Handler())
 	s.mux = mux
 	return s, nil
 }

@@ -911,18 +911,20 @@ func TestShutdown(t *testing.T) {
 	}
 }
 
-// static/wsroom.js is a copy of the JavaScript client (see generate.go).
-func TestClientCopy(t *testing.T) {
+// The page's client, /static/wsroom.js, is js/src/index.js, byte for byte,
+// served as JavaScript.
+func TestClientServed(t *testing.T) {
 	want, err := os.ReadFile("../../js/src/index.js")
 	if err != nil {
 		t.Fatalf("the client's source: %v", err)
 	}
-	got, err := assets.ReadFile("static/wsroom.js")
-	if err != nil {
-		t.Fatal(err)
+	_, ts := newTestServer(t, Options{})
+	resp, body := get(t, ts.URL+"/static/wsroom.js")
+	if resp.StatusCode != http.StatusOK || body != string(want) {
+		t.Fatalf("GET /static/wsroom.js: %d, %d bytes; want 200 and js/src/index.js (%d bytes)", resp.StatusCode, len(body), len(want))
 	}
-	if !bytes.Equal(got, want) {
-		t.Fatal("static/wsroom.js differs from js/src/index.js: run go generate in examples/chat")
+	if ct := resp.Header.Get("Content-Type"); ct != "text/javascript; charset=utf-8" {
+		t.Errorf("Content-Type %q", ct)
 	}
 }
 

@@ -1,6 +1,7 @@
 // The chat page: sign in, the lobby, and every room the person joined, all
-// on one WebSocket through the wsroom client (wsroom.js, a copy of
-// js/src/index.js). Everything a person typed is put in the page with
+// on one WebSocket through the wsroom client (wsroom.js: js/src/index.js,
+// which the server serves with the Go package github.com/wsroom/wsroom/js).
+// Everything a person typed is put in the page with
 // textContent, never as HTML.
 
 import { connect } from "./wsroom.js";
