@@ -155,7 +155,8 @@ func NewServer(opts Options) (*Server, error) {
 	// The Registry takes the history from the Broker: LocalBroker's Store,
 	// or the Broker itself.
 	s.rooms = wsroom.NewRegistry(
-		wsroom.WithBroker(s.stamp(broker)),
+		wsroom.WithBroker(broker),
+		wsroom.WithOnPublish(s.onPublish),
 		wsroom.WithAuthorize(s.authorize),
 		wsroom.WithOnJoin(s.onConnect),
 		wsroom.WithOnLeave(s.onDisconnect),
@@ -304,8 +305,8 @@ func (s *Server) authorize(r *http.Request) (any, error) {
 	return identity{Name: name, Key: key}, nil
 }
 
-// onConnect records a page's connection, so that what it publishes can be
-// signed with its name.
+// onConnect records a page's connection, whose joins claim its name in
+// each room (joinCheck).
 func (s *Server) onConnect(c *wsroom.Client) {
 	s.mu.Lock()
 	s.conns[c.ID()] = &conn{id: c.Identity().(identity), rooms: make(map[string]bool)}
@@ -381,8 +382,8 @@ func (s *Server) joinCheck(c *wsroom.Client, room string) error {
 
 // The messages of the chat. Pages publish {"type":"msg","text":...},
 // {"type":"typing"} (ephemeral) and {"type":"file","id":...}; the server
-// checks them and signs them with the sender's name (see stamp), so that
-// everyone, and the history, receives one of these:
+// checks them and signs them with the sender's name (see onPublish), so
+// that everyone, and the history, receives one of these:
 type (
 	chatMsg struct {
 		Type string `json:"type"` // "msg"
@@ -403,61 +404,70 @@ type (
 	}
 )
 
-// check turns what a connection published into what the room gets: the
-// message with the sender's name, or nil to drop it. Pages check what they
-// send, so only a client that does not follow the chat's protocol has its
-// messages dropped.
-func (s *Server) check(room string, m wsroom.Message) *wsroom.Message {
-	if m.Presence != "" || m.From == "" {
-		return &m // the room's own presence events, server code's messages
-	}
-	s.mu.Lock()
-	cn := s.conns[m.From]
-	s.mu.Unlock()
-	if cn == nil {
-		return nil
+var (
+	errNotChat = errors.New(`not a message of the chat: want {"type":"msg","text":...}, {"type":"typing"} or {"type":"file","id":...}`)
+	errNoShare = errors.New("no such file shared in this room")
+)
+
+// onPublish is the WithOnPublish hook: it turns what a page publishes into
+// what the room gets, the message signed with the sender's name, or
+// refuses it with the reason, which the sender gets as a "forbidden"
+// error. Pages check what they send, so only a client that does not follow
+// the chat's protocol is refused, or one whose message is empty or too
+// long. Messages from other nodes arrive signed by theirs. It runs on the
+// sender's reading goroutine.
+//
+// The hook sees the data only: a typing notice comes back to its typist
+// too (the page ignores its own name), and whether a message is stored is
+// the sender's choice (the page publishes typing notices ephemeral, and
+// ignores one that comes with a position).
+func (s *Server) onPublish(c *wsroom.Client, r *wsroom.Room, data []byte) ([]byte, error) {
+	id, ok := c.Identity().(identity)
+	if !ok {
+		return nil, errors.New("not signed in")
 	}
 	var in struct {
 		Type string `json:"type"`
 		Text string `json:"text"`
 		ID   string `json:"id"`
 	}
-	if err := json.Unmarshal(m.Data, &in); err != nil {
-		return nil
+	if err := json.Unmarshal(data, &in); err != nil {
+		return nil, errNotChat
 	}
 	var out any
 	switch in.Type {
 	case "msg":
 		text, err := cleanText(in.Text)
-		if err != nil || m.Ephemeral {
-			return nil
+		if err != nil {
+			return nil, err
 		}
-		out = chatMsg{Type: "msg", Name: cn.id.Name, Text: text}
+		out = chatMsg{Type: "msg", Name: id.Name, Text: text}
 	case "typing":
-		m.Ephemeral, m.Except = true, m.From
-		out = typingMsg{Type: "typing", Name: cn.id.Name}
+		out = typingMsg{Type: "typing", Name: id.Name}
 	case "file":
 		info, err := s.files.Stat(in.ID)
-		if err != nil || info.Room != room || m.Ephemeral {
-			return nil
+		if err != nil || info.Room != r.Name() {
+			return nil, errNoShare
 		}
 		out = fileMsg{
 			Type:     "file",
-			Name:     cn.id.Name,
+			Name:     id.Name,
 			Filename: info.Name,
 			URL:      "/files/" + info.ID,
 			Size:     info.Size,
 			MIME:     info.MIME,
 		}
 	default:
-		return nil
+		return nil, errNotChat
 	}
 	b, err := json.Marshal(out)
 	if err != nil {
-		return nil
+		return nil, err
 	}
-	m.Data = b
-	return &m
+	if in.Type != "typing" {
+		s.roomUsed(r.Name())
+	}
+	return b, nil
 }
 
 var (

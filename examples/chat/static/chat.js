@@ -470,7 +470,9 @@ function onMessage(r, data, msg) {
       break;
     }
     case "typing":
-      startTyping(r, data.name);
+      // Typing notices are published ephemeral; one that was stored
+      // (by a client other than this page) is old news.
+      if (!msg.seq) startTyping(r, data.name);
       break;
   }
 }
