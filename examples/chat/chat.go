@@ -87,6 +87,9 @@ type Server struct {
 	files FileStore
 	page  *template.Template
 	mux   *http.ServeMux
+	// presence is the Broker's, if it keeps presence: who is in a room on
+	// every node, for the lobby.
+	presence wsroom.Presence
 
 	mu      sync.Mutex
 	conns   map[string]*conn   // client ID → connection on this node
@@ -152,6 +155,7 @@ func NewServer(opts Options) (*Server, error) {
 	if broker == nil {
 		broker = wsroom.NewLocalBroker(opts.Store)
 	}
+	s.presence, _ = broker.(wsroom.Presence)
 	// The Registry takes the history from the Broker: LocalBroker's Store,
 	// or the Broker itself.
 	s.rooms = wsroom.NewRegistry(
@@ -552,39 +556,70 @@ func (s *Server) serveRoom(w http.ResponseWriter, r *http.Request) {
 }
 
 type roomInfo struct {
-	Name    string `json:"name"`
-	Clients int    `json:"clients"` // connections in it on this node
+	Name   string `json:"name"`
+	People int    `json:"people"` // names in it on every node, as its "Here now"
 }
 
-// serveRooms lists the rooms open on this node, with their number of
-// connections, and the rooms with history in the Store (with 0).
+// serveRooms lists the rooms open on this node, those this node published
+// in and those with history in the Store, each with the number of people
+// in it on every node (see people).
 func (s *Server) serveRooms(w http.ResponseWriter, r *http.Request) {
 	if !s.tokenOK(r.URL.Query().Get("token")) {
 		writeError(w, http.StatusUnauthorized, "token", "wrong or missing token")
 		return
 	}
-	clients := make(map[string]int)
+	open := make(map[string]*wsroom.Room)
 	for _, room := range s.rooms.Rooms() {
-		clients[room.Name()] = room.Len()
+		open[room.Name()] = room
+	}
+	names := make(map[string]bool)
+	for name := range open {
+		names[name] = true
 	}
 	for _, name := range s.index.names() {
-		clients[name] += 0
+		names[name] = true
 	}
 	if s.opts.StoredRooms != nil {
-		names, err := s.opts.StoredRooms(r.Context())
+		stored, err := s.opts.StoredRooms(r.Context())
 		if err != nil {
 			s.opts.Logger.Warn("chat: list stored rooms", "err", err)
 		}
-		for _, name := range names {
-			clients[name] += 0
+		for _, name := range stored {
+			names[name] = true
 		}
 	}
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
 	rooms := []roomInfo{}
-	for name, n := range clients {
-		rooms = append(rooms, roomInfo{Name: name, Clients: n})
+	for name := range names {
+		rooms = append(rooms, roomInfo{Name: name, People: s.people(ctx, name, open[name])})
 	}
 	slices.SortFunc(rooms, func(a, b roomInfo) int { return cmp.Compare(a.Name, b.Name) })
 	writeJSON(w, http.StatusOK, map[string]any{"rooms": rooms})
+}
+
+// people counts the names in a room, each once however many tabs or nodes
+// it is in, as the page's "Here now" does: on every node when the Broker
+// keeps presence (redisbroker, natsbroker), else on this node, where open
+// is the room if it is open here. If the Broker fails to answer, it counts
+// this node's.
+func (s *Server) people(ctx context.Context, name string, open *wsroom.Room) int {
+	var members []wsroom.Member
+	var err error
+	if s.presence != nil {
+		members, err = s.presence.Members(ctx, name)
+		if err != nil {
+			s.opts.Logger.Warn("chat: presence of a room", "room", name, "err", err)
+		}
+	}
+	if (s.presence == nil || err != nil) && open != nil {
+		members, _ = open.Members(ctx) // this node's clients: no error
+	}
+	seen := make(map[string]bool, len(members))
+	for _, m := range members {
+		seen[m.Info] = true
+	}
+	return len(seen)
 }
 
 // serveCheck applies the handshake's rules (token, name, name free in the

@@ -471,7 +471,7 @@ func TestHandshakeRules(t *testing.T) {
 		t.Errorf("rooms without token: %d, want 401", resp.StatusCode)
 	}
 	resp, body := get(t, ts.URL+"/api/rooms?token=s3cret")
-	if resp.StatusCode != http.StatusOK || strings.TrimSpace(body) != `{"rooms":[{"name":"lobby","clients":1}]}` {
+	if resp.StatusCode != http.StatusOK || strings.TrimSpace(body) != `{"rooms":[{"name":"lobby","people":1}]}` {
 		t.Errorf("rooms: %d %s", resp.StatusCode, body)
 	}
 }
@@ -953,7 +953,7 @@ func TestRoomList(t *testing.T) {
 		var r struct{ Rooms []roomInfo }
 		json.Unmarshal([]byte(body), &r)
 		rooms = r.Rooms
-		if resp.StatusCode == http.StatusOK && len(rooms) == 3 && rooms[1].Clients == 0 && rooms[2].Clients == 0 {
+		if resp.StatusCode == http.StatusOK && len(rooms) == 3 && rooms[1].People == 0 && rooms[2].People == 0 {
 			break
 		}
 		if time.Now().After(deadline) {

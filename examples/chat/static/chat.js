@@ -391,7 +391,7 @@ async function refreshRooms() {
     });
     const n = document.createElement("span");
     n.className = "hint";
-    n.textContent = r.clients > 0 ? ` ${r.clients} connected` : " (history)";
+    n.textContent = r.people > 0 ? ` ${r.people} here` : " (history)";
     li.append(a, n);
     return li;
   }));
