@@ -500,7 +500,7 @@ func TestBrowser(t *testing.T) {
 	other.waitFor("bad room message", `(document.getElementById("page-error") || {}).textContent === `+
 		js(`"no spaces" is not a valid room name: a room name is 1 to 64 letters, digits, '-', '_' or '.', and does not start with '.'.`), 5*time.Second)
 	other.do("lobby", chromedp.Navigate(ts.URL+"/"))
-	other.waitFor("room list", `[...document.querySelectorAll("#rooms li")].map(e => e.textContent).join() === "lobby 3 connected,other 3 connected"`, 10*time.Second)
+	other.waitFor("room list", `[...document.querySelectorAll("#rooms li")].map(e => e.textContent).join() === "lobby 2 here,other 2 here"`, 10*time.Second)
 	other.screenshot(shots, "lobby.png")
 	other.do("bad room in the form",
 		chromedp.SendKeys(chromedp.ID("room"), ".hidden"),

@@ -21,6 +21,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/wsroom/wsroom"
+	wsroomjs "github.com/wsroom/wsroom/js"
 )
 
 // Limits of the chat. The page reads them from the template, so they are
@@ -86,6 +87,9 @@ type Server struct {
 	files FileStore
 	page  *template.Template
 	mux   *http.ServeMux
+	// presence is the Broker's, if it keeps presence: who is in a room on
+	// every node, for the lobby.
+	presence wsroom.Presence
 
 	mu      sync.Mutex
 	conns   map[string]*conn   // client ID → connection on this node
@@ -151,10 +155,12 @@ func NewServer(opts Options) (*Server, error) {
 	if broker == nil {
 		broker = wsroom.NewLocalBroker(opts.Store)
 	}
+	s.presence, _ = broker.(wsroom.Presence)
 	// The Registry takes the history from the Broker: LocalBroker's Store,
 	// or the Broker itself.
 	s.rooms = wsroom.NewRegistry(
-		wsroom.WithBroker(s.stamp(broker)),
+		wsroom.WithBroker(broker),
+		wsroom.WithOnPublish(s.onPublish),
 		wsroom.WithAuthorize(s.authorize),
 		wsroom.WithOnJoin(s.onConnect),
 		wsroom.WithOnLeave(s.onDisconnect),
@@ -179,6 +185,9 @@ func NewServer(opts Options) (*Server, error) {
 	mux.HandleFunc("POST /api/rooms/{room}/files", s.serveUpload)
 	mux.HandleFunc("GET /files/{id}", s.serveFile)
 	mux.Handle("GET /static/", http.StripPrefix("/static", http.FileServerFS(static)))
+	// The JavaScript client, js/src/index.js, as the core module embeds it:
+	// chat.js imports it as "./wsroom.js".
+	mux.Handle("GET /static/wsroom.js", wsroomjs.Handler())
 	s.mux = mux
 	return s, nil
 }
@@ -300,8 +309,8 @@ func (s *Server) authorize(r *http.Request) (any, error) {
 	return identity{Name: name, Key: key}, nil
 }
 
-// onConnect records a page's connection, so that what it publishes can be
-// signed with its name.
+// onConnect records a page's connection, whose joins claim its name in
+// each room (joinCheck).
 func (s *Server) onConnect(c *wsroom.Client) {
 	s.mu.Lock()
 	s.conns[c.ID()] = &conn{id: c.Identity().(identity), rooms: make(map[string]bool)}
@@ -377,8 +386,8 @@ func (s *Server) joinCheck(c *wsroom.Client, room string) error {
 
 // The messages of the chat. Pages publish {"type":"msg","text":...},
 // {"type":"typing"} (ephemeral) and {"type":"file","id":...}; the server
-// checks them and signs them with the sender's name (see stamp), so that
-// everyone, and the history, receives one of these:
+// checks them and signs them with the sender's name (see onPublish), so
+// that everyone, and the history, receives one of these:
 type (
 	chatMsg struct {
 		Type string `json:"type"` // "msg"
@@ -399,61 +408,70 @@ type (
 	}
 )
 
-// check turns what a connection published into what the room gets: the
-// message with the sender's name, or nil to drop it. Pages check what they
-// send, so only a client that does not follow the chat's protocol has its
-// messages dropped.
-func (s *Server) check(room string, m wsroom.Message) *wsroom.Message {
-	if m.Presence != "" || m.From == "" {
-		return &m // the room's own presence events, server code's messages
-	}
-	s.mu.Lock()
-	cn := s.conns[m.From]
-	s.mu.Unlock()
-	if cn == nil {
-		return nil
+var (
+	errNotChat = errors.New(`not a message of the chat: want {"type":"msg","text":...}, {"type":"typing"} or {"type":"file","id":...}`)
+	errNoShare = errors.New("no such file shared in this room")
+)
+
+// onPublish is the WithOnPublish hook: it turns what a page publishes into
+// what the room gets, the message signed with the sender's name, or
+// refuses it with the reason, which the sender gets as a "forbidden"
+// error. Pages check what they send, so only a client that does not follow
+// the chat's protocol is refused, or one whose message is empty or too
+// long. Messages from other nodes arrive signed by theirs. It runs on the
+// sender's reading goroutine.
+//
+// The hook sees the data only: a typing notice comes back to its typist
+// too (the page ignores its own name), and whether a message is stored is
+// the sender's choice (the page publishes typing notices ephemeral, and
+// ignores one that comes with a position).
+func (s *Server) onPublish(c *wsroom.Client, r *wsroom.Room, data []byte) ([]byte, error) {
+	id, ok := c.Identity().(identity)
+	if !ok {
+		return nil, errors.New("not signed in")
 	}
 	var in struct {
 		Type string `json:"type"`
 		Text string `json:"text"`
 		ID   string `json:"id"`
 	}
-	if err := json.Unmarshal(m.Data, &in); err != nil {
-		return nil
+	if err := json.Unmarshal(data, &in); err != nil {
+		return nil, errNotChat
 	}
 	var out any
 	switch in.Type {
 	case "msg":
 		text, err := cleanText(in.Text)
-		if err != nil || m.Ephemeral {
-			return nil
+		if err != nil {
+			return nil, err
 		}
-		out = chatMsg{Type: "msg", Name: cn.id.Name, Text: text}
+		out = chatMsg{Type: "msg", Name: id.Name, Text: text}
 	case "typing":
-		m.Ephemeral, m.Except = true, m.From
-		out = typingMsg{Type: "typing", Name: cn.id.Name}
+		out = typingMsg{Type: "typing", Name: id.Name}
 	case "file":
 		info, err := s.files.Stat(in.ID)
-		if err != nil || info.Room != room || m.Ephemeral {
-			return nil
+		if err != nil || info.Room != r.Name() {
+			return nil, errNoShare
 		}
 		out = fileMsg{
 			Type:     "file",
-			Name:     cn.id.Name,
+			Name:     id.Name,
 			Filename: info.Name,
 			URL:      "/files/" + info.ID,
 			Size:     info.Size,
 			MIME:     info.MIME,
 		}
 	default:
-		return nil
+		return nil, errNotChat
 	}
 	b, err := json.Marshal(out)
 	if err != nil {
-		return nil
+		return nil, err
 	}
-	m.Data = b
-	return &m
+	if in.Type != "typing" {
+		s.roomUsed(r.Name())
+	}
+	return b, nil
 }
 
 var (
@@ -538,39 +556,70 @@ func (s *Server) serveRoom(w http.ResponseWriter, r *http.Request) {
 }
 
 type roomInfo struct {
-	Name    string `json:"name"`
-	Clients int    `json:"clients"` // connections in it on this node
+	Name   string `json:"name"`
+	People int    `json:"people"` // names in it on every node, as its "Here now"
 }
 
-// serveRooms lists the rooms open on this node, with their number of
-// connections, and the rooms with history in the Store (with 0).
+// serveRooms lists the rooms open on this node, those this node published
+// in and those with history in the Store, each with the number of people
+// in it on every node (see people).
 func (s *Server) serveRooms(w http.ResponseWriter, r *http.Request) {
 	if !s.tokenOK(r.URL.Query().Get("token")) {
 		writeError(w, http.StatusUnauthorized, "token", "wrong or missing token")
 		return
 	}
-	clients := make(map[string]int)
+	open := make(map[string]*wsroom.Room)
 	for _, room := range s.rooms.Rooms() {
-		clients[room.Name()] = room.Len()
+		open[room.Name()] = room
+	}
+	names := make(map[string]bool)
+	for name := range open {
+		names[name] = true
 	}
 	for _, name := range s.index.names() {
-		clients[name] += 0
+		names[name] = true
 	}
 	if s.opts.StoredRooms != nil {
-		names, err := s.opts.StoredRooms(r.Context())
+		stored, err := s.opts.StoredRooms(r.Context())
 		if err != nil {
 			s.opts.Logger.Warn("chat: list stored rooms", "err", err)
 		}
-		for _, name := range names {
-			clients[name] += 0
+		for _, name := range stored {
+			names[name] = true
 		}
 	}
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
 	rooms := []roomInfo{}
-	for name, n := range clients {
-		rooms = append(rooms, roomInfo{Name: name, Clients: n})
+	for name := range names {
+		rooms = append(rooms, roomInfo{Name: name, People: s.people(ctx, name, open[name])})
 	}
 	slices.SortFunc(rooms, func(a, b roomInfo) int { return cmp.Compare(a.Name, b.Name) })
 	writeJSON(w, http.StatusOK, map[string]any{"rooms": rooms})
+}
+
+// people counts the names in a room, each once however many tabs or nodes
+// it is in, as the page's "Here now" does: on every node when the Broker
+// keeps presence (redisbroker, natsbroker), else on this node, where open
+// is the room if it is open here. If the Broker fails to answer, it counts
+// this node's.
+func (s *Server) people(ctx context.Context, name string, open *wsroom.Room) int {
+	var members []wsroom.Member
+	var err error
+	if s.presence != nil {
+		members, err = s.presence.Members(ctx, name)
+		if err != nil {
+			s.opts.Logger.Warn("chat: presence of a room", "room", name, "err", err)
+		}
+	}
+	if (s.presence == nil || err != nil) && open != nil {
+		members, _ = open.Members(ctx) // this node's clients: no error
+	}
+	seen := make(map[string]bool, len(members))
+	for _, m := range members {
+		seen[m.Info] = true
+	}
+	return len(seen)
 }
 
 // serveCheck applies the handshake's rules (token, name, name free in the

@@ -471,7 +471,7 @@ func TestHandshakeRules(t *testing.T) {
 		t.Errorf("rooms without token: %d, want 401", resp.StatusCode)
 	}
 	resp, body := get(t, ts.URL+"/api/rooms?token=s3cret")
-	if resp.StatusCode != http.StatusOK || strings.TrimSpace(body) != `{"rooms":[{"name":"lobby","clients":1}]}` {
+	if resp.StatusCode != http.StatusOK || strings.TrimSpace(body) != `{"rooms":[{"name":"lobby","people":1}]}` {
 		t.Errorf("rooms: %d %s", resp.StatusCode, body)
 	}
 }
@@ -520,9 +520,9 @@ func TestPages(t *testing.T) {
 }
 
 // The server signs what pages publish with their names, trims messages, and
-// drops what is not the chat's protocol (an empty or too long message, an
-// unknown type): it gets an ack without a position, and nobody sees it.
-// What is not JSON closes the connection (1007).
+// refuses what is not the chat's protocol (an empty or too long message, an
+// unknown type): its sender gets the error "forbidden" with the reason, and
+// nobody sees it. What is not JSON closes the connection (1007).
 func TestMessageRules(t *testing.T) {
 	_, ts := newTestServer(t, Options{})
 	ana := dial(t, ts, "lobby", "Ana")
@@ -530,19 +530,26 @@ func TestMessageRules(t *testing.T) {
 	ben := dial(t, ts, "lobby", "Ben")
 	ben.waitPresence("Ana", "Ben")
 
-	for _, data := range []any{
-		map[string]string{"type": "msg", "text": ""},
-		map[string]string{"type": "msg", "text": " \n "},
-		map[string]string{"type": "msg", "text": strings.Repeat("x", MaxText+1)},
-		map[string]string{"type": "shout", "text": "hi"},
-		map[string]any{"type": "msg", "text": 42},
-		[]int{1, 2},
-		"msg",
-		map[string]string{"type": "file", "id": "nosuchfileaaaaaaaaaaaaaaaaaaaaaa"},
+	for _, tt := range []struct {
+		data any
+		why  string
+	}{
+		{map[string]string{"type": "msg", "text": ""}, errTextEmpty.Error()},
+		{map[string]string{"type": "msg", "text": " \n "}, errTextEmpty.Error()},
+		{map[string]string{"type": "msg", "text": strings.Repeat("x", MaxText+1)}, errTextLong.Error()},
+		{map[string]string{"type": "shout", "text": "hi"}, errNotChat.Error()},
+		{map[string]any{"type": "msg", "text": 42}, errNotChat.Error()},
+		{[]int{1, 2}, errNotChat.Error()},
+		{"msg", errNotChat.Error()},
+		{map[string]string{"type": "file", "id": "nosuchfileaaaaaaaaaaaaaaaaaaaaaa"}, errNoShare.Error()},
 	} {
-		id := ana.pub(data)
-		if m := ana.nextOp("ack"); m.env.ID != id || m.env.Seq != 0 {
-			t.Errorf("%.40v: %+v, want an ack without a position", data, m.env)
+		id := ana.pub(tt.data)
+		m := ana.read()
+		for m.env.Op == "presence" {
+			m = ana.read()
+		}
+		if m.env.Op != "error" || m.env.ID != id || m.env.Code != "forbidden" || m.env.Message != tt.why {
+			t.Errorf("%.40v: %+v, want the error forbidden: %s", tt.data, m.env, tt.why)
 		}
 	}
 	ana.pub(map[string]string{"type": "msg", "name": "Mallory", "text": "  " + strings.Repeat("é", MaxText) + " "})
@@ -559,8 +566,9 @@ func TestMessageRules(t *testing.T) {
 	}
 }
 
-// Typing notices reach the others at once, never their author, and are not
-// kept: a newcomer's history has the messages only.
+// Typing notices reach the others at once, signed, and are not kept: a
+// newcomer's history has the messages only. The typist gets its own back
+// (WithOnPublish cannot set Message.Except); the page ignores its name.
 func TestTypingNotStored(t *testing.T) {
 	store := wsroom.NewMemoryStore(0, 0)
 	_, ts := newTestServer(t, Options{Store: store})
@@ -575,18 +583,11 @@ func TestTypingNotStored(t *testing.T) {
 	if m.p.Name != "Ana" || m.env.Seq != 0 || m.env.Epoch != "" {
 		t.Fatalf("Ben got %+v %+v; want an unnumbered typing notice from Ana", m.env, m.p)
 	}
-	ana.say("done typing")
-	// Ana gets her message and nothing else: not her own typing notice.
-	for {
-		m := ana.read()
-		if m.env.Op != "msg" {
-			continue
-		}
-		if m.p.Type != "msg" {
-			t.Fatalf("Ana got %+v before her message", m.p)
-		}
-		break
+	if m := ana.next("typing"); m.p.Name != "Ana" || m.env.Seq != 0 {
+		t.Fatalf("Ana got %+v %+v; want her own unnumbered notice", m.env, m.p)
 	}
+	ana.say("done typing")
+	ana.next("msg")
 	ben.next("msg")
 
 	stored, err := store.Last(context.Background(), "lobby", 100)
@@ -690,8 +691,8 @@ func testUpload(t *testing.T, files FileStore) {
 	other := dial(t, ts, "elsewhere", "Ana", "key", "anas-tab")
 	other.waitPresence("Ana")
 	id := other.pub(map[string]string{"type": "file", "id": img.ID})
-	if m := other.nextOp("ack"); m.env.ID != id || m.env.Seq != 0 {
-		t.Errorf("file of another room: %+v, want an ack without a position", m.env)
+	if m := other.nextOp("error"); m.env.ID != id || m.env.Code != "forbidden" || m.env.Message != errNoShare.Error() {
+		t.Errorf("file of another room: %+v, want the error forbidden: %s", m.env, errNoShare)
 	}
 
 	// Serving: images inline, anything else a download; never sniffed.
@@ -911,18 +912,20 @@ func TestShutdown(t *testing.T) {
 	}
 }
 
-// static/wsroom.js is a copy of the JavaScript client (see generate.go).
-func TestClientCopy(t *testing.T) {
+// The page's client, /static/wsroom.js, is js/src/index.js, byte for byte,
+// served as JavaScript.
+func TestClientServed(t *testing.T) {
 	want, err := os.ReadFile("../../js/src/index.js")
 	if err != nil {
 		t.Fatalf("the client's source: %v", err)
 	}
-	got, err := assets.ReadFile("static/wsroom.js")
-	if err != nil {
-		t.Fatal(err)
+	_, ts := newTestServer(t, Options{})
+	resp, body := get(t, ts.URL+"/static/wsroom.js")
+	if resp.StatusCode != http.StatusOK || body != string(want) {
+		t.Fatalf("GET /static/wsroom.js: %d, %d bytes; want 200 and js/src/index.js (%d bytes)", resp.StatusCode, len(body), len(want))
 	}
-	if !bytes.Equal(got, want) {
-		t.Fatal("static/wsroom.js differs from js/src/index.js: run go generate in examples/chat")
+	if ct := resp.Header.Get("Content-Type"); ct != "text/javascript; charset=utf-8" {
+		t.Errorf("Content-Type %q", ct)
 	}
 }
 
@@ -950,7 +953,7 @@ func TestRoomList(t *testing.T) {
 		var r struct{ Rooms []roomInfo }
 		json.Unmarshal([]byte(body), &r)
 		rooms = r.Rooms
-		if resp.StatusCode == http.StatusOK && len(rooms) == 3 && rooms[1].Clients == 0 && rooms[2].Clients == 0 {
+		if resp.StatusCode == http.StatusOK && len(rooms) == 3 && rooms[1].People == 0 && rooms[2].People == 0 {
 			break
 		}
 		if time.Now().After(deadline) {

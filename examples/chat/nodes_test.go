@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -123,7 +125,52 @@ func TestRedisNodes(t *testing.T) {
 	quiet.say("anyone?")
 	quiet.next("msg")
 	resp, body := get(t, nodes[1].ts.URL+"/api/rooms")
-	if want := `{"rooms":[{"name":"lobby","clients":1},{"name":"quiet","clients":0}]}`; resp.StatusCode != http.StatusOK || strings.TrimSpace(body) != want {
+	if want := `{"rooms":[{"name":"lobby","people":2},{"name":"quiet","people":1}]}`; resp.StatusCode != http.StatusOK || strings.TrimSpace(body) != want {
 		t.Errorf("node B's rooms: %d %s, want %s", resp.StatusCode, body, want)
+	}
+}
+
+// lobbyCounts returns the lobby's rooms of a node, with how many are in
+// each.
+func lobbyCounts(t *testing.T, base string) map[string]int {
+	t.Helper()
+	resp, body := get(t, base+"/api/rooms")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /api/rooms: %d %s", resp.StatusCode, body)
+	}
+	var r struct{ Rooms []roomInfo }
+	if err := json.Unmarshal([]byte(body), &r); err != nil {
+		t.Fatalf("GET /api/rooms: %v: %s", err, body)
+	}
+	counts := make(map[string]int)
+	for _, room := range r.Rooms {
+		counts[room.Name] = room.People
+	}
+	return counts
+}
+
+// The lobby of every node counts the people of the whole cluster, as the
+// room's "Here now" does: one person on each node is 2 on both, and a room
+// with history that is open on node A only is not empty in node B's lobby. A person in a room
+// from two tabs is one.
+func TestRedisLobbyCounts(t *testing.T) {
+	nodes := newRedisNodes(t, 2)
+	ana := dial(t, nodes[0].ts, "lobby", "Ana")
+	ana.waitPresence("Ana")
+	ben := dial(t, nodes[1].ts, "lobby", "Ben", "key", "bens-browser")
+	ben.waitPresence("Ana", "Ben")
+	ben2 := dial(t, nodes[1].ts, "lobby", "Ben", "key", "bens-browser")
+	ben2.waitPresence("Ana", "Ben")
+	quiet := dial(t, nodes[0].ts, "quiet", "Ana")
+	quiet.waitPresence("Ana")
+	quiet.say("anyone?") // which lists the room in every node's lobby
+	quiet.next("msg")
+	ana.waitPresence("Ana", "Ben")
+
+	want := map[string]int{"lobby": 2, "quiet": 1}
+	for i, n := range nodes {
+		if got := lobbyCounts(t, n.ts.URL); !maps.Equal(got, want) {
+			t.Errorf("node %c's lobby: %v, want %v", 'A'+i, got, want)
+		}
 	}
 }

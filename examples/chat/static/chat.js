@@ -1,6 +1,7 @@
 // The chat page: sign in, the lobby, and every room the person joined, all
-// on one WebSocket through the wsroom client (wsroom.js, a copy of
-// js/src/index.js). Everything a person typed is put in the page with
+// on one WebSocket through the wsroom client (wsroom.js: js/src/index.js,
+// which the server serves with the Go package github.com/wsroom/wsroom/js).
+// Everything a person typed is put in the page with
 // textContent, never as HTML.
 
 import { connect } from "./wsroom.js";
@@ -164,12 +165,17 @@ function onState(state, info) {
   const status = $("status");
   const shown = { connecting: "connecting", open: "connected", reconnecting: "reconnecting", closed: "offline" }[state];
   status.dataset.state = shown;
-  status.textContent = {
+  // The detail is in a span of its own, which a phone does not show, so
+  // that the header keeps its line.
+  const detail = document.createElement("span");
+  detail.className = "status-detail";
+  if (shown === "reconnecting") detail.textContent = ` (next try in ${Math.ceil((info.delay || 0) / 1000)} s)`;
+  status.replaceChildren({
     connecting: "Connecting…",
     connected: "Connected",
-    reconnecting: `Reconnecting… (next try in ${Math.ceil((info.delay || 0) / 1000)} s)`,
+    reconnecting: "Reconnecting…",
     offline: "Offline",
-  }[shown];
+  }[shown], detail);
   if (state === "open") {
     if (wasOpen) for (const r of rooms.values()) addNote(r, "Back online: missed messages follow.", "back");
     wasOpen = true;
@@ -222,7 +228,13 @@ function openRoom(name) {
     unread: 0,
     lastDay: "",
     members: new Map(), // connection id → name
-    names: null, // the names last shown, for "joined" and "left" notes
+    names: null, // the names last shown, for "joined" and "left" notes; null until joined
+    until: 0, // seq of the last message the latest join replays: notes wait for it
+    seen: 0, // seq of the last numbered message shown
+    held: [], // notes waiting for the replay to end
+    heldTimer: null,
+    gone: false, // the join was refused, or the room left: it cannot be used
+    nameTaken: false, // refused for the name
     typing: new Map(), // name → timer
     stick: true, // follows the newest message
     error: "",
@@ -240,10 +252,15 @@ function openRoom(name) {
     onJoined(f) {
       // What the room held when first joined is history, not unread.
       if (!r.base) r.base = { epoch: f.epoch, seq: f.seq || 0 };
+      // The history (or, on a resume, what was missed) up to f.seq comes
+      // next: "joined" and "left" notes wait for it, to be in time order.
+      r.until = f.seq || 0;
       r.members.clear();
       for (const m of f.members || []) r.members.set(m.id, m.info);
+      r.gone = r.nameTaken = false;
       renderPresence(r);
       if (r.error) setRoomError(r, "");
+      renderRoomState(r);
     },
     onPresence(f) {
       for (const m of f.join || []) r.members.set(m.id, m.info);
@@ -254,12 +271,23 @@ function openRoom(name) {
       list.replaceChildren();
       r.lastDay = "";
       r.base = null;
+      r.seen = 0;
+      r.held = [];
     },
     onError(err) {
-      setRoomError(r, err.code === "forbidden" ? capital(err.message) + ": pick another name to join it." : "Cannot join " + name + ": " + err.message);
+      // The join failed for good: the room is not usable until a new
+      // sign-in, and for a name someone else has, with another name.
+      r.gone = true;
+      r.nameTaken = err.code === "forbidden";
+      r.members.clear();
+      setRoomError(r, r.nameTaken ? capital(err.message) + ": pick another name to join it." : "Cannot join " + name + ": " + err.message);
+      renderRoomState(r);
     },
     onLeft(f) {
+      r.gone = true;
+      r.members.clear();
       setRoomError(r, "You were taken out of " + name + " (" + f.reason + ").");
+      renderRoomState(r);
     },
   });
   saved.set("rooms", [...rooms.keys()].join(","));
@@ -271,6 +299,29 @@ function setRoomError(r, msg) {
   r.error = msg;
   if (r === current) setError($("chat-error"), msg);
 }
+
+// renderRoomState enables the composer and shows who is here in a room
+// that is joined or being joined; in one whose join was refused it
+// disables them, and offers another name when the name was the reason.
+function renderRoomState(r) {
+  if (r !== current) return;
+  for (const id of ["text", "file"]) $(id).disabled = r.gone;
+  $("send-form").querySelector("button[type=submit]").disabled = r.gone;
+  show($("people"), !r.gone);
+  show($("refused"), r.nameTaken);
+  // The keyboard's focus leaves the disabled box, for the way out.
+  if (r.gone && document.activeElement === $("text")) {
+    if (r.nameTaken) $("pick-name").focus();
+    else $("text").blur();
+  }
+}
+
+$("pick-name").addEventListener("click", () => {
+  const msg = current ? current.error : "";
+  stopClient();
+  showSignin(msg);
+  $("name").select();
+});
 
 // showRoom shows a room, joining it if needed, without reloading the page.
 function showRoom(name) {
@@ -287,10 +338,11 @@ function showRoom(name) {
   renderRoomList();
   renderPresence(r);
   renderTyping(r);
+  renderRoomState(r);
   updateTitle();
   scrollDown(r);
   show($("jump"), false);
-  $("text").focus();
+  if (!r.gone) $("text").focus();
 }
 
 function renderRoomList() {
@@ -390,7 +442,7 @@ async function refreshRooms() {
     });
     const n = document.createElement("span");
     n.className = "hint";
-    n.textContent = r.clients > 0 ? ` ${r.clients} connected` : " (history)";
+    n.textContent = r.people > 0 ? ` ${r.people} here` : " (history)";
     li.append(a, n);
     return li;
   }));
@@ -453,6 +505,10 @@ function addDay(r, d) {
 }
 
 function onMessage(r, data, msg) {
+  if (msg.seq) {
+    r.seen = msg.seq;
+    if (r.seen >= r.until) flushNotes(r);
+  }
   switch (data && data.type) {
     case "msg":
     case "file": {
@@ -469,7 +525,9 @@ function onMessage(r, data, msg) {
       break;
     }
     case "typing":
-      startTyping(r, data.name);
+      // Typing notices are published ephemeral; one that was stored
+      // (by a client other than this page) is old news.
+      if (!msg.seq) startTyping(r, data.name);
       break;
   }
 }
@@ -529,6 +587,24 @@ function addNote(r, text, kind) {
   li.className = "note" + (kind ? " " + kind : "");
   li.textContent = text;
   append(r, li);
+}
+
+// presenceNote adds a "joined" or "left" note after the messages the
+// latest join replays (history, or what was missed), which arrive after
+// the join's member list: it waits for the last of them (a second at
+// most, should it never come).
+function presenceNote(r, text) {
+  if (r.seen >= r.until) return addNote(r, text);
+  r.held.push(text);
+  clearTimeout(r.heldTimer);
+  r.heldTimer = setTimeout(() => flushNotes(r), 1000);
+}
+
+function flushNotes(r) {
+  clearTimeout(r.heldTimer);
+  const held = r.held;
+  r.held = [];
+  for (const text of held) addNote(r, text);
 }
 
 function formatSize(n) {
@@ -593,11 +669,14 @@ function renderPresence(r) {
   r = r || current;
   if (!r) return;
   const names = [...new Set(r.members.values())].sort((a, b) => a.localeCompare(b));
+  // The first member list (of the first join) is who was here already:
+  // notes tell the changes after it. An empty list is no list (not
+  // joined yet, or the connection is down): the joiner is always in it.
   if (r.names && r.members.size > 0) {
-    for (const n of names) if (!r.names.includes(n)) addNote(r, n + " joined");
-    for (const n of r.names) if (!names.includes(n)) addNote(r, n + " left");
+    for (const n of names) if (!r.names.includes(n)) presenceNote(r, n + " joined");
+    for (const n of r.names) if (!names.includes(n)) presenceNote(r, n + " left");
   }
-  if (r.members.size > 0 || !r.names) r.names = names;
+  if (r.members.size > 0) r.names = names;
   for (const n of r.typing.keys()) if (!names.includes(n)) stopTyping(r, n);
   if (r !== current) return;
   $("count").textContent = names.length;
@@ -650,6 +729,7 @@ function sendText() {
   }
   setError($("chat-error"), current.error);
   box.value = "";
+  fitText();
   lastTyping = 0;
   const r = current;
   const pending = renderMessage(r, { type: "msg", name: me, text }, new Date());
@@ -674,7 +754,19 @@ $("text").addEventListener("keydown", (e) => {
     sendText();
   }
 });
+// fitText makes the message box as high as its lines, up to its CSS
+// max-height, beyond which it scrolls, keeping the caret in view.
+function fitText() {
+  const box = $("text");
+  const atEnd = box.selectionEnd === box.value.length;
+  box.style.height = "auto";
+  const border = box.offsetHeight - box.clientHeight;
+  box.style.height = box.scrollHeight + border + "px";
+  if (atEnd) box.scrollTop = box.scrollHeight;
+}
+
 $("text").addEventListener("input", () => {
+  fitText();
   const now = Date.now();
   if ($("text").value.trim() && now - lastTyping > TYPING_EVERY_MS && current && current.room.state === "joined") {
     lastTyping = now;
