@@ -23,3 +23,6 @@ func SetSweepHook(s *Store, hook func(stage string)) { s.sweepHook = hook }
 
 // SweepBatch is how many rooms a sweep reads at a time.
 const SweepBatch = sweepBatch
+
+// SweepRows bounds how many messages a sweep deletes per transaction.
+const SweepRows = sweepRows

@@ -56,9 +56,12 @@ const trimEvery = 16
 // table.
 const minSweepInterval = time.Minute
 
-// sweepBatch is how many rooms a sweep looks at in one query, and deletes
-// at most in one transaction.
+// sweepBatch is how many rooms a sweep looks at in one query.
 const sweepBatch = 100
+
+// sweepRows bounds how many messages a sweep deletes in one transaction,
+// unless one room holds more.
+const sweepRows = 1000
 
 type config struct {
 	dialect    Dialect
@@ -500,9 +503,9 @@ func (s *Store) sweepLoop(ctx context.Context, every time.Duration) {
 // sweep goes over the rooms table once, sweepBatch rooms at a time in the
 // order of their names, and deletes the rooms whose history is empty, every
 // message in it having expired, together with their messages. Each batch
-// is one indexed read followed, if it found such rooms, by one short write
-// transaction, so that appends are not held up for long and no statement
-// scans the whole table.
+// is one indexed read followed, if it found such rooms, by short write
+// transactions of about sweepRows messages each, so that appends are not
+// held up for long and no statement scans the whole table.
 //
 // A room is deleted only if no message was appended to it since the read
 // that found it empty: the write deletes its row only if its last sequence
@@ -569,11 +572,23 @@ func (s *Store) sweep(ctx context.Context) (err error) {
 		if s.sweepHook != nil {
 			s.sweepHook("selected")
 		}
-		if len(found) > 0 {
+		for len(found) > 0 {
+			// As many rooms as hold about sweepRows messages at most,
+			// and at least one, per transaction.
+			k, rows := 0, int64(0)
+			for k < len(found) {
+				rows += min(found[k].last, s.limit+trimEvery)
+				if k > 0 && rows > sweepRows {
+					break
+				}
+				k++
+			}
+			chunk := found[:k]
+			found = found[k:]
 			var deleted uint64
 			err := s.write(ctx, func(tx *sql.Tx) error {
 				deleted = 0
-				for _, r := range found {
+				for _, r := range chunk {
 					res, err := tx.ExecContext(ctx, s.q.deleteRoom, r.name, r.last)
 					if err != nil {
 						return err

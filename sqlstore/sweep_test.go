@@ -441,3 +441,40 @@ func TestTrimErrorsCounted(t *testing.T) {
 	}
 	mu.Unlock()
 }
+
+// TestSweepTransactions checks that a sweep deletes about
+// sqlstore.SweepRows messages per transaction, and one room's at least.
+func TestSweepTransactions(t *testing.T) {
+	eachDB(t, func(t *testing.T, d testDB) {
+		const rooms, each = 30, 40 // 25 rooms of 40 messages make 1,000
+		db := d.open(t)
+		t0 := time.Now()
+		clk := &clock{t: t0}
+		commits := 0
+		s := newStore(t, d, db, sqlstore.WithMaxAge(time.Minute), sqlstore.WithSweepInterval(-1))
+		sqlstore.SetClock(s, clk.now)
+		sqlstore.SetSweepHook(s, func(stage string) {
+			if stage == "deleted" {
+				commits++
+			}
+		})
+		for r := range rooms {
+			appendN(t, s, fmt.Sprintf("room%02d", r), each)
+		}
+		big := "zz-big" // holds more than SweepRows messages alone
+		appendN(t, s, big, sqlstore.SweepRows+10)
+		clk.advance(2 * time.Minute)
+		if err := sqlstore.Sweep(s); err != nil {
+			t.Fatalf("Sweep: %v", err)
+		}
+		if commits != 3 {
+			t.Errorf("the sweep deleted in %d transactions, want 3: 25 rooms, 5, then the big one", commits)
+		}
+		if st := s.Stats(); st.RoomsSwept != rooms+1 {
+			t.Errorf("Stats().RoomsSwept = %d, want %d", st.RoomsSwept, rooms+1)
+		}
+		if n := countTable(t, d, db, "messages"); n != 0 {
+			t.Errorf("messages table holds %d rows after the sweep, want 0", n)
+		}
+	})
+}
