@@ -38,12 +38,13 @@
 // of its own, once per half of the maximum age and at most once a minute
 // unless [WithSweepInterval] says otherwise, until [Store.Close]. A pass
 // reads the rooms in batches of 100, in the order of their names, through
-// the tables' primary keys, and in one short transaction per batch deletes
-// the rooms whose every message has expired, with their messages. A room
-// appended to since the batch was read is kept. An Append to a room after
-// its deletion starts the room again, in a new epoch numbered from 1, so a
-// client that resumes from the old epoch is told to resynchronise rather
-// than given messages of the new one under old numbers.
+// the tables' primary keys, and deletes the rooms whose every message has
+// expired, with their messages, in short transactions of about 1,000
+// messages each; no query scans a whole table. A room appended to since
+// its batch was read is kept. An Append to a room after its deletion starts
+// the room again, in a new epoch numbered from 1, so a client that resumes
+// from the old epoch is told to resynchronise rather than given messages of
+// the new one under old numbers.
 //
 // # Errors
 //
