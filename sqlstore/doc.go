@@ -15,9 +15,10 @@
 // ("wsroom_" unless [WithTablePrefix] says otherwise):
 //
 //   - <prefix>rooms: one row per room with its epoch and the last sequence
-//     number it handed out. Rows are kept for good, so a room's numbering
-//     continues where it stopped, in the same epoch, across restarts and
-//     after every message has been trimmed away.
+//     number it handed out, so that a room's numbering continues where it
+//     stopped, in the same epoch, across restarts. A row stays as long as
+//     the room has history; a sweep deletes it once every message has
+//     expired (see Retention).
 //   - <prefix>messages: the stored messages, keyed by (room, seq), with their
 //     time in milliseconds, sender and data.
 //
@@ -30,10 +31,27 @@
 // A Store keeps, per room, the last [WithHistoryLimit] messages that are no
 // older than [WithMaxAge]. Reads apply both bounds exactly; the rows that fall
 // outside them are deleted by Append from time to time, a few at a time for
-// the room appended to, and for rooms whose every message has expired in a
-// sweep over the whole table at most once per half of the maximum age (and at
-// most once a minute). Stores that share tables should be given the same
+// the room appended to. Stores that share tables should be given the same
 // retention options, since each deletes what its own options drop.
+//
+// With a maximum age, a Store also sweeps the rooms table from a goroutine
+// of its own, once per half of the maximum age and at most once a minute
+// unless [WithSweepInterval] says otherwise, until [Store.Close]. A pass
+// reads the rooms in batches of 100, in the order of their names, through
+// the tables' primary keys, and deletes the rooms whose every message has
+// expired, with their messages, in short transactions of about 1,000
+// messages each; no query scans a whole table. A room appended to since
+// its batch was read is kept. An Append to a room after its deletion starts
+// the room again, in a new epoch numbered from 1, so a client that resumes
+// from the old epoch is told to resynchronise rather than given messages of
+// the new one under old numbers.
+//
+// # Errors
+//
+// Append returns the errors of storing a message. A trim that fails after
+// the message is stored (on PostgreSQL, where it is a statement of its own)
+// and a failed sweep are retried later: they are counted in [Store.Stats]
+// and passed to the function set by [WithErrorHandler].
 //
 // # SQLite
 //

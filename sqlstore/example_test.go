@@ -34,6 +34,7 @@ func ExampleNew() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	defer store.Close() // ends the sweep of expired rooms
 	var last wsroom.Message
 	for _, text := range []string{"hello", "how are you?", "fine"} {
 		if last, err = store.Append(ctx, "lobby", wsroom.Message{From: "ann", Data: []byte(text)}); err != nil {

@@ -25,9 +25,19 @@ type queries struct {
 	// below when every message has expired.
 	trim string
 
-	// sweep deletes the messages of rooms whose every message has
-	// expired; args: expiry cut.
-	sweep string
+	// sweepFirst and sweepNext return the first rooms of the rooms table,
+	// in the order of their names, or those after a name: each room's
+	// name, last sequence number and 1 if its history is empty, 0 if not.
+	// Args: count limit, expiry cut, for sweepNext the name to start
+	// after, and how many rooms.
+	sweepFirst, sweepNext string
+
+	// deleteRoom deletes a room's row if its last sequence number is
+	// still the given one; args: room, last seq.
+	deleteRoom string
+
+	// deleteMessages deletes every message of a room; args: room.
+	deleteMessages string
 
 	// after and last return a row with the room's window followed by its
 	// selected messages, or nothing for a room that never had a message.
@@ -54,6 +64,16 @@ const windowCTE = `WITH w AS MATERIALIZED (
 SELECT w.epoch, w.last_seq, w.first_seq, m.seq, m.time_ms, m.sender, m.data
 FROM w LEFT JOIN {m} m ON m.room = ?`
 
+// sweepQuery is sweepFirst or sweepNext, with {after} replaced by the
+// condition on the name. A room's history is empty when none of the last
+// limit messages it handed out is there unexpired, as the reads see it.
+const sweepQuery = `SELECT r.room, r.last_seq, CASE WHEN EXISTS (
+		SELECT 1 FROM {m} x
+		WHERE x.room = r.room AND x.seq > r.last_seq - ? AND x.time_ms >= ?
+	) THEN 0 ELSE 1 END
+	FROM (SELECT room, last_seq FROM {r} {after} ORDER BY room LIMIT ?) r
+	ORDER BY r.room`
+
 func newQueries(d Dialect, prefix string) queries {
 	rooms, msgs := prefix+"rooms", prefix+"messages"
 	q := queries{
@@ -66,6 +86,10 @@ func newQueries(d Dialect, prefix string) queries {
 			WHERE x.room = ? AND x.seq > ? AND x.time_ms >= ?
 			ORDER BY x.seq LIMIT 1
 		), ?)`,
+		sweepFirst:     strings.Replace(sweepQuery, "{after}", "", 1),
+		sweepNext:      strings.Replace(sweepQuery, "{after}", "WHERE room > ?", 1),
+		deleteRoom:     `DELETE FROM {r} WHERE room = ? AND last_seq = ?`,
+		deleteMessages: `DELETE FROM {m} WHERE room = ?`,
 		after: windowCTE + ` AND m.seq > ? AND ? >= w.first_seq - 1 AND w.epoch = COALESCE(?, w.epoch)
 			ORDER BY m.seq LIMIT ?`,
 		last: windowCTE + ` AND m.seq >= w.first_seq AND m.seq > w.last_seq - ?
@@ -88,9 +112,6 @@ func newQueries(d Dialect, prefix string) queries {
 				PRIMARY KEY (room, seq)
 			)`,
 		}
-		q.sweep = `DELETE FROM {m} WHERE room IN (
-			SELECT room FROM {m} GROUP BY room HAVING MAX(time_ms) < ?
-		)`
 	case Postgres:
 		q.schema = []string{
 			`CREATE TABLE IF NOT EXISTS {r} (
@@ -116,17 +137,9 @@ func newQueries(d Dialect, prefix string) queries {
 			SELECT ?, last_seq, ?, ?, ? FROM r
 		)
 		SELECT epoch, last_seq FROM r`
-		// Rows that an Append is trimming at the same time are left for
-		// the next sweep rather than waited for, so the two never
-		// deadlock.
-		q.sweep = `DELETE FROM {m} WHERE ctid IN (
-			SELECT ctid FROM {m} WHERE room IN (
-				SELECT room FROM {m} GROUP BY room HAVING MAX(time_ms) < ?
-			) FOR UPDATE SKIP LOCKED
-		)`
 	}
 	r := strings.NewReplacer("{r}", rooms, "{m}", msgs)
-	for _, p := range []*string{&q.next, &q.insert, &q.appendOne, &q.trim, &q.sweep, &q.after, &q.last} {
+	for _, p := range []*string{&q.next, &q.insert, &q.appendOne, &q.trim, &q.sweepFirst, &q.sweepNext, &q.deleteRoom, &q.deleteMessages, &q.after, &q.last} {
 		*p = r.Replace(*p)
 		if d == Postgres {
 			*p = numberParams(*p)

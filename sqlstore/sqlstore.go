@@ -13,6 +13,7 @@ import (
 	"reflect"
 	"regexp"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -51,14 +52,24 @@ const DefaultTablePrefix = "wsroom_"
 // rows that retention has dropped.
 const trimEvery = 16
 
-// minSweepInterval bounds how often a Store sweeps the whole messages table.
+// minSweepInterval bounds how often, by default, a Store sweeps the rooms
+// table.
 const minSweepInterval = time.Minute
 
+// sweepBatch is how many rooms a sweep looks at in one query.
+const sweepBatch = 100
+
+// sweepRows bounds how many messages a sweep deletes in one transaction,
+// unless one room holds more.
+const sweepRows = 1000
+
 type config struct {
-	dialect Dialect
-	prefix  string
-	limit   int
-	maxAge  time.Duration
+	dialect    Dialect
+	prefix     string
+	limit      int
+	maxAge     time.Duration
+	sweepEvery time.Duration
+	onError    func(error)
 }
 
 func defaultConfig() config {
@@ -105,30 +116,76 @@ func WithMaxAge(d time.Duration) Option {
 	return func(c *config) { c.maxAge = max(d, 0) }
 }
 
+// WithSweepInterval sets how often a Store with a maximum age (WithMaxAge)
+// sweeps the rooms table for rooms whose every message has expired, from a
+// goroutine of its own that Close stops. d == 0, the default, selects half
+// the maximum age, and at least a minute. d < 0 turns the sweep off, for
+// example in all but one of the processes that share the tables. The last
+// value passed wins.
+func WithSweepInterval(d time.Duration) Option {
+	return func(c *config) { c.sweepEvery = d }
+}
+
+// WithErrorHandler sets a function told of each error the Store recovers
+// from by itself, which no method returns: a trim that failed after Append
+// stored its message (on PostgreSQL), or a failed sweep of some rooms. Both
+// are retried later, and counted in Stats. f is called on the goroutine of
+// the Append or of the sweep, so possibly concurrently: it must be safe for
+// concurrent use and should return quickly. nil, the default, reports
+// nothing. The last value passed wins.
+func WithErrorHandler(f func(error)) Option {
+	return func(c *config) { c.onError = f }
+}
+
+// Stats is a snapshot of a Store's counters since New.
+type Stats struct {
+	// TrimErrors counts the trims, on PostgreSQL, that failed after
+	// Append had stored its message. Append still succeeds; the room's
+	// next trim deletes the rows as well.
+	TrimErrors uint64
+	// Sweeps counts the sweep passes that went over the whole rooms table.
+	Sweeps uint64
+	// SweepErrors counts the sweep passes that stopped on an error; the
+	// next pass starts again.
+	SweepErrors uint64
+	// RoomsSwept counts the rooms a sweep deleted, with their messages.
+	RoomsSwept uint64
+}
+
+type counters struct {
+	trimErrors, sweeps, sweepErrors, roomsSwept atomic.Uint64
+}
+
 // Store is a wsroom.Store that keeps history in a SQL database. See the
 // package documentation for its schema and retention.
 //
 // A Store is safe for concurrent use by multiple goroutines, and any number
 // of Stores, in one process or several, may share a database and a table
-// prefix. A Store holds no resources of its own: it needs no closing, and
-// the caller keeps ownership of the *sql.DB.
+// prefix. The caller keeps ownership of the *sql.DB. A Store with a maximum
+// age runs a sweep in a goroutine of its own, which Close ends.
 type Store struct {
 	db      *sql.DB
 	dialect Dialect
 	limit   int64
 	maxAge  time.Duration
 	q       queries
+	onError func(error)
+	stats   counters
 
 	// writing serialises writes to a SQLite database, which has one writer
 	// at a time; it is nil for other dialects.
 	writing chan struct{}
 
-	// lastSweep is when the Store last swept expired rooms, in Unix
-	// nanoseconds.
-	lastSweep atomic.Int64
+	// cancel ends the sweep's context, and swept is closed when the
+	// sweep's goroutine has returned; both are nil if it does not run.
+	cancel    context.CancelFunc
+	swept     chan struct{}
+	closeOnce sync.Once
 
-	// now is the clock; tests replace it.
-	now func() time.Time
+	// now is the clock and sweepHook, if not nil, is called at stages of
+	// a sweep; tests set them before the Store is used.
+	now       func() time.Time
+	sweepHook func(stage string)
 }
 
 var _ wsroom.Store = (*Store)(nil)
@@ -163,6 +220,7 @@ func New(ctx context.Context, db *sql.DB, opts ...Option) (*Store, error) {
 		limit:   int64(c.limit),
 		maxAge:  c.maxAge,
 		q:       newQueries(c.dialect, c.prefix),
+		onError: c.onError,
 		now:     time.Now,
 	}
 	if s.dialect == SQLite {
@@ -171,7 +229,48 @@ func New(ctx context.Context, db *sql.DB, opts ...Option) (*Store, error) {
 	if err := s.createSchema(ctx, c.prefix); err != nil {
 		return nil, fmt.Errorf("sqlstore: create tables: %w", err)
 	}
+	if every := c.sweepEvery; s.maxAge > 0 && every >= 0 {
+		if every == 0 {
+			every = max(s.maxAge/2, minSweepInterval)
+		}
+		var sweepCtx context.Context
+		sweepCtx, s.cancel = context.WithCancel(context.Background())
+		s.swept = make(chan struct{})
+		go s.sweepLoop(sweepCtx, every)
+	}
 	return s, nil
+}
+
+// Close stops the Store's sweep, if it runs one, and waits for its
+// goroutine to return; a pass under way stops at its next query. Close does
+// not close the *sql.DB, and the Store's other methods keep working after
+// it. Close may be called more than once, and concurrently; it returns nil.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		if s.cancel != nil {
+			s.cancel()
+			<-s.swept
+		}
+	})
+	return nil
+}
+
+// Stats returns a snapshot of the Store's counters. It is cheap: a few
+// atomic loads, no lock and no query.
+func (s *Store) Stats() Stats {
+	return Stats{
+		TrimErrors:  s.stats.trimErrors.Load(),
+		Sweeps:      s.stats.sweeps.Load(),
+		SweepErrors: s.stats.sweepErrors.Load(),
+		RoomsSwept:  s.stats.roomsSwept.Load(),
+	}
+}
+
+// report passes err to the error handler, if there is one.
+func (s *Store) report(err error) {
+	if s.onError != nil {
+		s.onError(err)
+	}
 }
 
 // detectDialect guesses the dialect from the package of db's driver.
@@ -248,7 +347,10 @@ func (s *Store) Append(ctx context.Context, room string, m wsroom.Message) (wsro
 		if err == nil && seq%trimEvery == 0 {
 			// The message is stored; should trimming fail, the next
 			// trim of the room deletes the rows as well.
-			_, _ = s.db.ExecContext(ctx, s.q.trim, room, room, seq-s.limit, s.cut(now), seq+1)
+			if _, terr := s.db.ExecContext(ctx, s.q.trim, room, room, seq-s.limit, s.cut(now), seq+1); terr != nil {
+				s.stats.trimErrors.Add(1)
+				s.report(fmt.Errorf("sqlstore: trim room %q: %w", room, terr))
+			}
 		}
 	} else {
 		err = s.write(ctx, func(tx *sql.Tx) error {
@@ -269,7 +371,6 @@ func (s *Store) Append(ctx context.Context, room string, m wsroom.Message) (wsro
 		return wsroom.Message{}, fmt.Errorf("sqlstore: append to room %q: %w", room, err)
 	}
 	m.Epoch, m.Seq = epoch, uint64(seq)
-	s.maybeSweep(ctx, now)
 	return m, nil
 }
 
@@ -383,21 +484,140 @@ func (s *Store) cut(now time.Time) int64 {
 	return now.Add(-s.maxAge).UnixMilli()
 }
 
-// maybeSweep deletes the messages of rooms whose every message has expired,
-// unless the Store did so recently. Append has succeeded when it runs, so a
-// failure is left for the next sweep.
-func (s *Store) maybeSweep(ctx context.Context, now time.Time) {
-	if s.maxAge <= 0 {
-		return
+// sweepLoop runs a sweep pass every interval until ctx is done, then closes
+// s.swept.
+func (s *Store) sweepLoop(ctx context.Context, every time.Duration) {
+	defer close(s.swept)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		_ = s.sweep(ctx) // counted and reported by sweep
 	}
-	last := s.lastSweep.Load()
-	if now.UnixNano()-last < int64(max(s.maxAge/2, minSweepInterval)) || !s.lastSweep.CompareAndSwap(last, now.UnixNano()) {
-		return
+}
+
+// sweep goes over the rooms table once, sweepBatch rooms at a time in the
+// order of their names, and deletes the rooms whose history is empty, every
+// message in it having expired, together with their messages. Each batch
+// is one indexed read followed, if it found such rooms, by short write
+// transactions of about sweepRows messages each, so that appends are not
+// held up for long and no statement scans the whole table.
+//
+// A room is deleted only if no message was appended to it since the read
+// that found it empty: the write deletes its row only if its last sequence
+// number is still the one read. An Append that comes after the deletion
+// creates the row anew, with a new epoch and numbering from 1, so that no
+// sequence number is handed out twice in an epoch, and a resume from the
+// old epoch is refused.
+//
+// A failed pass is counted and reported, unless ctx was done.
+func (s *Store) sweep(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("sqlstore: sweep: %w", err)
+			if ctx.Err() == nil {
+				s.stats.sweepErrors.Add(1)
+				s.report(err)
+			}
+		}
+	}()
+	type room struct {
+		name string
+		last int64
 	}
-	_ = s.write(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, s.q.sweep, s.cut(now))
-		return err
-	})
+	var (
+		after   string
+		started bool
+		found   []room
+	)
+	for {
+		n := 0
+		err := s.retry(ctx, func() error {
+			found, n = found[:0], 0
+			var rows *sql.Rows
+			var err error
+			if started {
+				rows, err = s.db.QueryContext(ctx, s.q.sweepNext, s.limit, s.cut(s.now()), after, sweepBatch)
+			} else {
+				rows, err = s.db.QueryContext(ctx, s.q.sweepFirst, s.limit, s.cut(s.now()), sweepBatch)
+			}
+			if err != nil {
+				return err
+			}
+			defer rows.Close()
+			for rows.Next() {
+				var (
+					r     room
+					empty int
+				)
+				if err := rows.Scan(&r.name, &r.last, &empty); err != nil {
+					return err
+				}
+				n++
+				after = r.name
+				if empty == 1 {
+					found = append(found, r)
+				}
+			}
+			return rows.Err()
+		})
+		if err != nil {
+			return err
+		}
+		started = true
+		if s.sweepHook != nil {
+			s.sweepHook("selected")
+		}
+		for len(found) > 0 {
+			// As many rooms as hold about sweepRows messages at most,
+			// and at least one, per transaction.
+			k, rows := 0, int64(0)
+			for k < len(found) {
+				rows += min(found[k].last, s.limit+trimEvery)
+				if k > 0 && rows > sweepRows {
+					break
+				}
+				k++
+			}
+			chunk := found[:k]
+			found = found[k:]
+			var deleted uint64
+			err := s.write(ctx, func(tx *sql.Tx) error {
+				deleted = 0
+				for _, r := range chunk {
+					res, err := tx.ExecContext(ctx, s.q.deleteRoom, r.name, r.last)
+					if err != nil {
+						return err
+					}
+					if k, err := res.RowsAffected(); err != nil {
+						return err
+					} else if k == 0 {
+						continue // appended to since, or deleted by another Store
+					}
+					if _, err := tx.ExecContext(ctx, s.q.deleteMessages, r.name); err != nil {
+						return err
+					}
+					deleted++
+				}
+				if s.sweepHook != nil {
+					s.sweepHook("deleted")
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			s.stats.roomsSwept.Add(deleted)
+		}
+		if n < sweepBatch {
+			s.stats.sweeps.Add(1)
+			return nil
+		}
+	}
 }
 
 // write runs fn in a transaction, again if the database is busy, and commits.

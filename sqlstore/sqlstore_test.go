@@ -113,6 +113,7 @@ func newStore(t testing.TB, d testDB, db *sql.DB, opts ...sqlstore.Option) *sqls
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
+	t.Cleanup(func() { s.Close() })
 	return s
 }
 
@@ -222,31 +223,26 @@ func TestRestart(t *testing.T) {
 	})
 }
 
-// TestRestartAfterEverythingExpired checks that a room keeps its epoch and
-// numbering once retention has deleted every one of its messages.
-func TestRestartAfterEverythingExpired(t *testing.T) {
+// TestEverythingExpired checks that a room whose every message has expired
+// keeps its epoch and numbering, across a restart too, until a sweep deletes
+// it; then the room starts again in a new epoch, and a resume from the old
+// one is refused.
+func TestEverythingExpired(t *testing.T) {
 	eachDB(t, func(t *testing.T, d testDB) {
 		clk := &clock{t: time.Now()}
 		open := func(db *sql.DB) *sqlstore.Store {
-			s := newStore(t, d, db, sqlstore.WithMaxAge(time.Minute))
+			s := newStore(t, d, db, sqlstore.WithMaxAge(time.Minute), sqlstore.WithSweepInterval(-1))
 			sqlstore.SetClock(s, clk.now)
 			return s
 		}
-		room, other := storetest.RoomName(t), storetest.RoomName(t)
+		room := storetest.RoomName(t)
 		db1 := d.open(t)
-		s1 := open(db1)
-		before := appendN(t, s1, room, 3)
-		epoch := before[0].Epoch
-
+		epoch := appendN(t, open(db1), room, 3)[0].Epoch
 		clk.advance(2 * time.Minute)
-		// An Append anywhere sweeps rooms whose messages have all expired.
-		appendN(t, s1, other, 1)
-		if n := countRows(t, d, db1, room); n != 0 {
-			t.Fatalf("room holds %d message rows after they all expired, want 0", n)
-		}
 		db1.Close()
 
-		s2 := open(d.open(t))
+		db2 := d.open(t)
+		s2 := open(db2)
 		if got, err := s2.Last(t.Context(), room, 10); err != nil || len(got) != 0 {
 			t.Errorf("Last(10) with every message expired = %v, %v; want none", seqs(got), err)
 		}
@@ -262,6 +258,30 @@ func TestRestartAfterEverythingExpired(t *testing.T) {
 		}
 		if _, err := s2.After(t.Context(), room, epoch, 2, 0); !errors.Is(err, wsroom.ErrGap) {
 			t.Errorf("After(epoch, 2) over expired messages error = %v, want ErrGap", err)
+		}
+
+		clk.advance(2 * time.Minute)
+		if err := sqlstore.Sweep(s2); err != nil {
+			t.Fatalf("Sweep: %v", err)
+		}
+		if n := countRows(t, d, db2, room); n != 0 {
+			t.Errorf("room holds %d message rows after the sweep, want 0", n)
+		}
+		if st := s2.Stats(); st.RoomsSwept != 1 || st.Sweeps != 1 || st.SweepErrors != 0 {
+			t.Errorf("Stats after one sweep = %+v, want 1 room swept in 1 pass", st)
+		}
+		if got, err := s2.After(t.Context(), room, epoch, 4, 0); !errors.Is(err, wsroom.ErrGap) {
+			t.Errorf("After(old epoch, 4) once the room was swept = %v, %v; want ErrGap", seqs(got), err)
+		}
+		m = appendN(t, s2, room, 1)[0]
+		if m.Seq != 1 || m.Epoch == epoch {
+			t.Errorf("Append once the room was swept = seq %d, epoch %q; want seq 1 in an epoch other than %q", m.Seq, m.Epoch, epoch)
+		}
+		if _, err := s2.After(t.Context(), room, epoch, 4, 0); !errors.Is(err, wsroom.ErrGap) {
+			t.Errorf("After(old epoch, 4) in the new epoch error = %v, want ErrGap", err)
+		}
+		if got, err := s2.After(t.Context(), room, m.Epoch, 0, 0); err != nil || !slices.Equal(seqs(got), []uint64{1}) {
+			t.Errorf("After(new epoch, 0) = %v, %v; want seq 1", seqs(got), err)
 		}
 	})
 }
