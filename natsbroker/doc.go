@@ -32,7 +32,13 @@
 // all of a room's messages have expired, the next publish starts a new epoch.
 // A publish that times out is retried with the same Nats-Msg-Id, so that
 // JetStream's duplicate detection returns the first attempt when it was
-// stored after all. Each stored message also carries, in the header
+// stored after all; a Publish that failed after sending its message keeps
+// its Nats-Msg-Id for a Publish of the same message again (the same From,
+// Time and Data, as a Room's publish retry sends it), which then returns
+// the stored message rather than storing a second copy. While the
+// connection is down, a Publish waits for it (within its context) rather
+// than leaving its message in the connection's reconnect buffer, where it
+// would be sent on reconnection after the caller gave up. Each stored message also carries, in the header
 // Wsroom-Prev-Seq, the stream sequence the publish expected: that of the
 // room's previous message, or 0 for the first of an epoch.
 //

@@ -1,6 +1,7 @@
 package natsbroker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -28,9 +29,31 @@ type appender struct {
 	refs int        // guarded by Broker.mu
 	mu   sync.Mutex // held for a whole Append
 
+	// unsure is the last message whose Append failed after it was sent to
+	// JetStream, so that may have been stored; guarded by mu.
+	unsure *unsureAppend
+
 	posMu sync.Mutex
 	pos   position
 	known bool
+}
+
+// unsureAppend is a message that may have been stored although its Append
+// failed: a publish whose acknowledgement did not come in time (one sent
+// while the connection was down, say, is sent on reconnection, after its
+// caller gave up). An Append of the same message again (the same From,
+// Time and Data: a caller's retry) reuses its Nats-Msg-Id, so that
+// JetStream's duplicate detection returns the stored one rather than
+// storing it twice.
+type unsureAppend struct {
+	from string
+	time time.Time
+	data []byte
+	id   string
+}
+
+func (u *unsureAppend) matches(m wsroom.Message) bool {
+	return u != nil && u.from == m.From && u.time.Equal(m.Time) && bytes.Equal(u.data, m.Data)
 }
 
 // maxIdleAppenders bounds how many rooms' positions a Broker remembers
@@ -91,6 +114,14 @@ func (b *Broker) notePosition(room string, p position) {
 // announces it to the room's subscribers, exactly as Publish does for a
 // message that is not ephemeral. The returned message has Seq, Epoch and
 // Time (to the millisecond) set, Ephemeral false and Except empty.
+//
+// A publish is sent only while the connection is up: during a
+// reconnection, Append waits for it (or for ctx), rather than leaving the
+// message in the connection's reconnect buffer, to be stored after the
+// caller gave up. An Append that fails after sending the message may have
+// stored it all the same; if the caller appends the same message again
+// (the same From, Time and Data), it is not stored twice: Append returns
+// the stored one.
 func (b *Broker) Append(ctx context.Context, room string, m wsroom.Message) (wsroom.Message, error) {
 	a, err := b.acquireAppender(room)
 	if err != nil {
@@ -103,10 +134,30 @@ func (b *Broker) Append(ctx context.Context, room string, m wsroom.Message) (wsr
 	if m.Time.IsZero() {
 		m.Time = time.Now()
 	}
+	// The same for every attempt, and for an Append again of a message
+	// that may have been stored, so that a retried publish is deduplicated.
+	id := newID()
+	if a.unsure.matches(m) {
+		id = a.unsure.id
+	}
+	key := unsureAppend{from: m.From, time: m.Time, data: m.Data, id: id}
 	m.Time = time.UnixMilli(m.Time.UnixMilli())
 	m.Ephemeral, m.Except = false, ""
+	sent := false
+	out, err := b.appendLoop(ctx, a, room, m, id, &sent)
+	switch {
+	case err == nil:
+		a.unsure = nil
+	case sent:
+		a.unsure = &key
+	}
+	return out, err
+}
+
+// appendLoop stores m with message ID id for Append, setting *sent once a
+// publish is sent.
+func (b *Broker) appendLoop(ctx context.Context, a *appender, room string, m wsroom.Message, id string, sent *bool) (wsroom.Message, error) {
 	subj := b.hist + roomToken(room)
-	id := newID() // the same for every attempt, so a retried publish is deduplicated
 	transient, conflicts := 0, 0
 	for {
 		if err := ctx.Err(); err != nil {
@@ -139,11 +190,41 @@ func (b *Broker) Append(ctx context.Context, room string, m wsroom.Message) (wsr
 		// The expected last sequence makes pos.sseq the room's previous
 		// message in the stream, or none if 0.
 		hdr := nats.Header{prevHeader: []string{strconv.FormatUint(pos.sseq, 10)}}
+		if err := b.awaitConnected(ctx); err != nil {
+			return wsroom.Message{}, fmt.Errorf("natsbroker: storing message in room %q: waiting for the connection to NATS: %w", room, err)
+		}
+		*sent = true
 		ack, err := b.js.PublishMsg(ctx, &nats.Msg{Subject: subj, Data: data, Header: hdr},
 			jetstream.WithMsgID(id),
 			jetstream.WithExpectStream(b.name),
 			jetstream.WithExpectLastSequencePerSubject(pos.sseq))
 		switch {
+		case err == nil && ack.Duplicate:
+			// Stored by an earlier attempt, maybe with another position:
+			// what was stored is the answer.
+			got, ok, err := b.getMessage(ctx, subj, ack.Sequence, false)
+			switch {
+			case err != nil && isTransient(ctx, err) && transient < maxTransient:
+				transient++
+				if err := sleep(ctx, backoff(transient)); err != nil {
+					return wsroom.Message{}, err
+				}
+				continue
+			case err != nil:
+				return wsroom.Message{}, fmt.Errorf("natsbroker: reading message %d of room %q, stored already: %w", ack.Sequence, room, err)
+			case !ok:
+				return wsroom.Message{}, fmt.Errorf("natsbroker: message %d of room %q was stored already and is gone", ack.Sequence, room)
+			}
+			a.posMu.Lock()
+			if !a.known || got.sseq > a.pos.sseq {
+				a.pos, a.known = position{sseq: got.sseq, seq: got.m.Seq, epoch: got.m.Epoch}, true
+			}
+			a.posMu.Unlock()
+			// Its first attempt's caller may have given up before
+			// announcing it; subscribers drop a second announcement.
+			data, _ := got.m.MarshalBinary()
+			b.announce(room, got.m, data, got.sseq)
+			return got.m, nil
 		case err == nil:
 			a.posMu.Lock()
 			if !a.known || ack.Sequence > a.pos.sseq {
@@ -183,6 +264,23 @@ func (b *Broker) Append(ctx context.Context, room string, m wsroom.Message) (wsr
 		}
 	}
 }
+
+// awaitConnected waits until the connection is up, or ctx ends.
+func (b *Broker) awaitConnected(ctx context.Context) error {
+	for !b.nc.IsConnected() {
+		if b.nc.IsClosed() {
+			return nats.ErrConnectionClosed
+		}
+		if err := sleep(ctx, connectedPoll); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// connectedPoll is how often a publish waiting for the connection looks at
+// it.
+const connectedPoll = 10 * time.Millisecond
 
 // announce sends a stored message to the room's subscribers on every node.
 func (b *Broker) announce(room string, m wsroom.Message, data []byte, sseq uint64) {
