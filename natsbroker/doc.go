@@ -118,7 +118,23 @@
 // catches up from the stream. Lost and restored connections and failed
 // catch-ups are reported through WithErrorHandler and WithLogger, and to
 // the subscriptions' lost functions (see above). After a reconnection, the
-// Broker also rewrites its presence entries at once.
+// Broker also rewrites its presence entries at once. How soon a node
+// delivers again after the server is back is set by the connection's
+// reconnect wait (nats.ReconnectWait, 2 seconds by default): the catch-up
+// follows the reconnection at once.
+//
+// A server that comes back without its store (restarted on an empty store
+// directory) has neither the stream nor the presence bucket, and does not
+// answer direct gets on the stream. After each reconnection, and when a
+// direct get gets no answer within 2 seconds or a publish no stream, the
+// Broker looks the stream up, creates it again if it is missing, and
+// compares its creation time with the one it knows: a stream created anew,
+// by this node or another, makes every room read it from its start, so
+// that the rooms move to the new epochs at once, and their clients resume
+// from the new epochs' first messages. The presence bucket is looked up
+// again after each reconnection, and after an error that may mean it is
+// gone, and created again if missing; the refresh that follows a
+// reconnection writes this node's entries into it.
 //
 // # Presence
 //

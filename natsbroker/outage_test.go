@@ -2,6 +2,7 @@ package natsbroker
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -171,6 +172,26 @@ func TestNATSRestarts(t *testing.T) {
 		}
 	}
 	t.Run("StoreKept", func(t *testing.T) { storeKept(t, reported(false)) })
+	// The server comes back on an empty store directory: no stream, no
+	// presence bucket.
+	t.Run("Fresh", func(t *testing.T) {
+		// A history of 6s of the senders: the nodes must notice the new
+		// epoch, and their clients resume from its start, before it is
+		// trimmed.
+		sc := reported(true)
+		sc.limit = 600
+		sc.checkMembers = true
+		run := runNATSOutage(t, sc)
+		checkOutage(t, run)
+		for _, r := range run.receivers {
+			if n := r.stats[wsroom.StatusResync]; n != 1 {
+				t.Errorf("receiver %s got %d 4000s, want 1: the history was lost once", r.name, n)
+			}
+		}
+		if run.members != nil {
+			t.Error(run.members)
+		}
+	})
 	// Node 1 reconnects as nats.go does by default, every 2s: it is back
 	// up to 2s after node 0, which has stored messages meanwhile, and must
 	// catch up at once.
@@ -190,6 +211,11 @@ type outageScenario struct {
 	outage  time.Duration // NATS down
 	after   time.Duration // sending after the restart
 	retry   time.Duration // publish retry; 0 for the default
+	limit   int           // history limit; 0 for 5,000, which holds the whole run
+
+	// checkMembers has each node list the room's members once the
+	// receivers are up to date; outageRun.members tells what went wrong.
+	checkMembers bool
 
 	// Each node's connection options, after connectTo's (which reconnect
 	// every 50ms).
@@ -224,10 +250,13 @@ func runNATSOutage(t *testing.T, sc outageScenario) *outageRun {
 			run.reconnected[i] = time.Now()
 			run.mu.Unlock()
 		}))...)
-		// A history that holds the whole run (about 1,600 messages): a node
-		// that comes back late must catch up from it, not resync.
-		b := newNodeOn(t, nc, prefix, WithLogger(logger.With("node", i)), WithHistoryLimit(5000))
+		// By default, a history that holds the whole run (about 1,600
+		// messages): a node that comes back late must catch up from it,
+		// not resync.
+		limit := cmp.Or(sc.limit, 5000)
+		b := newNodeOn(t, nc, prefix, WithLogger(logger.With("node", i)), WithHistoryLimit(limit))
 		brokers = append(brokers, b)
+		run.brokers = append(run.brokers, b)
 		opts := []wsroom.Option{wsroom.WithBroker(b), wsroom.WithCodec(wsroom.JSON()), wsroom.WithSendBuffer(1 << 14),
 			wsroom.WithRateLimit(0, 1, wsroom.Throttle),
 			wsroom.WithLogger(logger.With("node", i))}
@@ -328,6 +357,9 @@ func runNATSOutage(t *testing.T, sc outageScenario) *outageRun {
 			}
 		}
 	}
+	if sc.checkMembers {
+		run.members = checkMembers(run)
+	}
 	if t.Failed() {
 		// What the Store answers a client resuming from the start of the
 		// last epoch.
@@ -357,6 +389,30 @@ func runNATSOutage(t *testing.T, sc outageScenario) *outageRun {
 	}
 	run.report(t, sc)
 	return run
+}
+
+// checkMembers waits until Members lists the three receivers on each node,
+// and says what it lists if not. The senders have left by then.
+func checkMembers(run *outageRun) error {
+	var errs []error
+	for i, room := range run.rooms {
+		var members []wsroom.Member
+		var err error
+		deadline := time.Now().Add(outageWait)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			members, err = room.Members(ctx)
+			cancel()
+			if err == nil && len(members) == len(run.receivers) || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err != nil || len(members) != len(run.receivers) {
+			errs = append(errs, fmt.Errorf("node %d: Members = %d members, %v; want the %d receivers", i, len(members), err, len(run.receivers)))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // syncBuffer is a bytes.Buffer safe for concurrent writes, for logs.
@@ -415,7 +471,7 @@ type receiver struct {
 	at       pos
 	known    bool
 	seen     map[int]int                  // message number: times received
-	lastN    map[int]int                  // per sender (its base), the last number received
+	lastN    map[[2]int]int               // per sender (its base) and connection, the last number received
 	got      []time.Time                  // when each message arrived
 	byEpoch  map[string][]uint64          // sequence numbers received per epoch, in order
 	firstAt  map[string]time.Time         // when the first message of each epoch arrived
@@ -428,7 +484,7 @@ type receiver struct {
 }
 
 func newReceiver(name, url string) *receiver {
-	return &receiver{name: name, url: url, seen: make(map[int]int), lastN: make(map[int]int), byEpoch: make(map[string][]uint64),
+	return &receiver{name: name, url: url, seen: make(map[int]int), lastN: make(map[[2]int]int), byEpoch: make(map[string][]uint64),
 		firstAt: make(map[string]time.Time), more: make(chan struct{}, 1), stats: make(map[websocket.StatusCode]int)}
 }
 
@@ -496,6 +552,7 @@ func (r *receiver) read(ctx context.Context, conn *websocket.Conn) closeInfo {
 			Epoch string `json:"epoch"`
 			Data  struct {
 				N int `json:"n"`
+				C int `json:"c"` // the sender's connection
 			} `json:"data"`
 		}
 		if err := json.Unmarshal(b, &e); err != nil || e.Seq == 0 {
@@ -513,11 +570,14 @@ func (r *receiver) read(ctx context.Context, conn *websocket.Conn) closeInfo {
 		if r.seen[e.Data.N] > 0 {
 			r.problems = append(r.problems, fmt.Sprintf("n=%d again at %s:%d", e.Data.N, e.Epoch, e.Seq))
 		}
-		base := e.Data.N / senderBase * senderBase
-		if last, ok := r.lastN[base]; ok && e.Data.N <= last {
-			r.problems = append(r.problems, fmt.Sprintf("n=%d after n=%d of the same sender", e.Data.N, last))
+		// One connection's messages are published in order; those of a
+		// connection being closed may be published along with those of
+		// the next.
+		from := [2]int{e.Data.N / senderBase * senderBase, e.Data.C}
+		if last, ok := r.lastN[from]; ok && e.Data.N <= last {
+			r.problems = append(r.problems, fmt.Sprintf("n=%d after n=%d of the same connection", e.Data.N, last))
 		}
-		r.lastN[base] = e.Data.N
+		r.lastN[from] = e.Data.N
 		r.seen[e.Data.N]++
 		r.got = append(r.got, time.Now())
 		if _, ok := r.firstAt[e.Epoch]; !ok {
@@ -612,12 +672,12 @@ func (s *sender) run(ctx context.Context, every time.Duration) {
 			case <-tick.C:
 			}
 			s.mu.Lock()
-			n := s.next
+			n, c := s.next, len(s.conns)
 			s.mu.Unlock()
 			// Not ctx: a write cut short by it would close the connection
 			// abruptly, with the message maybe unread.
 			wctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			err := conn.Write(wctx, websocket.MessageText, fmt.Appendf(nil, `{"n":%d}`, s.base+n))
+			err := conn.Write(wctx, websocket.MessageText, fmt.Appendf(nil, `{"n":%d,"c":%d}`, s.base+n, c))
 			cancel()
 			if err != nil {
 				continue // the reader tells how the connection ended
@@ -660,7 +720,9 @@ type outageRun struct {
 	receivers                []*receiver
 	senders                  []*sender
 	rooms                    []*wsroom.Room
-	newEpoch                 bool // the engine came back empty
+	brokers                  []*Broker
+	members                  error // what checkMembers found wrong
+	newEpoch                 bool  // the engine came back empty
 
 	mu          sync.Mutex
 	reconnected [2]time.Time // each node's last reconnection

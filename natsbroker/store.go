@@ -172,7 +172,7 @@ func (b *Broker) appendLoop(ctx context.Context, a *appender, room string, m wsr
 				if isTransient(ctx, err) && transient < maxTransient {
 					transient++
 					if streamMissing(err) {
-						b.restoreStream(ctx, err)
+						b.checkStream(ctx, err)
 					}
 					if err := sleep(ctx, backoff(transient)); err != nil {
 						return wsroom.Message{}, err
@@ -250,8 +250,8 @@ func (b *Broker) appendLoop(ctx context.Context, a *appender, room string, m wsr
 			// Retry with the same position and message ID: if the first
 			// attempt was stored, JetStream acknowledges it as a duplicate.
 			transient++
-			if streamMissing(err) && b.restoreStream(ctx, err) {
-				// A new stream: the room's position is not the same.
+			if streamMissing(err) && b.checkStream(ctx, err) {
+				// Maybe a new stream: the room's position is not the same.
 				a.posMu.Lock()
 				a.known = false
 				a.posMu.Unlock()
@@ -354,7 +354,9 @@ type stored struct {
 // lastMessage reads the last message on subj with a direct get; ok is false
 // if there is none.
 func (b *Broker) lastMessage(ctx context.Context, subj string) (last stored, ok bool, err error) {
-	raw, err := b.stream.GetLastMsgForSubject(ctx, subj)
+	raw, err := b.direct(ctx, func(ctx context.Context) (*jetstream.RawStreamMsg, error) {
+		return b.stream.GetLastMsgForSubject(ctx, subj)
+	})
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return stored{}, false, nil
 	}
@@ -373,7 +375,9 @@ func (b *Broker) getMessage(ctx context.Context, subj string, sseq uint64, next 
 	if next {
 		opts = append(opts, jetstream.WithGetMsgSubject(subj))
 	}
-	raw, err := b.stream.GetMsg(ctx, sseq, opts...)
+	raw, err := b.direct(ctx, func(ctx context.Context) (*jetstream.RawStreamMsg, error) {
+		return b.stream.GetMsg(ctx, sseq, opts...)
+	})
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return stored{}, false, nil
 	}
@@ -386,6 +390,23 @@ func (b *Broker) getMessage(ctx context.Context, subj string, sseq uint64, next 
 	}
 	msg, err = b.decodeRaw(raw)
 	return msg, err == nil, err
+}
+
+// directTimeout bounds one direct get. A server without the stream (back
+// without its store) does not answer direct gets at all.
+const directTimeout = 2 * time.Second
+
+// direct makes one direct get with get, bounded by directTimeout within
+// ctx. When the server does not answer, it checks that the stream exists
+// (see checkStream) before it returns the error.
+func (b *Broker) direct(ctx context.Context, get func(context.Context) (*jetstream.RawStreamMsg, error)) (*jetstream.RawStreamMsg, error) {
+	dctx, cancel := context.WithTimeout(ctx, directTimeout)
+	defer cancel()
+	raw, err := get(dctx)
+	if err != nil && dctx.Err() != nil && ctx.Err() == nil {
+		b.checkStream(ctx, err)
+	}
+	return raw, err
 }
 
 func (b *Broker) decodeRaw(raw *jetstream.RawStreamMsg) (stored, error) {
