@@ -115,6 +115,16 @@ func BenchmarkReadRecent(b *testing.B) {
 			}
 		}
 	})
+	// A resume that wants one message of the last 64 (a client's resume
+	// with a small send window, or the first page of a history read).
+	b.Run("After64Limit1", func(b *testing.B) {
+		for b.Loop() {
+			got, err := br.After(b.Context(), "recent", ms[0].Epoch, ms[total-65].Seq, 1)
+			if err != nil || len(got) != 1 {
+				b.Fatalf("After = %d messages, %v", len(got), err)
+			}
+		}
+	})
 	b.Run("After10", func(b *testing.B) {
 		for b.Loop() {
 			got, err := br.After(b.Context(), "recent", ms[0].Epoch, ms[total-11].Seq, 0)

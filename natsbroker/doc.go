@@ -100,16 +100,25 @@
 //
 // After and Last read the messages they need, not the room's whole history,
 // with JetStream direct gets (the stream allows them). Both start with the
-// room's last message. When they need no more than 64 messages, as for a
-// join's history or a short resume, they walk back from it through the
-// Wsroom-Prev-Seq headers, one direct get per message, and make no
-// consumer: Last(n) costs n round trips, After one per message after the
-// position (one when the position is the room's last). Longer
+// room's last message. When they need every message from some point to the
+// last, no more than 64, as for a join's history or a short resume, they
+// walk back from it through the Wsroom-Prev-Seq headers, one direct get per
+// message, and make no consumer: Last(n) costs n round trips, After one per
+// message after the position (one when the position is the room's last).
+// An After whose limit is less than the messages after the position (a
+// resume that wants one message, a page of history) first finds the first
+// message it needs with a few direct gets of the room's next message from a
+// guessed stream sequence, then reads on, one direct get per message up to
+// the limit: in a stream of that room alone, the guess is right the first
+// time, so After(limit 1) costs two round trips whatever the span; with
+// other rooms' messages in between, a few more (the guesses go twice as far
+// each time, at most about twice the logarithm of the distance). Longer
 // reads, and reads that reach messages stored without the header (by an
-// earlier version), first find the first message they need with a few direct
-// gets of the room's next message from a guessed stream sequence (at most
-// about twice the logarithm of the stream's length), then read from there
-// through a short-lived ephemeral consumer filtered on the room's subject.
+// earlier version), find their first message in the same way, then read
+// from there through a short-lived ephemeral consumer filtered on the
+// room's subject. (NATS servers from 2.11 on can return several messages
+// per direct get; the Broker does not rely on it, so that it works with
+// older servers.)
 //
 // # Connection faults
 //

@@ -471,9 +471,14 @@ func (b *Broker) readBack(ctx context.Context, subj string, last stored, n int) 
 // locate returns the first message on subj, in last's epoch, whose room
 // sequence is seq or more, given the room's last message, which is one of
 // them. It probes the stream with direct gets of the next message on subj
-// from a stream sequence, guessed from the room's density in the stream and
-// halving the range every other probe, so that it takes a few gets, and at
-// most about twice the logarithm of the stream's length.
+// from a stream sequence. Until it has found a message before the one it
+// looks for, it gallops down from the closest one after it: the first probe
+// is where the message is if no other room's message was stored in between
+// (so one probe finds it in a stream of one room), and each further one
+// goes twice as far down. Then it guesses from the room's density in the
+// stream, halving the range every other probe. So it takes a few gets, as
+// many as the logarithm of the distance, and at most about twice the
+// logarithm of the stream's length.
 func (b *Broker) locate(ctx context.Context, subj string, last stored, seq uint64) (stored, error) {
 	best := last // the first known message with a sequence of seq or more
 	var below *stored
@@ -481,15 +486,20 @@ func (b *Broker) locate(ctx context.Context, subj string, last stored, seq uint6
 	// has a sequence of seq or more, and no message on subj lies in
 	// [hi, best.sseq).
 	lo, hi := uint64(1), best.sseq
+	var step uint64 // how far below hi the galloping probe went
 	for i := 0; best.m.Seq > seq && lo < hi; i++ {
 		var x uint64
 		switch {
+		case below == nil:
+			// The messages seq to best's are at least that many apart.
+			step = max(2*step, best.m.Seq-seq)
+			if hi > step {
+				x = hi - step
+			}
 		case i%2 == 1:
 			x = lo + (hi-lo)/2
-		case below != nil:
+		default:
 			x = below.sseq + (seq-below.m.Seq)*(best.sseq-below.sseq)/(best.m.Seq-below.m.Seq)
-		case best.sseq > best.m.Seq-seq:
-			x = best.sseq - (best.m.Seq - seq) // where it is if nothing else was stored in between
 		}
 		x = min(max(x, lo), hi-1)
 		m, ok, err := b.getMessage(ctx, subj, x, true)
@@ -559,7 +569,13 @@ func (b *Broker) After(ctx context.Context, room, epoch string, seq uint64, limi
 		return nil, nil
 	}
 	span := last.m.Seq - seq
-	if span <= directMax {
+	want := span
+	if limit > 0 {
+		want = min(want, uint64(limit))
+	}
+	// Walking back reads every message after seq; with a smaller limit,
+	// finding the first one and reading on costs fewer gets.
+	if span <= directMax && want == span {
 		out, how, err := b.readBack(ctx, subj, last, int(span))
 		if err != nil {
 			return nil, fmt.Errorf("natsbroker: reading history of room %q: %w", room, err)
@@ -581,19 +597,18 @@ func (b *Broker) After(ctx context.Context, room, epoch string, seq uint64, limi
 	if first.m.Seq != seq+1 {
 		return nil, wsroom.ErrGap
 	}
-	var out []wsroom.Message
-	gap := false
-	want := span
-	if limit > 0 {
-		want = min(want, uint64(limit))
+	out := []wsroom.Message{first.m}
+	if want == 1 {
+		return out, nil
 	}
-	err = b.readForward(ctx, subj, first.sseq, want, func(_ uint64, m wsroom.Message) bool {
+	gap := false
+	err = b.readForward(ctx, subj, first.sseq+1, want-1, func(_ uint64, m wsroom.Message) bool {
 		if m.Epoch != epoch || m.Seq != seq+uint64(len(out))+1 {
 			gap = true
 			return false
 		}
 		out = append(out, m)
-		return uint64(len(out)) < span && (limit <= 0 || len(out) < limit)
+		return uint64(len(out)) < want
 	})
 	if err != nil {
 		return nil, fmt.Errorf("natsbroker: reading history of room %q: %w", room, err)
