@@ -45,10 +45,11 @@ type Broker struct {
 	// checkStream.
 	ensure func(context.Context) (jetstream.Stream, error)
 
-	// streamMu serialises checkStream and guards created, when the stream
-	// this Broker knows was created; gen counts the times checkStream
-	// found the stream created anew (a server back without its store).
-	streamMu sync.Mutex
+	// checking is held (a value in it) by the one checkStream under way,
+	// and guards created, when the stream this Broker knows was created;
+	// gen counts the times checkStream found the stream created anew (a
+	// server back without its store).
+	checking chan struct{}
 	created  time.Time
 	gen      atomic.Uint64
 
@@ -104,6 +105,7 @@ func New(ctx context.Context, nc *nats.Conn, opts ...Option) (*Broker, error) {
 		hist:        cfg.prefix + ".h.",
 		live:        cfg.prefix + ".l.",
 		watcherDone: make(chan struct{}),
+		checking:    make(chan struct{}, 1),
 		topics:      make(map[string]*topic),
 		appenders:   make(map[string]*appender),
 		pres:        newPresence(cfg.prefix, cfg.presenceTTL),
@@ -350,9 +352,15 @@ func streamMissing(err error) bool {
 // rooms then start new epochs. A stream created anew, by this Broker or
 // another node, makes the Broker forget the rooms' positions and the rooms
 // read the stream from its start. It reports whether the stream exists.
+//
+// One check runs at a time; another waits for it within its ctx.
 func (b *Broker) checkStream(ctx context.Context, cause error) bool {
-	b.streamMu.Lock()
-	defer b.streamMu.Unlock()
+	select {
+	case b.checking <- struct{}{}:
+	case <-ctx.Done():
+		return false
+	}
+	defer func() { <-b.checking }()
 	s, err := b.js.Stream(ctx, b.name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		b.report(fmt.Errorf("natsbroker: stream %s is gone (%v); creating it again: the rooms' history starts anew", b.name, cause))
