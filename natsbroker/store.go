@@ -149,6 +149,7 @@ func (b *Broker) Append(ctx context.Context, room string, m wsroom.Message) (wsr
 	case err == nil:
 		a.unsure = nil
 	case sent:
+		key.data = bytes.Clone(key.data) // the caller may reuse m.Data
 		a.unsure = &key
 	}
 	return out, err
