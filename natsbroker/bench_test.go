@@ -115,6 +115,16 @@ func BenchmarkReadRecent(b *testing.B) {
 			}
 		}
 	})
+	// A resume that wants one message of the last 64 (a client's resume
+	// with a small send window, or the first page of a history read).
+	b.Run("After64Limit1", func(b *testing.B) {
+		for b.Loop() {
+			got, err := br.After(b.Context(), "recent", ms[0].Epoch, ms[total-65].Seq, 1)
+			if err != nil || len(got) != 1 {
+				b.Fatalf("After = %d messages, %v", len(got), err)
+			}
+		}
+	})
 	b.Run("After10", func(b *testing.B) {
 		for b.Loop() {
 			got, err := br.After(b.Context(), "recent", ms[0].Epoch, ms[total-11].Seq, 0)
@@ -123,4 +133,55 @@ func BenchmarkReadRecent(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkAppendOneRoom measures the throughput of one room on one node,
+// whose appends are made one at a time (each waits for the JetStream
+// acknowledgement of the one before), with one publisher and with 8
+// concurrent ones, and each Append's latency; and, for comparison, 8
+// publishers on 8 rooms, which do not wait for each other.
+func BenchmarkAppendOneRoom(b *testing.B) {
+	for _, c := range []struct {
+		name       string
+		publishers int
+		rooms      int
+	}{{"publishers=1", 1, 1}, {"publishers=8", 8, 1}, {"publishers=8/rooms=8", 8, 8}} {
+		b.Run(c.name, func(b *testing.B) {
+			br := newNode(b, testPrefix(b), WithHistoryLimit(1000))
+			base := storetest.RoomName(b)
+			var (
+				mu        sync.Mutex
+				latencies []time.Duration
+				next      atomic.Int64
+				wg        sync.WaitGroup
+			)
+			start := time.Now()
+			for p := range c.publishers {
+				room := fmt.Sprintf("%s-%d", base, p%c.rooms)
+				wg.Go(func() {
+					var own []time.Duration
+					for next.Add(1) <= int64(b.N) {
+						t0 := time.Now()
+						if _, err := br.Append(context.Background(), room, wsroom.Message{Data: []byte("x")}); err != nil {
+							b.Error(err)
+							return
+						}
+						own = append(own, time.Since(t0))
+					}
+					mu.Lock()
+					latencies = append(latencies, own...)
+					mu.Unlock()
+				})
+			}
+			wg.Wait()
+			elapsed := time.Since(start)
+			if len(latencies) == 0 {
+				return
+			}
+			slices.Sort(latencies)
+			b.ReportMetric(float64(len(latencies))/elapsed.Seconds(), "appends/s")
+			b.ReportMetric(float64(latencies[len(latencies)/2].Microseconds()), "p50-µs")
+			b.ReportMetric(float64(latencies[len(latencies)*99/100].Microseconds()), "p99-µs")
+		})
+	}
 }

@@ -42,8 +42,20 @@ type Broker struct {
 	live   string // prefix of announcement subjects, "wsroom.l."
 
 	// ensure looks up the stream, creating it if it is missing; see
-	// restoreStream.
+	// checkStream.
 	ensure func(context.Context) (jetstream.Stream, error)
+
+	// checking is held (a value in it) by the one checkStream under way,
+	// and guards created, when the stream this Broker knows was created;
+	// gen counts the times checkStream found the stream created anew (a
+	// server back without its store).
+	checking chan struct{}
+	created  time.Time
+	gen      atomic.Uint64
+
+	// stop ends with Close, and the calls the watcher makes with it.
+	stop       context.Context
+	cancelStop context.CancelFunc
 
 	status      chan nats.Status
 	watcherDone chan struct{}
@@ -93,6 +105,7 @@ func New(ctx context.Context, nc *nats.Conn, opts ...Option) (*Broker, error) {
 		hist:        cfg.prefix + ".h.",
 		live:        cfg.prefix + ".l.",
 		watcherDone: make(chan struct{}),
+		checking:    make(chan struct{}, 1),
 		topics:      make(map[string]*topic),
 		appenders:   make(map[string]*appender),
 		pres:        newPresence(cfg.prefix, cfg.presenceTTL),
@@ -128,6 +141,8 @@ func New(ctx context.Context, nc *nats.Conn, opts ...Option) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("natsbroker: creating stream %s: %w", b.name, err)
 	}
+	b.created = b.stream.CachedInfo().Created
+	b.stop, b.cancelStop = context.WithCancel(context.Background())
 	b.status = nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CONNECTED, nats.CLOSED)
 	go b.watch()
 	go b.refresher()
@@ -152,6 +167,7 @@ func (b *Broker) Close() error {
 	topics := b.topics
 	b.topics = make(map[string]*topic)
 	b.mu.Unlock()
+	b.cancelStop()
 	b.nc.RemoveStatusListener(b.status)
 	<-b.watcherDone
 	for _, t := range topics {
@@ -301,6 +317,13 @@ func (b *Broker) watch() {
 				lost = false
 				b.cfg.logger.Info("natsbroker: reconnected to NATS", "url", b.nc.ConnectedUrlRedacted())
 				cause := errors.New("natsbroker: connection to NATS was lost and is restored")
+				// A server back without its store has neither the stream
+				// nor the presence bucket, and answers no direct get:
+				// create them again before the rooms read the stream.
+				ctx, cancel := context.WithTimeout(b.stop, setupTimeout)
+				b.checkStream(ctx, cause)
+				cancel()
+				b.pres.dropKV()
 				b.mu.Lock()
 				for _, t := range b.topics {
 					t.catchUp(cause)
@@ -324,19 +347,53 @@ func streamMissing(err error) bool {
 		errors.Is(err, jetstream.ErrStreamNotFound)
 }
 
-// restoreStream creates the stream again if it is gone, so that a server
-// that came back without its store takes messages again: the rooms then
-// start new epochs. It reports whether the stream exists now.
-func (b *Broker) restoreStream(ctx context.Context, cause error) bool {
-	if _, err := b.js.Stream(ctx, b.name); err == nil || !errors.Is(err, jetstream.ErrStreamNotFound) {
-		return err == nil
-	}
-	b.report(fmt.Errorf("natsbroker: stream %s is gone (%v); creating it again: the rooms' history starts anew", b.name, cause))
-	if _, err := b.ensure(ctx); err != nil {
-		b.report(fmt.Errorf("natsbroker: creating stream %s again: %w", b.name, err))
+// checkStream looks the stream up, and creates it again if it is gone, so
+// that a server that came back without its store takes messages again: the
+// rooms then start new epochs. A stream created anew, by this Broker or
+// another node, makes the Broker forget the rooms' positions and the rooms
+// read the stream from its start. It reports whether the stream exists.
+//
+// One check runs at a time; another waits for it within its ctx.
+func (b *Broker) checkStream(ctx context.Context, cause error) bool {
+	select {
+	case b.checking <- struct{}{}:
+	case <-ctx.Done():
 		return false
 	}
+	defer func() { <-b.checking }()
+	s, err := b.js.Stream(ctx, b.name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		b.report(fmt.Errorf("natsbroker: stream %s is gone (%v); creating it again: the rooms' history starts anew", b.name, cause))
+		s, err = b.ensure(ctx)
+		if err != nil {
+			b.report(fmt.Errorf("natsbroker: creating stream %s again: %w", b.name, err))
+			return false
+		}
+	}
+	if err != nil {
+		return false
+	}
+	if c := s.CachedInfo().Created; !c.Equal(b.created) {
+		if !b.created.IsZero() {
+			b.report(fmt.Errorf("natsbroker: stream %s was created anew (created %v, known %v): the rooms' history starts anew", b.name, c, b.created))
+		}
+		b.created = c
+		b.gen.Add(1)
+		b.forgetPositions()
+	}
 	return true
+}
+
+// forgetPositions makes the next Append of every room read where the
+// room's history ends.
+func (b *Broker) forgetPositions() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, a := range b.appenders {
+		a.posMu.Lock()
+		a.known = false
+		a.posMu.Unlock()
+	}
 }
 
 // ensureCreateAttempts bounds how many times ensureStream tries to create a

@@ -2,6 +2,7 @@ package natsbroker
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -136,41 +137,101 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 }
 
 // TestNATSRestarts runs one room on two nodes, each with its own Broker and
-// connection to a private NATS server. A client of node A sends a numbered
-// message every 5ms; receivers on both nodes read like real clients. The
-// server is killed for 3s and started again. With its store kept, the room
-// keeps its epoch and every message the sender wrote reaches every
-// receiver. With a fresh store, the history moves to a new epoch: every
-// message the sender wrote must reach a receiver unless the sender was
-// closed with 1013 afterwards, and the receivers must get the new epoch
-// from seq 1 without a gap.
+// connection to a private NATS server, as in the field report of a lost
+// outage: a client of each node sends a numbered message every 20ms (50
+// msg/s each), receivers on both nodes read like real clients, and the
+// server is killed 6s after the sending starts and started again 3s later;
+// the clients send on for 7s more. With its store kept, the room keeps its
+// epoch and every message the senders wrote reaches every receiver, once
+// and in each sender's order, with no 1013. With a fresh store, the history
+// moves to a new epoch: every message the senders wrote must reach a
+// receiver unless the sender was closed with 1013 afterwards, and the
+// receivers must get the new epoch from seq 1 without a gap. The test logs
+// how long after the restart each node delivered its first message.
 func TestNATSRestarts(t *testing.T) {
-	t.Run("StoreKept", func(t *testing.T) {
-		run := runNATSOutage(t, false)
+	storeKept := func(t *testing.T, sc outageScenario) {
+		run := runNATSOutage(t, sc)
 		checkOutage(t, run)
 		if unseen := run.unseen(); len(unseen) != 0 {
-			t.Errorf("%d messages the sender sent reached no receiver: %v", len(unseen), unseen)
+			t.Errorf("%d messages the senders sent reached no receiver: %v", len(unseen), unseen)
 		}
-		if n := run.sender.closedWith(websocket.StatusTryAgainLater); n != 0 {
-			t.Errorf("sender closed %d times with 1013 although the publish retry outlasts the outage", n)
+		for _, s := range run.senders {
+			if n := s.closedWith(websocket.StatusTryAgainLater); n != 0 {
+				t.Errorf("sender %d closed %d times with 1013 although the publish retry outlasts the outage", s.base, n)
+			}
 		}
 		for _, r := range run.receivers {
 			if n := r.stats[wsroom.StatusResync]; n != 0 {
 				t.Errorf("receiver %s got %d 4000s though the server kept its store", r.name, n)
 			}
+			for _, s := range run.senders {
+				if want := s.next; r.count(s.base, want) != want {
+					t.Errorf("receiver %s got %d of the %d messages sender %d wrote", r.name, r.count(s.base, want), want, s.base)
+				}
+			}
 		}
+	}
+	t.Run("StoreKept", func(t *testing.T) { storeKept(t, reported(false)) })
+	// The server comes back on an empty store directory: no stream, no
+	// presence bucket.
+	t.Run("Fresh", func(t *testing.T) {
+		// A history of 6s of the senders: the nodes must notice the new
+		// epoch, and their clients resume from its start, before it is
+		// trimmed.
+		sc := reported(true)
+		sc.limit = 600
+		sc.checkMembers = true
+		run := runNATSOutage(t, sc)
+		checkOutage(t, run)
+		for _, r := range run.receivers {
+			if n := r.stats[wsroom.StatusResync]; n != 1 {
+				t.Errorf("receiver %s got %d 4000s, want 1: the history was lost once", r.name, n)
+			}
+		}
+		if run.members != nil {
+			t.Error(run.members)
+		}
+	})
+	// Node 1 reconnects as nats.go does by default, every 2s: it is back
+	// up to 2s after node 0, which has stored messages meanwhile, and must
+	// catch up at once.
+	t.Run("StoreKeptOneNodeLate", func(t *testing.T) {
+		sc := reported(false)
+		sc.connOpts[1] = []nats.Option{nats.ReconnectWait(nats.DefaultReconnectWait)}
+		storeKept(t, sc)
 	})
 }
 
-func runNATSOutage(t *testing.T, fresh bool) *outageRun {
-	const (
-		retry  = 15 * time.Second // outlasts the outage
-		every  = 5 * time.Millisecond
-		before = time.Second      // sending before the kill
-		outage = 3 * time.Second  // NATS down
-		after  = 3 * time.Second  // sending after the restart
-		settle = 15 * time.Second // for the receivers to get the last message
-	)
+// outageScenario is how runNATSOutage sends and when it kills the server.
+type outageScenario struct {
+	fresh   bool          // restart on an empty store directory
+	senders []int         // the node of each sender
+	every   time.Duration // each sender's pace
+	before  time.Duration // sending before the kill
+	outage  time.Duration // NATS down
+	after   time.Duration // sending after the restart
+	retry   time.Duration // publish retry; 0 for the default
+	limit   int           // history limit; 0 for 5,000, which holds the whole run
+
+	// checkMembers has each node list the room's members once the
+	// receivers are up to date; outageRun.members tells what went wrong.
+	checkMembers bool
+
+	// Each node's connection options, after connectTo's (which reconnect
+	// every 50ms).
+	connOpts [2][]nats.Option
+}
+
+// reported is the scenario of the field report: a sender on each node at
+// 50 msg/s, the server killed at t=6s and back 3s later, sending until
+// t=16s, with the default publish retry (10s).
+func reported(fresh bool) outageScenario {
+	return outageScenario{fresh: fresh, senders: []int{0, 1}, every: 20 * time.Millisecond,
+		before: 6 * time.Second, outage: 3 * time.Second, after: 7 * time.Second}
+}
+
+func runNATSOutage(t *testing.T, sc outageScenario) *outageRun {
+	const settle = 15 * time.Second // for the receivers to get the last message
 	srv := startNATS(t)
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -182,17 +243,27 @@ func runNATSOutage(t *testing.T, fresh bool) *outageRun {
 	prefix := "wsroomtest.r" + newID()
 	var brokers []*Broker
 	var urls []string
-	run := &outageRun{newEpoch: fresh}
+	run := &outageRun{newEpoch: sc.fresh}
 	for i := range 2 {
-		nc := connectTo(t, srv.url)
-		// A history that holds the whole run (about 1,400 messages): a node
-		// that comes back late must catch up from it, not resync.
-		b := newNodeOn(t, nc, prefix, WithLogger(logger.With("node", i)), WithHistoryLimit(5000))
+		nc := connectTo(t, srv.url, append(sc.connOpts[i], nats.ReconnectHandler(func(*nats.Conn) {
+			run.mu.Lock()
+			run.reconnected[i] = time.Now()
+			run.mu.Unlock()
+		}))...)
+		// By default, a history that holds the whole run (about 1,600
+		// messages): a node that comes back late must catch up from it,
+		// not resync.
+		limit := cmp.Or(sc.limit, 5000)
+		b := newNodeOn(t, nc, prefix, WithLogger(logger.With("node", i)), WithHistoryLimit(limit))
 		brokers = append(brokers, b)
-		room := wsroom.New(wsroom.WithBroker(b), wsroom.WithCodec(wsroom.JSON()), wsroom.WithSendBuffer(1<<14),
-			wsroom.WithPublishRetry(retry),
+		run.brokers = append(run.brokers, b)
+		opts := []wsroom.Option{wsroom.WithBroker(b), wsroom.WithCodec(wsroom.JSON()), wsroom.WithSendBuffer(1 << 14),
 			wsroom.WithRateLimit(0, 1, wsroom.Throttle),
-			wsroom.WithLogger(logger.With("node", i)))
+			wsroom.WithLogger(logger.With("node", i))}
+		if sc.retry > 0 {
+			opts = append(opts, wsroom.WithPublishRetry(sc.retry))
+		}
+		room := wsroom.New(opts...)
 		srv := httptest.NewServer(room.Handler())
 		t.Cleanup(func() {
 			room.Close()
@@ -202,9 +273,13 @@ func runNATSOutage(t *testing.T, fresh bool) *outageRun {
 		urls = append(urls, "ws"+strings.TrimPrefix(srv.URL, "http"))
 	}
 	name := run.rooms[0].Name()
-	run.sender = &sender{url: urls[0]}
-	for i, u := range []string{urls[0], urls[1], urls[1]} {
-		run.receivers = append(run.receivers, newReceiver(fmt.Sprintf("r%d", i), u))
+	for i, node := range sc.senders {
+		run.senders = append(run.senders, &sender{url: urls[node], base: (i + 1) * senderBase})
+	}
+	for i, node := range []int{0, 1, 1} {
+		r := newReceiver(fmt.Sprintf("r%d", i), urls[node])
+		r.node = node
+		run.receivers = append(run.receivers, r)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -226,33 +301,41 @@ func runNATSOutage(t *testing.T, fresh bool) *outageRun {
 	sendCtx, stopSending := context.WithCancel(ctx)
 	defer stopSending()
 	run.start = time.Now()
-	senderDone := make(chan struct{})
-	wg.Go(func() {
-		defer close(senderDone)
-		run.sender.run(sendCtx, every)
-	})
-	time.Sleep(before)
+	var sending sync.WaitGroup
+	for _, s := range run.senders {
+		sending.Add(1)
+		wg.Go(func() {
+			defer sending.Done()
+			s.run(sendCtx, sc.every)
+		})
+	}
+	time.Sleep(sc.before)
 	srv.kill()
 	run.killed = time.Now()
-	if fresh {
+	if sc.fresh {
 		srv.dir = t.TempDir()
 	}
-	time.Sleep(outage)
+	time.Sleep(sc.outage)
 	srv.start()
 	run.restarted = time.Now()
-	time.Sleep(after)
+	time.Sleep(sc.after)
 	stopSending()
+	sendersDone := make(chan struct{})
+	go func() {
+		sending.Wait()
+		close(sendersDone)
+	}()
 	select {
-	case <-senderDone:
+	case <-sendersDone:
 	case <-time.After(outageWait):
-		t.Fatal("sender did not stop")
+		t.Fatal("senders did not stop")
 	}
 
 	lctx, lcancel := context.WithTimeout(t.Context(), 5*time.Second)
 	last, err := brokers[0].Last(lctx, name, 1)
 	lcancel()
 	if err != nil || len(last) != 1 {
-		run.report(t, retry, outage)
+		run.report(t, sc)
 		t.Fatalf("Last after the outage = %v, %v; want the last message", last, err)
 	}
 	run.final = pos{last[0].Epoch, last[0].Seq}
@@ -273,6 +356,9 @@ func runNATSOutage(t *testing.T, fresh bool) *outageRun {
 			case <-time.After(100 * time.Millisecond):
 			}
 		}
+	}
+	if sc.checkMembers {
+		run.members = checkMembers(run)
 	}
 	if t.Failed() {
 		// What the Store answers a client resuming from the start of the
@@ -301,8 +387,32 @@ func runNATSOutage(t *testing.T, fresh bool) *outageRun {
 			}
 		}
 	}
-	run.report(t, retry, outage)
+	run.report(t, sc)
 	return run
+}
+
+// checkMembers waits until Members lists the three receivers on each node,
+// and says what it lists if not. The senders have left by then.
+func checkMembers(run *outageRun) error {
+	var errs []error
+	for i, room := range run.rooms {
+		var members []wsroom.Member
+		var err error
+		deadline := time.Now().Add(outageWait)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			members, err = room.Members(ctx)
+			cancel()
+			if err == nil && len(members) == len(run.receivers) || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err != nil || len(members) != len(run.receivers) {
+			errs = append(errs, fmt.Errorf("node %d: Members = %d members, %v; want the %d receivers", i, len(members), err, len(run.receivers)))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // syncBuffer is a bytes.Buffer safe for concurrent writes, for logs.
@@ -355,11 +465,14 @@ func closeOf(err error) closeInfo {
 type receiver struct {
 	name string
 	url  string
+	node int
 
 	mu       sync.Mutex
 	at       pos
 	known    bool
 	seen     map[int]int                  // message number: times received
+	lastN    map[[2]int]int               // per sender (its base) and connection, the last number received
+	got      []time.Time                  // when each message arrived
 	byEpoch  map[string][]uint64          // sequence numbers received per epoch, in order
 	firstAt  map[string]time.Time         // when the first message of each epoch arrived
 	closes   []closeInfo                  // of its connections, in order
@@ -371,7 +484,7 @@ type receiver struct {
 }
 
 func newReceiver(name, url string) *receiver {
-	return &receiver{name: name, url: url, seen: make(map[int]int), byEpoch: make(map[string][]uint64),
+	return &receiver{name: name, url: url, seen: make(map[int]int), lastN: make(map[[2]int]int), byEpoch: make(map[string][]uint64),
 		firstAt: make(map[string]time.Time), more: make(chan struct{}, 1), stats: make(map[websocket.StatusCode]int)}
 }
 
@@ -439,6 +552,7 @@ func (r *receiver) read(ctx context.Context, conn *websocket.Conn) closeInfo {
 			Epoch string `json:"epoch"`
 			Data  struct {
 				N int `json:"n"`
+				C int `json:"c"` // the sender's connection
 			} `json:"data"`
 		}
 		if err := json.Unmarshal(b, &e); err != nil || e.Seq == 0 {
@@ -453,7 +567,19 @@ func (r *receiver) read(ctx context.Context, conn *websocket.Conn) closeInfo {
 			r.problems = append(r.problems, fmt.Sprintf("after %v got %s:%d (n=%d)", r.at, e.Epoch, e.Seq, e.Data.N))
 		}
 		r.at, r.known = pos{e.Epoch, e.Seq}, true
+		if r.seen[e.Data.N] > 0 {
+			r.problems = append(r.problems, fmt.Sprintf("n=%d again at %s:%d", e.Data.N, e.Epoch, e.Seq))
+		}
+		// One connection's messages are published in order; those of a
+		// connection being closed may be published along with those of
+		// the next.
+		from := [2]int{e.Data.N / senderBase * senderBase, e.Data.C}
+		if last, ok := r.lastN[from]; ok && e.Data.N <= last {
+			r.problems = append(r.problems, fmt.Sprintf("n=%d after n=%d of the same connection", e.Data.N, last))
+		}
+		r.lastN[from] = e.Data.N
 		r.seen[e.Data.N]++
+		r.got = append(r.got, time.Now())
 		if _, ok := r.firstAt[e.Epoch]; !ok {
 			r.firstAt[e.Epoch] = time.Now()
 		}
@@ -466,14 +592,41 @@ func (r *receiver) read(ctx context.Context, conn *websocket.Conn) closeInfo {
 	}
 }
 
-// sender is a client that sends the numbered messages {"n":0}, {"n":1} ...
-// at a steady pace, reconnecting (without resume: it reads nothing) when
-// its connection ends.
+// count reports how many of the messages base to base+n-1 r received.
+func (r *receiver) count(base, n int) int {
+	k := 0
+	for i := range n {
+		if r.seen[base+i] > 0 {
+			k++
+		}
+	}
+	return k
+}
+
+// firstAfter returns when r received its first message after t, or the
+// zero time if none.
+func (r *receiver) firstAfter(t time.Time) time.Time {
+	for _, at := range r.got {
+		if at.After(t) {
+			return at
+		}
+	}
+	return time.Time{}
+}
+
+// senderBase separates the numbers of the senders' messages: sender i sends
+// i*senderBase, i*senderBase+1 ...
+const senderBase = 1_000_000
+
+// sender is a client that sends the numbered messages {"n":base},
+// {"n":base+1} ... at a steady pace, reconnecting (without resume: it reads
+// nothing) when its connection ends.
 type sender struct {
-	url string
+	url  string
+	base int
 
 	mu    sync.Mutex
-	next  int         // number of the next message
+	next  int         // number of the next message, less base
 	sent  []time.Time // when each message was written
 	conns []sentConn  // its connections, in order
 	dials int
@@ -519,12 +672,12 @@ func (s *sender) run(ctx context.Context, every time.Duration) {
 			case <-tick.C:
 			}
 			s.mu.Lock()
-			n := s.next
+			n, c := s.next, len(s.conns)
 			s.mu.Unlock()
 			// Not ctx: a write cut short by it would close the connection
 			// abruptly, with the message maybe unread.
 			wctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			err := conn.Write(wctx, websocket.MessageText, fmt.Appendf(nil, `{"n":%d}`, n))
+			err := conn.Write(wctx, websocket.MessageText, fmt.Appendf(nil, `{"n":%d,"c":%d}`, s.base+n, c))
 			cancel()
 			if err != nil {
 				continue // the reader tells how the connection ended
@@ -565,9 +718,14 @@ type outageRun struct {
 	final                    pos
 	firstEpoch               string
 	receivers                []*receiver
-	sender                   *sender
+	senders                  []*sender
 	rooms                    []*wsroom.Room
-	newEpoch                 bool // the engine came back empty
+	brokers                  []*Broker
+	members                  error // what checkMembers found wrong
+	newEpoch                 bool  // the engine came back empty
+
+	mu          sync.Mutex
+	reconnected [2]time.Time // each node's last reconnection
 }
 
 // closedWith counts the sender's connections closed with code.
@@ -594,36 +752,65 @@ func (run *outageRun) seen(n int) int {
 // connection ended.
 func (run *outageRun) unseen() []string {
 	var out []string
-	for _, c := range run.sender.conns {
-		for n := c.first; n < c.end; n++ {
-			if run.seen(n) == 0 {
-				out = append(out, fmt.Sprintf("n=%d (written %v before its connection got %v %q)",
-					n, c.close.at.Sub(run.sender.sent[n]).Round(time.Microsecond), c.close.code, c.close.reason))
+	for _, s := range run.senders {
+		for _, c := range s.conns {
+			for n := c.first; n < c.end; n++ {
+				if run.seen(s.base+n) == 0 {
+					out = append(out, fmt.Sprintf("n=%d (written %v before its connection got %v %q)",
+						s.base+n, c.close.at.Sub(s.sent[n]).Round(time.Microsecond), c.close.code, c.close.reason))
+				}
 			}
 		}
 	}
 	return out
 }
 
-func (run *outageRun) report(t *testing.T, retry, outage time.Duration) {
+func (run *outageRun) report(t *testing.T, sc outageScenario) {
 	t.Helper()
-	s := run.sender
-	told, lost := 0, 0
-	for _, c := range s.conns {
-		for n := c.first; n < c.end; n++ {
-			if run.seen(n) == 0 {
-				if c.close.code == websocket.StatusTryAgainLater {
-					told++
-				} else {
-					lost++
+	retry := "default"
+	if sc.retry > 0 {
+		retry = sc.retry.String()
+	}
+	t.Logf("publish retry %s, NATS killed at t=%v, down %v, sending until restart+%v",
+		retry, run.killed.Sub(run.start).Round(time.Millisecond), run.restarted.Sub(run.killed).Round(time.Millisecond), sc.after)
+	for _, s := range run.senders {
+		told, lost, during := 0, 0, 0
+		for _, c := range s.conns {
+			for n := c.first; n < c.end; n++ {
+				if s.sent[n].After(run.killed) {
+					during++
+				}
+				if run.seen(s.base+n) == 0 {
+					if c.close.code == websocket.StatusTryAgainLater {
+						told++
+					} else {
+						lost++
+					}
 				}
 			}
 		}
+		t.Logf("sender %d wrote %d messages (%d from the kill on) on %d connections (%d failed handshakes), closes: %s; unseen by any receiver: %d on connections closed with 1013, %d otherwise",
+			s.base, s.next, during, len(s.conns), s.dials, s.closeSummary(), told, lost)
 	}
-	t.Logf("publish retry %v, NATS down %v; sender wrote %d messages on %d connections (%d failed handshakes), closes: %s",
-		retry, outage, s.next, len(s.conns), s.dials, s.closeSummary())
-	t.Logf("unseen by any receiver: %d on connections closed with 1013, %d otherwise; final position %v (first epoch %s)",
-		told, lost, run.final, run.firstEpoch)
+	t.Logf("final position %v (first epoch %s)", run.final, run.firstEpoch)
+	// Recovery: from the restart to the first message a node's receivers
+	// got after it.
+	for node := range run.rooms {
+		var first time.Time
+		for _, r := range run.receivers {
+			if at := r.firstAfter(run.restarted); r.node == node && !at.IsZero() && (first.IsZero() || at.Before(first)) {
+				first = at
+			}
+		}
+		run.mu.Lock()
+		rec := run.reconnected[node].Sub(run.restarted).Round(time.Millisecond)
+		run.mu.Unlock()
+		if first.IsZero() {
+			t.Logf("node %d: recovery: no message delivered after the restart (reconnected %v after it)", node, rec)
+		} else {
+			t.Logf("node %d: recovery: first message delivered %v after the restart (reconnected %v after it)", node, first.Sub(run.restarted).Round(time.Millisecond), rec)
+		}
+	}
 	for _, r := range run.receivers {
 		var epochs []string
 		for ep, seqs := range r.byEpoch {
@@ -661,32 +848,35 @@ func (s *sender) closeSummary() string {
 // got that epoch whole from seq 1, and none saw a gap or a duplicate.
 func checkOutage(t *testing.T, run *outageRun) {
 	t.Helper()
-	for _, c := range run.sender.conns {
-		if c.close.code == websocket.StatusTryAgainLater {
-			continue
-		}
-		for n := c.first; n < c.end; n++ {
-			if run.seen(n) == 0 {
-				t.Errorf("message n=%d reached no receiver, and its connection ended with %v %q, not 1013 (written %v before the close arrived)",
-					n, c.close.code, c.close.reason, c.close.at.Sub(run.sender.sent[n]).Round(time.Microsecond))
+	for _, s := range run.senders {
+		for _, c := range s.conns {
+			if c.close.code == websocket.StatusTryAgainLater {
+				continue
+			}
+			for n := c.first; n < c.end; n++ {
+				if run.seen(s.base+n) == 0 {
+					t.Errorf("message n=%d reached no receiver, and its connection ended with %v %q, not 1013 (written %v before the close arrived)",
+						s.base+n, c.close.code, c.close.reason, c.close.at.Sub(s.sent[n]).Round(time.Microsecond))
+				}
 			}
 		}
-	}
-	// Every message before a 1013 that was not the last before it reached
-	// someone too: a client closed with 1013 lost only its last messages.
-	for _, c := range run.sender.conns {
-		if c.close.code != websocket.StatusTryAgainLater {
-			continue
-		}
-		seenAfter := -1
-		for n := c.first; n < c.end; n++ {
-			if run.seen(n) > 0 {
-				seenAfter = n
+		// Every message before a 1013 that was not the last before it
+		// reached someone too: a client closed with 1013 lost only its
+		// last messages.
+		for _, c := range s.conns {
+			if c.close.code != websocket.StatusTryAgainLater {
+				continue
 			}
-		}
-		for n := c.first; n < seenAfter; n++ {
-			if run.seen(n) == 0 {
-				t.Errorf("message n=%d reached no receiver though n=%d, sent after it on the same connection, did", n, seenAfter)
+			seenAfter := -1
+			for n := c.first; n < c.end; n++ {
+				if run.seen(s.base+n) > 0 {
+					seenAfter = n
+				}
+			}
+			for n := c.first; n < seenAfter; n++ {
+				if run.seen(s.base+n) == 0 {
+					t.Errorf("message n=%d reached no receiver though n=%d, sent after it on the same connection, did", s.base+n, s.base+seenAfter)
+				}
 			}
 		}
 	}

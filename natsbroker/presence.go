@@ -102,15 +102,16 @@ func memberID(key string) (string, bool) {
 	return string(id), true
 }
 
-// presenceKV returns the presence bucket, creating it, or updating its TTL
-// if it differs, on first use. Nodes that start together race to create
-// it; those that lose use the bucket of the one that won.
-func (b *Broker) presenceKV(ctx context.Context) (jetstream.KeyValue, error) {
+// presenceKV returns the presence bucket and its stream, creating it, or
+// updating its TTL if it differs, on first use and on the first use after
+// dropKV. Nodes that start together race to create it; those that lose use
+// the bucket of the one that won.
+func (b *Broker) presenceKV(ctx context.Context) (jetstream.KeyValue, jetstream.Stream, error) {
 	p := b.pres
 	p.kvMu.Lock()
 	defer p.kvMu.Unlock()
 	if p.kv != nil {
-		return p.kv, nil
+		return p.kv, p.stream, nil
 	}
 	cfg := jetstream.KeyValueConfig{
 		Bucket:      p.bucket,
@@ -132,14 +133,31 @@ func (b *Broker) presenceKV(ctx context.Context) (jetstream.KeyValue, error) {
 			return err
 		})
 	if err != nil {
-		return nil, fmt.Errorf("natsbroker: creating presence bucket %s: %w", p.bucket, err)
+		return nil, nil, fmt.Errorf("natsbroker: creating presence bucket %s: %w", p.bucket, err)
 	}
 	kv, err := b.js.KeyValue(ctx, p.bucket)
 	if err != nil {
-		return nil, fmt.Errorf("natsbroker: opening presence bucket %s: %w", p.bucket, err)
+		return nil, nil, fmt.Errorf("natsbroker: opening presence bucket %s: %w", p.bucket, err)
 	}
 	p.kv, p.stream = kv, stream
-	return kv, nil
+	return kv, stream, nil
+}
+
+// dropKV makes the next presenceKV look the bucket up again, and create it
+// if it is gone: after a reconnection, or an error that may mean it is gone
+// (a server back without its store has no bucket).
+func (p *presence) dropKV() {
+	p.kvMu.Lock()
+	p.kv = nil
+	p.kvMu.Unlock()
+}
+
+// checkKV drops the bucket after an error that may mean it is gone, so that
+// the next use creates it again.
+func (p *presence) checkKV(err error) {
+	if streamMissing(err) {
+		p.dropKV()
+	}
 }
 
 // Join implements wsroom.Presence: it records m in room as a member on this
@@ -156,11 +174,12 @@ func (b *Broker) Join(ctx context.Context, room string, m wsroom.Member) error {
 	p.local[key] = m.Info
 	p.used = true
 	p.mu.Unlock()
-	kv, err := b.presenceKV(ctx)
+	kv, _, err := b.presenceKV(ctx)
 	if err != nil {
 		return err
 	}
 	if _, err := kv.Put(ctx, key, []byte(m.Info)); err != nil {
+		p.checkKV(err)
 		return fmt.Errorf("natsbroker: joining %q to room %q: %w", m.ID, room, err)
 	}
 	return nil
@@ -181,11 +200,12 @@ func (b *Broker) Leave(ctx context.Context, room, id string) error {
 		p.left = append(p.left, key)
 	}
 	p.mu.Unlock()
-	kv, err := b.presenceKV(ctx)
+	kv, _, err := b.presenceKV(ctx)
 	if err != nil {
 		return err
 	}
 	if err := kv.Purge(ctx, key); err != nil {
+		p.checkKV(err)
 		return fmt.Errorf("natsbroker: removing %q from room %q: %w", id, room, err)
 	}
 	return nil
@@ -205,11 +225,13 @@ func (b *Broker) Members(ctx context.Context, room string) ([]wsroom.Member, err
 		ctx, cancel = context.WithTimeout(ctx, setupTimeout)
 		defer cancel()
 	}
-	if _, err := b.presenceKV(ctx); err != nil {
+	_, stream, err := b.presenceKV(ctx)
+	if err != nil {
 		return nil, err
 	}
-	entries, err := b.readPresence(ctx, roomToken(room)+".>")
+	entries, err := b.readPresence(ctx, stream, roomToken(room)+".>")
 	if err != nil {
+		b.pres.checkKV(err)
 		return nil, fmt.Errorf("natsbroker: reading members of room %q: %w", room, err)
 	}
 	out := make([]wsroom.Member, 0, len(entries))
@@ -228,15 +250,15 @@ func (b *Broker) Members(ctx context.Context, room string) ([]wsroom.Member, err
 // last message as of its start, or a later one, or nothing more comes: it
 // does not rely on the consumer's count of pending messages, which servers
 // before 2.10 can leave too high when messages expire.
-func (b *Broker) readPresence(ctx context.Context, filter string) (map[string]string, error) {
+func (b *Broker) readPresence(ctx context.Context, stream jetstream.Stream, filter string) (map[string]string, error) {
 	p := b.pres
 	pre := "$KV." + p.bucket + "."
-	info, err := p.stream.Info(ctx)
+	info, err := stream.Info(ctx)
 	if err != nil {
 		return nil, err
 	}
 	last := info.State.LastSeq
-	cons, err := p.stream.CreateConsumer(ctx, jetstream.ConsumerConfig{
+	cons, err := stream.CreateConsumer(ctx, jetstream.ConsumerConfig{
 		FilterSubject:     pre + filter,
 		DeliverPolicy:     jetstream.DeliverLastPerSubjectPolicy,
 		AckPolicy:         jetstream.AckNonePolicy,
@@ -251,7 +273,7 @@ func (b *Broker) readPresence(ctx context.Context, filter string) (map[string]st
 		defer cancel()
 		// A consumer left behind is removed by the server after
 		// InactiveThreshold.
-		_ = p.stream.DeleteConsumer(dctx, cons.CachedInfo().Name)
+		_ = stream.DeleteConsumer(dctx, cons.CachedInfo().Name)
 	}()
 	entries := make(map[string]string)
 	if cons.CachedInfo().NumPending == 0 {
@@ -337,7 +359,7 @@ func (b *Broker) refresh() {
 
 	ctx, cancel := context.WithTimeout(p.ctx, p.ttl/3)
 	defer cancel()
-	kv, err := b.presenceKV(ctx)
+	kv, _, err := b.presenceKV(ctx)
 	var (
 		failMu sync.Mutex
 		failed int
@@ -388,6 +410,7 @@ func (b *Broker) refresh() {
 	case err != nil:
 		b.report(fmt.Errorf("natsbroker: refreshing presence: %w", err))
 	case failed > 0:
+		p.checkKV(first)
 		b.report(fmt.Errorf("natsbroker: refreshing presence: %d of %d writes failed: %w", failed, len(keys)+len(left), first))
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/bits"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -254,5 +255,75 @@ func TestCatchUpReadsOnlyTheGap(t *testing.T) {
 	}
 	if n := created.Load(); n != 0 {
 		t.Errorf("catching up created %d consumers, want none", n)
+	}
+}
+
+// TestAfterReadsWhatIsAsked checks that After with a limit makes a number
+// of requests proportional to the limit, not to the span after the
+// position: a resume that wants one message of the last 64, and history
+// pages of 8 through them. It counts the requests the Broker's connection
+// sends (each direct get is one), in a stream of the room alone and in one
+// where another room's messages are interleaved with it.
+func TestAfterReadsWhatIsAsked(t *testing.T) {
+	const total, span = 200, 64
+	for _, interleaved := range []bool{false, true} {
+		t.Run(fmt.Sprintf("interleaved=%v", interleaved), func(t *testing.T) {
+			b := newNode(t, testPrefix(t), WithHistoryLimit(2*total))
+			room := storetest.RoomName(t)
+			var ms []wsroom.Message
+			if interleaved {
+				ms = fillRoom(t, b, room, total)
+			} else {
+				for i := range total {
+					m, err := b.Append(t.Context(), room, wsroom.Message{Data: fmt.Appendf(nil, "m%d", i+1)})
+					if err != nil {
+						t.Fatal(err)
+					}
+					ms = append(ms, m)
+				}
+			}
+			// The locating probes: at most about twice the logarithm of
+			// the distance, and one in a stream of the room alone.
+			probes := uint64(1)
+			if interleaved {
+				probes = 2*uint64(bits.Len(span)) + 2
+			}
+			after := func(seq uint64, limit int) ([]wsroom.Message, uint64) {
+				t.Helper()
+				before := b.nc.Stats().OutMsgs
+				got, err := b.After(t.Context(), room, ms[0].Epoch, seq, limit)
+				if err != nil {
+					t.Fatalf("After(%d, limit %d): %v", seq, limit, err)
+				}
+				return got, b.nc.Stats().OutMsgs - before
+			}
+			from := ms[total-span-1].Seq
+			for _, limit := range []int{1, 8} {
+				got, requests := after(from, limit)
+				if !slices.Equal(seqs(got), seqs(ms[total-span:total-span+limit])) {
+					t.Errorf("After(%d, limit %d) = %v", from, limit, seqs(got))
+				}
+				t.Logf("After(last %d, limit %d): %d requests", span, limit, requests)
+				// The room's last message, the probes, the rest of the limit.
+				if want := 1 + probes + uint64(limit) - 1; requests > want {
+					t.Errorf("After(last %d, limit %d) made %d requests, want at most %d", span, limit, requests, want)
+				}
+			}
+			var pages, requests uint64
+			var read []wsroom.Message
+			for seq := from; seq < ms[total-1].Seq; pages++ {
+				got, n := after(seq, 8)
+				read = append(read, got...)
+				requests += n
+				seq = got[len(got)-1].Seq
+			}
+			if !slices.Equal(seqs(read), seqs(ms[total-span:])) {
+				t.Errorf("pages of 8 read %v, want the last %d", seqs(read), span)
+			}
+			t.Logf("%d pages of 8 through the last %d: %d requests", pages, span, requests)
+			if want := pages * (1 + probes + 7); requests > want {
+				t.Errorf("%d pages of 8 made %d requests, want at most %d", pages, requests, want)
+			}
+		})
 	}
 }

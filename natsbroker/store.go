@@ -1,6 +1,7 @@
 package natsbroker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -28,9 +29,31 @@ type appender struct {
 	refs int        // guarded by Broker.mu
 	mu   sync.Mutex // held for a whole Append
 
+	// unsure is the last message whose Append failed after it was sent to
+	// JetStream, so that may have been stored; guarded by mu.
+	unsure *unsureAppend
+
 	posMu sync.Mutex
 	pos   position
 	known bool
+}
+
+// unsureAppend is a message that may have been stored although its Append
+// failed: a publish whose acknowledgement did not come in time (one sent
+// while the connection was down, say, is sent on reconnection, after its
+// caller gave up). An Append of the same message again (the same From,
+// Time and Data: a caller's retry) reuses its Nats-Msg-Id, so that
+// JetStream's duplicate detection returns the stored one rather than
+// storing it twice.
+type unsureAppend struct {
+	from string
+	time time.Time
+	data []byte
+	id   string
+}
+
+func (u *unsureAppend) matches(m wsroom.Message) bool {
+	return u != nil && u.from == m.From && u.time.Equal(m.Time) && bytes.Equal(u.data, m.Data)
 }
 
 // maxIdleAppenders bounds how many rooms' positions a Broker remembers
@@ -91,6 +114,14 @@ func (b *Broker) notePosition(room string, p position) {
 // announces it to the room's subscribers, exactly as Publish does for a
 // message that is not ephemeral. The returned message has Seq, Epoch and
 // Time (to the millisecond) set, Ephemeral false and Except empty.
+//
+// A publish is sent only while the connection is up: during a
+// reconnection, Append waits for it (or for ctx), rather than leaving the
+// message in the connection's reconnect buffer, to be stored after the
+// caller gave up. An Append that fails after sending the message may have
+// stored it all the same; if the caller appends the same message again
+// (the same From, Time and Data), it is not stored twice: Append returns
+// the stored one.
 func (b *Broker) Append(ctx context.Context, room string, m wsroom.Message) (wsroom.Message, error) {
 	a, err := b.acquireAppender(room)
 	if err != nil {
@@ -103,10 +134,31 @@ func (b *Broker) Append(ctx context.Context, room string, m wsroom.Message) (wsr
 	if m.Time.IsZero() {
 		m.Time = time.Now()
 	}
+	// The same for every attempt, and for an Append again of a message
+	// that may have been stored, so that a retried publish is deduplicated.
+	id := newID()
+	if a.unsure.matches(m) {
+		id = a.unsure.id
+	}
+	key := unsureAppend{from: m.From, time: m.Time, data: m.Data, id: id}
 	m.Time = time.UnixMilli(m.Time.UnixMilli())
 	m.Ephemeral, m.Except = false, ""
+	sent := false
+	out, err := b.appendLoop(ctx, a, room, m, id, &sent)
+	switch {
+	case err == nil:
+		a.unsure = nil
+	case sent:
+		key.data = bytes.Clone(key.data) // the caller may reuse m.Data
+		a.unsure = &key
+	}
+	return out, err
+}
+
+// appendLoop stores m with message ID id for Append, setting *sent once a
+// publish is sent.
+func (b *Broker) appendLoop(ctx context.Context, a *appender, room string, m wsroom.Message, id string, sent *bool) (wsroom.Message, error) {
 	subj := b.hist + roomToken(room)
-	id := newID() // the same for every attempt, so a retried publish is deduplicated
 	transient, conflicts := 0, 0
 	for {
 		if err := ctx.Err(); err != nil {
@@ -121,7 +173,7 @@ func (b *Broker) Append(ctx context.Context, room string, m wsroom.Message) (wsr
 				if isTransient(ctx, err) && transient < maxTransient {
 					transient++
 					if streamMissing(err) {
-						b.restoreStream(ctx, err)
+						b.checkStream(ctx, err)
 					}
 					if err := sleep(ctx, backoff(transient)); err != nil {
 						return wsroom.Message{}, err
@@ -139,11 +191,41 @@ func (b *Broker) Append(ctx context.Context, room string, m wsroom.Message) (wsr
 		// The expected last sequence makes pos.sseq the room's previous
 		// message in the stream, or none if 0.
 		hdr := nats.Header{prevHeader: []string{strconv.FormatUint(pos.sseq, 10)}}
+		if err := b.awaitConnected(ctx); err != nil {
+			return wsroom.Message{}, fmt.Errorf("natsbroker: storing message in room %q: waiting for the connection to NATS: %w", room, err)
+		}
+		*sent = true
 		ack, err := b.js.PublishMsg(ctx, &nats.Msg{Subject: subj, Data: data, Header: hdr},
 			jetstream.WithMsgID(id),
 			jetstream.WithExpectStream(b.name),
 			jetstream.WithExpectLastSequencePerSubject(pos.sseq))
 		switch {
+		case err == nil && ack.Duplicate:
+			// Stored by an earlier attempt, maybe with another position:
+			// what was stored is the answer.
+			got, ok, err := b.getMessage(ctx, subj, ack.Sequence, false)
+			switch {
+			case err != nil && isTransient(ctx, err) && transient < maxTransient:
+				transient++
+				if err := sleep(ctx, backoff(transient)); err != nil {
+					return wsroom.Message{}, err
+				}
+				continue
+			case err != nil:
+				return wsroom.Message{}, fmt.Errorf("natsbroker: reading message %d of room %q, stored already: %w", ack.Sequence, room, err)
+			case !ok:
+				return wsroom.Message{}, fmt.Errorf("natsbroker: message %d of room %q was stored already and is gone", ack.Sequence, room)
+			}
+			a.posMu.Lock()
+			if !a.known || got.sseq > a.pos.sseq {
+				a.pos, a.known = position{sseq: got.sseq, seq: got.m.Seq, epoch: got.m.Epoch}, true
+			}
+			a.posMu.Unlock()
+			// Its first attempt's caller may have given up before
+			// announcing it; subscribers drop a second announcement.
+			data, _ := got.m.MarshalBinary()
+			b.announce(room, got.m, data, got.sseq)
+			return got.m, nil
 		case err == nil:
 			a.posMu.Lock()
 			if !a.known || ack.Sequence > a.pos.sseq {
@@ -169,8 +251,8 @@ func (b *Broker) Append(ctx context.Context, room string, m wsroom.Message) (wsr
 			// Retry with the same position and message ID: if the first
 			// attempt was stored, JetStream acknowledges it as a duplicate.
 			transient++
-			if streamMissing(err) && b.restoreStream(ctx, err) {
-				// A new stream: the room's position is not the same.
+			if streamMissing(err) && b.checkStream(ctx, err) {
+				// Maybe a new stream: the room's position is not the same.
 				a.posMu.Lock()
 				a.known = false
 				a.posMu.Unlock()
@@ -183,6 +265,23 @@ func (b *Broker) Append(ctx context.Context, room string, m wsroom.Message) (wsr
 		}
 	}
 }
+
+// awaitConnected waits until the connection is up, or ctx ends.
+func (b *Broker) awaitConnected(ctx context.Context) error {
+	for !b.nc.IsConnected() {
+		if b.nc.IsClosed() {
+			return nats.ErrConnectionClosed
+		}
+		if err := sleep(ctx, connectedPoll); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// connectedPoll is how often a publish waiting for the connection looks at
+// it.
+const connectedPoll = 10 * time.Millisecond
 
 // announce sends a stored message to the room's subscribers on every node.
 func (b *Broker) announce(room string, m wsroom.Message, data []byte, sseq uint64) {
@@ -256,7 +355,9 @@ type stored struct {
 // lastMessage reads the last message on subj with a direct get; ok is false
 // if there is none.
 func (b *Broker) lastMessage(ctx context.Context, subj string) (last stored, ok bool, err error) {
-	raw, err := b.stream.GetLastMsgForSubject(ctx, subj)
+	raw, err := b.direct(ctx, func(ctx context.Context) (*jetstream.RawStreamMsg, error) {
+		return b.stream.GetLastMsgForSubject(ctx, subj)
+	})
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return stored{}, false, nil
 	}
@@ -275,7 +376,9 @@ func (b *Broker) getMessage(ctx context.Context, subj string, sseq uint64, next 
 	if next {
 		opts = append(opts, jetstream.WithGetMsgSubject(subj))
 	}
-	raw, err := b.stream.GetMsg(ctx, sseq, opts...)
+	raw, err := b.direct(ctx, func(ctx context.Context) (*jetstream.RawStreamMsg, error) {
+		return b.stream.GetMsg(ctx, sseq, opts...)
+	})
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return stored{}, false, nil
 	}
@@ -288,6 +391,23 @@ func (b *Broker) getMessage(ctx context.Context, subj string, sseq uint64, next 
 	}
 	msg, err = b.decodeRaw(raw)
 	return msg, err == nil, err
+}
+
+// directTimeout bounds one direct get. A server without the stream (back
+// without its store) does not answer direct gets at all.
+const directTimeout = 2 * time.Second
+
+// direct makes one direct get with get, bounded by directTimeout within
+// ctx. When the server does not answer, it checks that the stream exists
+// (see checkStream) before it returns the error.
+func (b *Broker) direct(ctx context.Context, get func(context.Context) (*jetstream.RawStreamMsg, error)) (*jetstream.RawStreamMsg, error) {
+	dctx, cancel := context.WithTimeout(ctx, directTimeout)
+	defer cancel()
+	raw, err := get(dctx)
+	if err != nil && dctx.Err() != nil && ctx.Err() == nil {
+		b.checkStream(ctx, err)
+	}
+	return raw, err
 }
 
 func (b *Broker) decodeRaw(raw *jetstream.RawStreamMsg) (stored, error) {
@@ -352,9 +472,14 @@ func (b *Broker) readBack(ctx context.Context, subj string, last stored, n int) 
 // locate returns the first message on subj, in last's epoch, whose room
 // sequence is seq or more, given the room's last message, which is one of
 // them. It probes the stream with direct gets of the next message on subj
-// from a stream sequence, guessed from the room's density in the stream and
-// halving the range every other probe, so that it takes a few gets, and at
-// most about twice the logarithm of the stream's length.
+// from a stream sequence. Until it has found a message before the one it
+// looks for, it gallops down from the closest one after it: the first probe
+// is where the message is if no other room's message was stored in between
+// (so one probe finds it in a stream of one room), and each further one
+// goes twice as far down. Then it guesses from the room's density in the
+// stream, halving the range every other probe. So it takes a few gets, as
+// many as the logarithm of the distance, and at most about twice the
+// logarithm of the stream's length.
 func (b *Broker) locate(ctx context.Context, subj string, last stored, seq uint64) (stored, error) {
 	best := last // the first known message with a sequence of seq or more
 	var below *stored
@@ -362,15 +487,20 @@ func (b *Broker) locate(ctx context.Context, subj string, last stored, seq uint6
 	// has a sequence of seq or more, and no message on subj lies in
 	// [hi, best.sseq).
 	lo, hi := uint64(1), best.sseq
+	var step uint64 // how far below hi the galloping probe went
 	for i := 0; best.m.Seq > seq && lo < hi; i++ {
 		var x uint64
 		switch {
+		case below == nil:
+			// The messages seq to best's are at least that many apart.
+			step = max(2*step, best.m.Seq-seq)
+			if hi > step {
+				x = hi - step
+			}
 		case i%2 == 1:
 			x = lo + (hi-lo)/2
-		case below != nil:
+		default:
 			x = below.sseq + (seq-below.m.Seq)*(best.sseq-below.sseq)/(best.m.Seq-below.m.Seq)
-		case best.sseq > best.m.Seq-seq:
-			x = best.sseq - (best.m.Seq - seq) // where it is if nothing else was stored in between
 		}
 		x = min(max(x, lo), hi-1)
 		m, ok, err := b.getMessage(ctx, subj, x, true)
@@ -440,7 +570,13 @@ func (b *Broker) After(ctx context.Context, room, epoch string, seq uint64, limi
 		return nil, nil
 	}
 	span := last.m.Seq - seq
-	if span <= directMax {
+	want := span
+	if limit > 0 {
+		want = min(want, uint64(limit))
+	}
+	// Walking back reads every message after seq; with a smaller limit,
+	// finding the first one and reading on costs fewer gets.
+	if span <= directMax && want == span {
 		out, how, err := b.readBack(ctx, subj, last, int(span))
 		if err != nil {
 			return nil, fmt.Errorf("natsbroker: reading history of room %q: %w", room, err)
@@ -462,19 +598,18 @@ func (b *Broker) After(ctx context.Context, room, epoch string, seq uint64, limi
 	if first.m.Seq != seq+1 {
 		return nil, wsroom.ErrGap
 	}
-	var out []wsroom.Message
-	gap := false
-	want := span
-	if limit > 0 {
-		want = min(want, uint64(limit))
+	out := []wsroom.Message{first.m}
+	if want == 1 {
+		return out, nil
 	}
-	err = b.readForward(ctx, subj, first.sseq, want, func(_ uint64, m wsroom.Message) bool {
+	gap := false
+	err = b.readForward(ctx, subj, first.sseq+1, want-1, func(_ uint64, m wsroom.Message) bool {
 		if m.Epoch != epoch || m.Seq != seq+uint64(len(out))+1 {
 			gap = true
 			return false
 		}
 		out = append(out, m)
-		return uint64(len(out)) < span && (limit <= 0 || len(out) < limit)
+		return uint64(len(out)) < want
 	})
 	if err != nil {
 		return nil, fmt.Errorf("natsbroker: reading history of room %q: %w", room, err)

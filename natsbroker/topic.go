@@ -56,6 +56,7 @@ type topic struct {
 	lostErr error // why catchUp was called, for the loop to take
 
 	// Owned by the loop.
+	gen     uint64 // the Broker's gen when sseq was set
 	epoch   string // "" while the room has no history
 	next    uint64 // sequence number of the next message to deliver
 	sseq    uint64 // stream sequence of the last message delivered or seen at start
@@ -130,6 +131,7 @@ func (t *topic) start(ctx context.Context) {
 		t.epoch, t.sseq = pos.epoch, pos.sseq
 	}
 	t.next, t.seen = pos.seq+1, pos.seq
+	t.gen = b.gen.Load()
 	t.sub = sub
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	go t.loop()
@@ -348,6 +350,10 @@ func (t *topic) deliver(m wsroom.Message) {
 func (t *topic) fill() {
 	ctx, cancel := context.WithTimeout(t.ctx, fillTimeout)
 	defer cancel()
+	if g := t.b.gen.Load(); g != t.gen {
+		// The stream was created anew: its sequences start again.
+		t.gen, t.sseq = g, 0
+	}
 	var fetched []heldMsg
 	want := uint64(1)
 	if t.seen >= t.next {
