@@ -130,9 +130,20 @@ func (b *Broker) append(ctx context.Context, room string, m wsroom.Message, chan
 	return m, nil
 }
 
+// historyPage is the most entries one XRANGE of After asks Redis for: a
+// longer read goes page by page, so that no one reply is unbounded.
+const historyPage = 1000
+
 // After implements wsroom.Store. Messages are read from the room's stream;
 // the position's epoch and the room's current one are compared in the same
-// transaction.
+// transaction as the first read. After reads at most historyPage (1,000)
+// entries per Redis command: a longer answer, as with limit <= 0 and a long
+// history, is read page by page, up to the room's last message when After
+// began. Each further page is read with the room's epoch, in one
+// transaction; if the history moved to a new epoch or lost entries the
+// answer needs (trimmed by the messages published meanwhile) between two
+// pages, After returns ErrGap, as for a position the history no longer
+// covers.
 func (b *Broker) After(ctx context.Context, room, epoch string, seq uint64, limit int) ([]wsroom.Message, error) {
 	if seq == math.MaxUint64 {
 		return nil, wsroom.ErrGap
@@ -140,14 +151,9 @@ func (b *Broker) After(ctx context.Context, room, epoch string, seq uint64, limi
 	meta, log := b.keys(room)
 	var metaCmd *redis.SliceCmd
 	var rangeCmd *redis.XMessageSliceCmd
-	start := strconv.FormatUint(seq+1, 10) + "-0"
 	_, err := b.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		metaCmd = p.HMGet(ctx, meta, "epoch", "seq")
-		if limit > 0 {
-			rangeCmd = p.XRangeN(ctx, log, start, "+", int64(limit))
-		} else {
-			rangeCmd = p.XRange(ctx, log, start, "+")
-		}
+		rangeCmd = p.XRangeN(ctx, log, entryID(seq+1), "+", pageSize(limit, 0))
 		return nil
 	})
 	if err != nil {
@@ -181,12 +187,54 @@ func (b *Broker) After(ctx context.Context, room, epoch string, seq uint64, limi
 	if len(out) == 0 || out[0].Seq != seq+1 || b.expired(out[0], time.Now()) {
 		return nil, wsroom.ErrGap
 	}
+	full := len(rangeCmd.Val()) == historyPage
+	for full && (limit <= 0 || len(out) < limit) && out[len(out)-1].Seq < last {
+		next := out[len(out)-1].Seq + 1
+		var epochCmd *redis.StringCmd
+		_, err := b.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			epochCmd = p.HGet(ctx, meta, "epoch")
+			rangeCmd = p.XRangeN(ctx, log, entryID(next), entryID(last), pageSize(limit, len(out)))
+			return nil
+		})
+		if errors.Is(err, redis.Nil) {
+			return nil, wsroom.ErrGap // the room's keys expired meanwhile
+		}
+		if err != nil {
+			return nil, fmt.Errorf("redisbroker: read history of room %q: %w", room, err)
+		}
+		if epochCmd.Val() != cur {
+			return nil, wsroom.ErrGap
+		}
+		page, err := b.decodeEntries(rangeCmd.Val(), cur)
+		if err != nil {
+			return nil, fmt.Errorf("redisbroker: read history of room %q: %w", room, err)
+		}
+		if len(page) == 0 || page[0].Seq != next {
+			return nil, wsroom.ErrGap
+		}
+		out = append(out, page...)
+		full = len(page) == historyPage
+	}
 	for i, m := range out {
 		if m.Seq != seq+1+uint64(i) {
 			return nil, wsroom.ErrGap
 		}
 	}
 	return out, nil
+}
+
+// pageSize is how many entries After asks for next when it has n of the
+// limit.
+func pageSize(limit, n int) int64 {
+	if limit <= 0 {
+		return historyPage
+	}
+	return int64(min(limit-n, historyPage))
+}
+
+// entryID returns the ID of the stream entry of sequence number seq.
+func entryID(seq uint64) string {
+	return strconv.FormatUint(seq, 10) + "-0"
 }
 
 // Last implements wsroom.Store.
