@@ -94,6 +94,8 @@ type Broker struct {
 
 	received atomic.Uint64 // messages read from the pub/sub connection
 
+	reads chan struct{} // a slot for each history read under way (WithReadConcurrency)
+
 	presMu     sync.Mutex
 	present    map[string]map[string]string // this node's members: room, ID, info
 	presLeft   uint64                       // number of Leave calls, to spot one during a refresh
@@ -147,6 +149,7 @@ func New(client redis.UniversalClient, opts ...Option) *Broker {
 		wake:      make(chan struct{}, 1),
 
 		present: make(map[string]map[string]string),
+		reads:   make(chan struct{}, cfg.readConcurrency),
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	if cfg.roomQueue < 1 {

@@ -148,6 +148,10 @@ func (b *Broker) After(ctx context.Context, room, epoch string, seq uint64, limi
 	if seq == math.MaxUint64 {
 		return nil, wsroom.ErrGap
 	}
+	if err := b.acquireRead(ctx); err != nil {
+		return nil, fmt.Errorf("redisbroker: read history of room %q: %w", room, err)
+	}
+	defer b.releaseRead()
 	meta, log := b.keys(room)
 	var metaCmd *redis.SliceCmd
 	var rangeCmd *redis.XMessageSliceCmd
@@ -242,6 +246,10 @@ func (b *Broker) Last(ctx context.Context, room string, n int) ([]wsroom.Message
 	if n <= 0 {
 		return nil, ctx.Err()
 	}
+	if err := b.acquireRead(ctx); err != nil {
+		return nil, fmt.Errorf("redisbroker: read history of room %q: %w", room, err)
+	}
+	defer b.releaseRead()
 	meta, log := b.keys(room)
 	var epochCmd *redis.StringCmd
 	var rangeCmd *redis.XMessageSliceCmd
@@ -272,6 +280,25 @@ func (b *Broker) Last(ctx context.Context, room string, n int) ([]wsroom.Message
 	}
 	return out[i:], nil
 }
+
+// acquireRead takes a slot of the history reads under way, waiting while
+// WithReadConcurrency of them are, until ctx ends.
+func (b *Broker) acquireRead(ctx context.Context) error {
+	select {
+	case b.reads <- struct{}{}:
+		return nil
+	default:
+	}
+	select {
+	case b.reads <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// releaseRead gives back the slot acquireRead took.
+func (b *Broker) releaseRead() { <-b.reads }
 
 // expired reports whether m is older than the maximum age at now.
 func (b *Broker) expired(m wsroom.Message, now time.Time) bool {
