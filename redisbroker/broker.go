@@ -27,6 +27,10 @@ const (
 	maxBackoff = 2 * time.Second        // longest pause between failed reads
 	minBackoff = 50 * time.Millisecond  // pause after the second failed read in a row
 	syncPrefix = "wsroom-subscription-" // payload prefix of barrier pings
+	// callTimeout bounds each command the Broker's own goroutines send on
+	// the pub/sub connection (SUBSCRIBE, UNSUBSCRIBE, PING), a reconnection
+	// go-redis makes for it included.
+	callTimeout = 5 * time.Second
 )
 
 var (
@@ -40,9 +44,12 @@ var (
 // nodes through Redis pub/sub. See the package documentation for how it
 // orders, stores and delivers messages, and how it keeps presence.
 //
-// A Broker is safe for concurrent use by multiple goroutines. New starts two
-// goroutines: one reads the Broker's pub/sub connection and queues each
-// message for its room, the other refreshes the presence entries of the
+// A Broker is safe for concurrent use by multiple goroutines. New starts
+// three goroutines: one reads the Broker's pub/sub connection and queues
+// each message for its room, one sends the SUBSCRIBE, UNSUBSCRIBE and
+// barrier PING commands the subscriptions call for on that connection (so
+// that no Subscribe or unsubscribe call waits on the network, or on
+// another room's call), and one refreshes the presence entries of the
 // members joined through this Broker. Each room with subscriptions on the
 // Broker has a goroutine of its own, which calls their deliver and lost
 // functions, so that a room whose subscribers are slow delays no other; it
@@ -62,11 +69,19 @@ type Broker struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	// subMu serialises SUBSCRIBE and UNSUBSCRIBE with the changes to topics
-	// that call for them, so that Redis sees them in the same order.
-	subMu  sync.Mutex
-	mu     sync.Mutex        // guards topics and each topic's subs; Close closes done under it
+	mu     sync.Mutex        // guards topics, each topic's subs, and the fields below; Close closes done under it
 	topics map[string]*topic // by channel name
+	// changed holds the channels whose topic came or went since the writer
+	// last looked; queued counts those changes, and written is the count
+	// the writer had taken when it last finished sending what they call
+	// for. writtenCh is closed and replaced when written grows.
+	changed   map[string]struct{}
+	queued    uint64
+	written   uint64
+	writtenCh chan struct{}
+
+	wake      chan struct{} // signalled when changed or pingAsked has news for the writer
+	pingAsked atomic.Bool   // a sync waits for a barrier ping the writer sends
 
 	pingSeq atomic.Uint64 // number of the last barrier ping sent
 	syncMu  sync.Mutex
@@ -79,6 +94,8 @@ type Broker struct {
 
 	received atomic.Uint64 // messages read from the pub/sub connection
 
+	reads chan struct{} // a slot for each history read under way (WithReadConcurrency)
+
 	presMu     sync.Mutex
 	present    map[string]map[string]string // this node's members: room, ID, info
 	presLeft   uint64                       // number of Leave calls, to spot one during a refresh
@@ -90,6 +107,7 @@ type Broker struct {
 // goroutine, serve, hands to them.
 type topic struct {
 	ch   string
+	gen  uint64          // Broker.queued when the topic was made: sent once written reaches it
 	subs []*subscription // never modified in place; guarded by Broker.mu
 	quit chan struct{}   // closed, under Broker.mu, when the last subscription ends
 	wake chan struct{}   // signalled when the queue or lost has something new
@@ -126,7 +144,12 @@ func New(client redis.UniversalClient, opts ...Option) *Broker {
 		topics: make(map[string]*topic),
 		syncCh: make(chan struct{}),
 
+		changed:   make(map[string]struct{}),
+		writtenCh: make(chan struct{}),
+		wake:      make(chan struct{}, 1),
+
 		present: make(map[string]map[string]string),
+		reads:   make(chan struct{}, cfg.readConcurrency),
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	if cfg.roomQueue < 1 {
@@ -138,6 +161,7 @@ func New(client redis.UniversalClient, opts ...Option) *Broker {
 	}
 	b.ps = client.Subscribe(context.Background())
 	b.wg.Go(b.run)
+	b.wg.Go(b.write)
 	b.wg.Go(b.refreshLoop)
 	return b
 }
@@ -246,9 +270,15 @@ func (b *Broker) PublishSeq(ctx context.Context, room string, m wsroom.Message) 
 // follow; the messages still arrive in order, and those dropped are in the
 // history.
 //
+// Subscribe and the function it returns never wait on the network
+// themselves: the Broker's writer goroutine sends the SUBSCRIBE and
+// UNSUBSCRIBE commands, batched, each bounded by a timeout, so a slow or
+// unreachable Redis holds a Subscribe call only until its ctx ends, and
+// never holds another room's call.
+//
 // The returned function ends the subscription; after the last subscription
-// of a room ends, the Broker unsubscribes from its channel. It may be called
-// more than once, and from within deliver. Once it returns, deliver is not
+// of a room ends, the Broker unsubscribes from its channel, without waiting
+// for Redis. It may be called more than once, and from within deliver. Once it returns, deliver is not
 // called again, though a call already under way may still be running.
 func (b *Broker) Subscribe(ctx context.Context, room string, deliver func(wsroom.Message), lost func(error)) (func(), error) {
 	if b.err != nil {
@@ -262,48 +292,38 @@ func (b *Broker) Subscribe(ctx context.Context, room string, deliver func(wsroom
 	}
 	ch := b.channel(room)
 	s := &subscription{deliver: deliver, lost: lost}
-	b.subMu.Lock()
 	b.mu.Lock()
 	if b.closed() {
 		b.mu.Unlock()
-		b.subMu.Unlock()
 		return nil, ErrClosed
 	}
 	t := b.topics[ch]
 	first := t == nil
 	if first {
-		t = &topic{ch: ch, quit: make(chan struct{}), wake: make(chan struct{}, 1)}
+		b.queued++
+		t = &topic{ch: ch, gen: b.queued, quit: make(chan struct{}), wake: make(chan struct{}, 1)}
 		b.topics[ch] = t
+		b.changed[ch] = struct{}{}
 		b.wg.Go(func() { b.serve(t) })
 	}
 	t.subs = append(slices.Clip(t.subs), s)
 	b.mu.Unlock()
 	if first {
-		if err := b.ps.Subscribe(context.Background(), ch); err != nil && !b.closed() {
-			err = fmt.Errorf("redisbroker: subscribe to room %q: %w", room, err)
-			b.report(err)
-			b.lose(err)
-			// go-redis adds the channel to the ones it subscribes each new
-			// connection to only after this write, so a connection it opened
-			// on the failure lacks it: send it again. If this write fails
-			// too, the next connection has it; sync waits for that.
-			_ = b.ps.Subscribe(context.Background(), ch)
-		}
+		signal(b.wake)
 	}
-	b.subMu.Unlock()
 	var once sync.Once
 	unsubscribe := func() { once.Do(func() { b.unsubscribe(ch, s) }) }
-	if err := b.sync(ctx); err != nil {
+	if err := b.sync(ctx, t.gen); err != nil {
 		unsubscribe()
 		return nil, fmt.Errorf("redisbroker: subscribe to room %q: %w", room, err)
 	}
 	return unsubscribe, nil
 }
 
+// unsubscribe ends s. After the last subscription of ch it has the writer
+// unsubscribe from ch; it does not wait for that.
 func (b *Broker) unsubscribe(ch string, s *subscription) {
 	s.dead.Store(true)
-	b.subMu.Lock()
-	defer b.subMu.Unlock()
 	b.mu.Lock()
 	last := false
 	if t := b.topics[ch]; t != nil {
@@ -312,37 +332,147 @@ func (b *Broker) unsubscribe(ch string, s *subscription) {
 			if len(t.subs) == 0 {
 				delete(b.topics, ch)
 				close(t.quit)
+				b.queued++
+				b.changed[ch] = struct{}{}
 				last = true
 			}
 		}
 	}
 	b.mu.Unlock()
-	if last && !b.closed() {
-		if err := b.ps.Unsubscribe(context.Background(), ch); err != nil && !b.closed() {
-			err = fmt.Errorf("redisbroker: unsubscribe from channel %q: %w", ch, err)
-			b.report(err)
-			b.lose(err)
+	if last {
+		signal(b.wake)
+	}
+}
+
+// write is the goroutine that sends the pub/sub connection's SUBSCRIBE and
+// UNSUBSCRIBE commands, and the barrier pings sync asks for, until Close.
+// It brings each changed channel's subscription in line with whether the
+// channel has a topic now, in one command for all the channels to
+// subscribe and one for those to unsubscribe, so that a channel's commands
+// reach Redis in the order of its changes, and a room that comes and goes
+// before the writer looks costs no command. Each command is bounded by
+// callTimeout.
+func (b *Broker) write() {
+	sent := make(map[string]bool) // channels subscribed, as last told Redis
+	for {
+		select {
+		case <-b.wake:
+		case <-b.done:
+			return
+		}
+		b.mu.Lock()
+		changed, gen := b.changed, b.queued
+		b.changed = make(map[string]struct{})
+		var subs, unsubs []string
+		for ch := range changed {
+			want := b.topics[ch] != nil
+			if want != sent[ch] {
+				if want {
+					subs = append(subs, ch)
+					sent[ch] = true
+				} else {
+					unsubs = append(unsubs, ch)
+					delete(sent, ch)
+				}
+			}
+		}
+		b.mu.Unlock()
+		slices.Sort(subs)
+		slices.Sort(unsubs)
+		if len(unsubs) > 0 {
+			if err := b.call(func(ctx context.Context) error { return b.ps.Unsubscribe(ctx, unsubs...) }); err != nil && !b.closed() {
+				err = fmt.Errorf("redisbroker: unsubscribe from channel %s: %w", channelList(unsubs), err)
+				b.report(err)
+				b.lose(err)
+			}
+		}
+		if len(subs) > 0 {
+			if err := b.call(func(ctx context.Context) error { return b.ps.Subscribe(ctx, subs...) }); err != nil && !b.closed() {
+				err = fmt.Errorf("redisbroker: subscribe to channel %s: %w", channelList(subs), err)
+				b.report(err)
+				b.lose(err)
+				// go-redis adds the channels to the ones it subscribes each
+				// new connection to only after this write, so a connection
+				// it opened on the failure lacks them: send them again. If
+				// this write fails too, the next connection has them; sync
+				// waits for that.
+				_ = b.call(func(ctx context.Context) error { return b.ps.Subscribe(ctx, subs...) })
+			}
+		}
+		b.mu.Lock()
+		if gen > b.written {
+			b.written = gen
+			close(b.writtenCh)
+			b.writtenCh = make(chan struct{})
+		}
+		b.mu.Unlock()
+		if b.pingAsked.Swap(false) {
+			// A failed write makes go-redis reconnect; sync asks again.
+			if _, err := b.ping(); err != nil && !b.closed() {
+				b.lose(fmt.Errorf("redisbroker: pub/sub ping: %w", err))
+			}
 		}
 	}
 }
 
-// sync returns once Redis has processed every SUBSCRIBE sent on the pub/sub
-// connection before sync was called. It sends a PING with a numbered
-// payload and waits for its reply, which Redis sends after handling the
-// earlier commands of the connection; if the connection was replaced in
-// between, go-redis subscribed the new one to every channel before the PING.
-func (b *Broker) sync(ctx context.Context) error {
+// call runs a command on the pub/sub connection, bounded by callTimeout
+// and by Close.
+func (b *Broker) call(f func(ctx context.Context) error) error {
+	ctx, cancel := context.WithTimeout(b.ctx, callTimeout)
+	defer cancel()
+	return f(ctx)
+}
+
+// channelList names the first of channels, and how many follow.
+func channelList(channels []string) string {
+	if len(channels) == 1 {
+		return strconv.Quote(channels[0])
+	}
+	return fmt.Sprintf("%q and %d more", channels[0], len(channels)-1)
+}
+
+// signal puts a token in c, a channel of one slot, unless one is there.
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// sync returns once Redis has processed the SUBSCRIBE of the topic made
+// as change gen, and every one sent before it on the pub/sub connection,
+// or when ctx ends. It waits for the writer to have sent the command, then
+// for the reply to a barrier ping (a PING with a numbered payload) sent
+// after it: Redis replies once it has handled the earlier commands of the
+// connection; if the connection was replaced in between, go-redis
+// subscribed the new one to every channel before the PING. It asks the
+// writer for the ping, and again after syncRetry without a reply.
+func (b *Broker) sync(ctx context.Context, gen uint64) error {
 	for {
-		// A failed write makes go-redis reconnect; the retry pings again.
-		n, err := b.ping()
-		if err != nil && !b.closed() {
-			b.lose(fmt.Errorf("redisbroker: pub/sub ping: %w", err))
+		b.mu.Lock()
+		ok, changed := b.written >= gen, b.writtenCh
+		b.mu.Unlock()
+		if ok {
+			break
 		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-b.done:
+			return ErrClosed
+		}
+	}
+	// Any ping numbered after this one is sent after the SUBSCRIBE.
+	after := b.pingSeq.Load()
+	for {
+		b.pingAsked.Store(true)
+		signal(b.wake)
 		retry := time.NewTimer(syncRetry)
 	wait:
 		for {
 			b.syncMu.Lock()
-			ok, changed := b.synced >= n, b.syncCh
+			ok, changed := b.synced > after, b.syncCh
 			b.syncMu.Unlock()
 			if ok {
 				retry.Stop()
@@ -363,12 +493,14 @@ func (b *Broker) sync(ctx context.Context) error {
 	}
 }
 
-// ping sends a barrier ping, numbered n, on the pub/sub connection. Its
-// reply, read by run, tells that Redis has handled every command sent on the
-// connection before it.
+// ping sends a barrier ping, numbered n, on the pub/sub connection, bounded
+// by callTimeout. Its reply, read by run, tells that Redis has handled
+// every command sent on the connection before it.
 func (b *Broker) ping() (n uint64, err error) {
 	n = b.pingSeq.Add(1)
-	return n, b.ps.Ping(context.Background(), syncPrefix+strconv.FormatUint(n, 10))
+	return n, b.call(func(ctx context.Context) error {
+		return b.ps.Ping(ctx, syncPrefix+strconv.FormatUint(n, 10))
+	})
 }
 
 // lose records that the subscriptions may miss messages because the pub/sub
@@ -384,7 +516,7 @@ func (b *Broker) lose(cause error) {
 
 // run reads the pub/sub connection until Close.
 func (b *Broker) run() {
-	ctx := context.Background()
+	ctx := b.ctx // ends at Close, which a reconnection under way need not outlast
 	var backoff time.Duration
 	awaiting := false // a health-check ping is unanswered
 	barrier := false  // a barrier ping must follow a failure

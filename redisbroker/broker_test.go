@@ -403,3 +403,102 @@ func TestLostAfterReconnect(t *testing.T) {
 		t.Errorf("lost calls per room: A %d, B %d, unsubscribed %d; want 1, 1, 0", got[roomA], got[roomB], got[roomGone])
 	}
 }
+
+// returns runs f in a goroutine and reports whether it returned within
+// wait; the goroutine is waited for at cleanup.
+func returns(t *testing.T, f func()) (ok bool, done <-chan struct{}) {
+	t.Helper()
+	ch := make(chan struct{})
+	go func() {
+		defer close(ch)
+		f()
+	}()
+	t.Cleanup(func() { <-ch })
+	select {
+	case <-ch:
+		return true, ch
+	case <-time.After(wait):
+		return false, ch
+	}
+}
+
+// TestSubscriptionsNotHeldByRedis holds the reconnection of the Broker's
+// pub/sub connection (its dial waits, for up to a minute, until the test
+// lets it through), as with a Redis that takes long to answer: meanwhile
+// another room's unsubscribe returns at once, and a Subscribe returns when
+// its own context ends, rather than both waiting for the dial. Once the
+// connection is back, the Broker's subscriptions on Redis are those of the
+// rooms it has.
+func TestSubscriptionsNotHeldByRedis(t *testing.T) {
+	requireRedis(t)
+	g := newGatedClientWith(t, redisAddr(), "wsroom-test-held-"+newEpoch()[:8], func(o *redis.Options) {
+		o.DialTimeout = time.Minute
+	})
+	losses := make(chan string, 10)
+	a := New(g.client, WithMaxAge(testMaxAge))
+	t.Cleanup(func() { a.Close() })
+	pub := newBroker(t)
+	admin := newClient(t)
+	roomGone, roomKept, roomLate, roomNew := roomName(t), roomName(t), roomName(t), roomName(t)
+	unsubGone, err := a.Subscribe(t.Context(), roomGone, func(wsroom.Message) {}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := newSink()
+	unsubKept, err := a.Subscribe(t.Context(), roomKept, kept.deliver, func(error) { losses <- roomKept })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(unsubKept)
+
+	g.hold()
+	g.killPubSub(t)
+	select {
+	case <-g.held:
+	case <-time.After(wait):
+		t.Fatal("the Broker did not try to reconnect its pub/sub connection")
+	}
+
+	if ok, _ := returns(t, unsubGone); !ok {
+		t.Errorf("unsubscribe did not return within %v while the pub/sub connection's dial was held", wait)
+	}
+	var lateErr error
+	ok, lateDone := returns(t, func() {
+		ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+		defer cancel()
+		var unsub func()
+		unsub, lateErr = a.Subscribe(ctx, roomLate, func(wsroom.Message) {}, nil)
+		if unsub != nil {
+			unsub()
+		}
+	})
+	if !ok {
+		t.Errorf("Subscribe with a 200ms context did not return within %v while the pub/sub connection's dial was held", wait)
+	}
+	g.release()
+	<-lateDone
+	if !errors.Is(lateErr, context.DeadlineExceeded) {
+		t.Errorf("Subscribe while the dial was held = %v, want context.DeadlineExceeded", lateErr)
+	}
+
+	fresh := subscribe(t, a, roomNew)
+	select {
+	case <-losses:
+	case <-time.After(wait):
+		t.Fatal("lost was not called after the reconnection")
+	}
+	publish(t, pub, roomKept, "kept")
+	publish(t, pub, roomNew, "new")
+	kept.waitFor(t, hasData("kept"))
+	fresh.waitFor(t, hasData("new"))
+	for _, tc := range []struct {
+		room string
+		want int64
+	}{{roomGone, 0}, {roomLate, 0}, {roomKept, 1}, {roomNew, 1}} {
+		ch := a.channel(tc.room)
+		waitUntil(t, fmt.Sprintf("Redis to count %d subscriber of %s", tc.want, ch), func() bool {
+			n, err := admin.PubSubNumSub(t.Context(), ch).Result()
+			return err == nil && n[ch] == tc.want
+		})
+	}
+}

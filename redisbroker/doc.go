@@ -47,7 +47,11 @@
 // channel when the room gets its first local subscriber and unsubscribes
 // after the last one leaves, so a node receives only the traffic of the rooms
 // it serves. One goroutine, started by New and ended by [Broker.Close], reads
-// the connection and queues each message for its room; each room with local
+// the connection and queues each message for its room; another sends the
+// connection's SUBSCRIBE and UNSUBSCRIBE commands, batched, each bounded by
+// a timeout, so that [Broker.Subscribe] waits on Redis only until its
+// context ends and unsubscribing does not wait at all, whatever another
+// room's call is doing; each room with local
 // subscribers has a goroutine of its own that calls them, in order, so that
 // a room whose subscribers block delays no other room. A room's queue holds
 // at most [DefaultRoomQueue] messages: when its subscribers fall further
@@ -65,7 +69,15 @@
 // each room at once reads what it missed from the history with
 // [Broker.After] and reports the error to its own error hook. (A room that
 // was not told would notice the missing sequence numbers at its next
-// message.)
+// message.) The Broker has at most [WithReadConcurrency] history reads
+// ([DefaultReadConcurrency], 8) under way at once, so that the catch-ups of
+// many rooms after a reconnection take a few of the client's connections and
+// leave the others to publishes; the other reads wait their turn.
+//
+// [Broker.After] reads at most 1,000 entries per Redis command: a longer
+// answer (no limit, and a long history) is read page by page, each page
+// checked against the room's epoch, and a history reset or trimmed past the
+// answer between two pages gives [wsroom.ErrGap].
 //
 // # Presence
 //

@@ -300,16 +300,28 @@ type gatedClient struct {
 
 	mu   sync.Mutex
 	gate chan struct{} // while not nil, dialling waits for it to close
+	held chan struct{} // signalled when a dial starts waiting for the gate
 }
 
 func newGatedClient(t testing.TB, addr, name string) *gatedClient {
 	t.Helper()
-	g := &gatedClient{name: name, admin: newClient(t)}
+	return newGatedClientWith(t, addr, name, nil)
+}
+
+// newGatedClientWith is newGatedClient with the client's options adjusted
+// by opt, if not nil.
+func newGatedClientWith(t testing.TB, addr, name string, opt func(*redis.Options)) *gatedClient {
+	t.Helper()
+	g := &gatedClient{name: name, admin: newClient(t), held: make(chan struct{}, 1)}
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		g.mu.Lock()
 		gate := g.gate
 		g.mu.Unlock()
 		if gate != nil {
+			select {
+			case g.held <- struct{}{}:
+			default:
+			}
 			select {
 			case <-gate:
 			case <-ctx.Done():
@@ -319,7 +331,11 @@ func newGatedClient(t testing.TB, addr, name string) *gatedClient {
 		var d net.Dialer
 		return d.DialContext(ctx, network, addr)
 	}
-	g.client = redis.NewClient(&redis.Options{Addr: addr, ClientName: name, Dialer: dial})
+	o := &redis.Options{Addr: addr, ClientName: name, Dialer: dial}
+	if opt != nil {
+		opt(o)
+	}
+	g.client = redis.NewClient(o)
 	t.Cleanup(func() { g.client.Close() })
 	t.Cleanup(g.release) // runs before the cleanups registered earlier
 	return g

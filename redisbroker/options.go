@@ -23,6 +23,8 @@ type config struct {
 	pingTimeout    time.Duration // reconnect when a ping is unanswered for this long
 
 	roomQueue int // messages a room's queue holds before its backlog is dropped
+
+	readConcurrency int // history reads (After, Last) under way at once
 }
 
 // DefaultPrefix is the prefix of the Redis keys and channels a Broker uses
@@ -43,6 +45,10 @@ const DefaultPresenceTTL = 30 * time.Second
 // function.
 const DefaultRoomQueue = 1024
 
+// DefaultReadConcurrency is how many history reads (After and Last) a
+// Broker has under way at once unless WithReadConcurrency says otherwise.
+const DefaultReadConcurrency = 8
+
 func defaultConfig() config {
 	return config{
 		prefix: DefaultPrefix,
@@ -56,6 +62,26 @@ func defaultConfig() config {
 		pingTimeout:    5 * time.Second,
 
 		roomQueue: DefaultRoomQueue,
+
+		readConcurrency: DefaultReadConcurrency,
+	}
+}
+
+// WithReadConcurrency sets how many history reads (After and Last) the
+// Broker sends to Redis at once; more wait their turn, for as long as their
+// context allows. After a reconnection every room with subscribers on the
+// Broker is told it may have missed messages and reads them from the
+// history at once: the bound spreads that burst, so that it takes no more
+// than n of the go-redis client's connections (its pool holds ten per CPU
+// by default) and publishes keep theirs. n < 1 selects
+// DefaultReadConcurrency, the default. If given more than once, the last
+// one wins.
+func WithReadConcurrency(n int) Option {
+	return func(c *config) {
+		if n < 1 {
+			n = DefaultReadConcurrency
+		}
+		c.readConcurrency = n
 	}
 }
 

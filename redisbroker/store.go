@@ -130,24 +130,34 @@ func (b *Broker) append(ctx context.Context, room string, m wsroom.Message, chan
 	return m, nil
 }
 
+// historyPage is the most entries one XRANGE of After asks Redis for: a
+// longer read goes page by page, so that no one reply is unbounded.
+const historyPage = 1000
+
 // After implements wsroom.Store. Messages are read from the room's stream;
 // the position's epoch and the room's current one are compared in the same
-// transaction.
+// transaction as the first read. After reads at most historyPage (1,000)
+// entries per Redis command: a longer answer, as with limit <= 0 and a long
+// history, is read page by page, up to the room's last message when After
+// began. Each further page is read with the room's epoch, in one
+// transaction; if the history moved to a new epoch or lost entries the
+// answer needs (trimmed by the messages published meanwhile) between two
+// pages, After returns ErrGap, as for a position the history no longer
+// covers.
 func (b *Broker) After(ctx context.Context, room, epoch string, seq uint64, limit int) ([]wsroom.Message, error) {
 	if seq == math.MaxUint64 {
 		return nil, wsroom.ErrGap
 	}
+	if err := b.acquireRead(ctx); err != nil {
+		return nil, fmt.Errorf("redisbroker: read history of room %q: %w", room, err)
+	}
+	defer b.releaseRead()
 	meta, log := b.keys(room)
 	var metaCmd *redis.SliceCmd
 	var rangeCmd *redis.XMessageSliceCmd
-	start := strconv.FormatUint(seq+1, 10) + "-0"
 	_, err := b.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		metaCmd = p.HMGet(ctx, meta, "epoch", "seq")
-		if limit > 0 {
-			rangeCmd = p.XRangeN(ctx, log, start, "+", int64(limit))
-		} else {
-			rangeCmd = p.XRange(ctx, log, start, "+")
-		}
+		rangeCmd = p.XRangeN(ctx, log, entryID(seq+1), "+", pageSize(limit, 0))
 		return nil
 	})
 	if err != nil {
@@ -181,6 +191,34 @@ func (b *Broker) After(ctx context.Context, room, epoch string, seq uint64, limi
 	if len(out) == 0 || out[0].Seq != seq+1 || b.expired(out[0], time.Now()) {
 		return nil, wsroom.ErrGap
 	}
+	full := len(rangeCmd.Val()) == historyPage
+	for full && (limit <= 0 || len(out) < limit) && out[len(out)-1].Seq < last {
+		next := out[len(out)-1].Seq + 1
+		var epochCmd *redis.StringCmd
+		_, err := b.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			epochCmd = p.HGet(ctx, meta, "epoch")
+			rangeCmd = p.XRangeN(ctx, log, entryID(next), entryID(last), pageSize(limit, len(out)))
+			return nil
+		})
+		if errors.Is(err, redis.Nil) {
+			return nil, wsroom.ErrGap // the room's keys expired meanwhile
+		}
+		if err != nil {
+			return nil, fmt.Errorf("redisbroker: read history of room %q: %w", room, err)
+		}
+		if epochCmd.Val() != cur {
+			return nil, wsroom.ErrGap
+		}
+		page, err := b.decodeEntries(rangeCmd.Val(), cur)
+		if err != nil {
+			return nil, fmt.Errorf("redisbroker: read history of room %q: %w", room, err)
+		}
+		if len(page) == 0 || page[0].Seq != next {
+			return nil, wsroom.ErrGap
+		}
+		out = append(out, page...)
+		full = len(page) == historyPage
+	}
 	for i, m := range out {
 		if m.Seq != seq+1+uint64(i) {
 			return nil, wsroom.ErrGap
@@ -189,11 +227,29 @@ func (b *Broker) After(ctx context.Context, room, epoch string, seq uint64, limi
 	return out, nil
 }
 
+// pageSize is how many entries After asks for next when it has n of the
+// limit.
+func pageSize(limit, n int) int64 {
+	if limit <= 0 {
+		return historyPage
+	}
+	return int64(min(limit-n, historyPage))
+}
+
+// entryID returns the ID of the stream entry of sequence number seq.
+func entryID(seq uint64) string {
+	return strconv.FormatUint(seq, 10) + "-0"
+}
+
 // Last implements wsroom.Store.
 func (b *Broker) Last(ctx context.Context, room string, n int) ([]wsroom.Message, error) {
 	if n <= 0 {
 		return nil, ctx.Err()
 	}
+	if err := b.acquireRead(ctx); err != nil {
+		return nil, fmt.Errorf("redisbroker: read history of room %q: %w", room, err)
+	}
+	defer b.releaseRead()
 	meta, log := b.keys(room)
 	var epochCmd *redis.StringCmd
 	var rangeCmd *redis.XMessageSliceCmd
@@ -224,6 +280,25 @@ func (b *Broker) Last(ctx context.Context, room string, n int) ([]wsroom.Message
 	}
 	return out[i:], nil
 }
+
+// acquireRead takes a slot of the history reads under way, waiting while
+// WithReadConcurrency of them are, until ctx ends.
+func (b *Broker) acquireRead(ctx context.Context) error {
+	select {
+	case b.reads <- struct{}{}:
+		return nil
+	default:
+	}
+	select {
+	case b.reads <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// releaseRead gives back the slot acquireRead took.
+func (b *Broker) releaseRead() { <-b.reads }
 
 // expired reports whether m is older than the maximum age at now.
 func (b *Broker) expired(m wsroom.Message, now time.Time) bool {

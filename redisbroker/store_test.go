@@ -1,11 +1,17 @@
 package redisbroker
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"slices"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/wsroom/wsroom"
 	"github.com/wsroom/wsroom/brokertest"
 	"github.com/wsroom/wsroom/storetest"
@@ -237,5 +243,148 @@ func TestAfterLimitAndLargeHistory(t *testing.T) {
 	got, err := b.After(t.Context(), room, ms[0].Epoch, 20, 100)
 	if err != nil || !slices.Equal(seqs(got), span(21, 120)) {
 		t.Errorf("After(20, limit 100) = %d messages from %v, %v; want 21..120", len(got), seqs(got[:min(1, len(got))]), err)
+	}
+}
+
+// xrangeHook records the COUNT of each XRANGE its client sends (-1 for
+// none), and calls before, if set, with the number of XRANGEs sent so far
+// ahead of each.
+type xrangeHook struct {
+	mu     sync.Mutex
+	counts []int64
+	before func(n int)
+}
+
+func (h *xrangeHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *xrangeHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.note(cmd)
+		return next(ctx, cmd)
+	}
+}
+
+func (h *xrangeHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, cmd := range cmds {
+			h.note(cmd)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+func (h *xrangeHook) note(cmd redis.Cmder) {
+	args := cmd.Args()
+	if !strings.EqualFold(fmt.Sprint(args[0]), "xrange") {
+		return
+	}
+	count := int64(-1)
+	for i := 1; i+1 < len(args); i++ {
+		if strings.EqualFold(fmt.Sprint(args[i]), "count") {
+			count, _ = strconv.ParseInt(fmt.Sprint(args[i+1]), 10, 64)
+		}
+	}
+	h.mu.Lock()
+	n := len(h.counts)
+	h.counts = append(h.counts, count)
+	before := h.before
+	h.mu.Unlock()
+	if before != nil {
+		before(n)
+	}
+}
+
+func (h *xrangeHook) take() []int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := h.counts
+	h.counts = nil
+	return out
+}
+
+// TestAfterReadsInPages checks that After never asks Redis for more than
+// historyPage entries at once, with no limit as with a large one, and that
+// the pages join into one answer; and that a history reset or trimmed
+// between two pages gives ErrGap, not a mix.
+func TestAfterReadsInPages(t *testing.T) {
+	requireRedis(t)
+	hook := &xrangeHook{}
+	client := newClient(t)
+	client.AddHook(hook)
+	b := New(client, WithMaxAge(testMaxAge), WithHistoryLimit(3*historyPage))
+	t.Cleanup(func() { b.Close() })
+	room := roomName(t)
+	n := 2*historyPage + historyPage/2
+	ms := appendN(t, b, room, n, time.Time{})
+	epoch := ms[0].Epoch
+	hook.take()
+
+	for _, tc := range []struct {
+		from   uint64
+		limit  int
+		want   []uint64
+		counts []int64
+	}{
+		{0, 0, span(1, uint64(n)), []int64{historyPage, historyPage, historyPage}},
+		{100, -1, span(101, uint64(n)), []int64{historyPage, historyPage, historyPage}},
+		{0, historyPage + 200, span(1, historyPage+200), []int64{historyPage, 200}},
+		{10, 5, span(11, 15), []int64{5}},
+	} {
+		ep := epoch
+		if tc.from == 0 {
+			ep = ""
+		}
+		got, err := b.After(t.Context(), room, ep, tc.from, tc.limit)
+		counts := hook.take()
+		if err != nil || !slices.Equal(seqs(got), tc.want) {
+			t.Errorf("After(%d, limit %d) = %d messages, %v; want %d..%d", tc.from, tc.limit, len(got), err, tc.want[0], tc.want[len(tc.want)-1])
+		}
+		if !slices.Equal(counts, tc.counts) {
+			t.Errorf("After(%d, limit %d) sent XRANGEs with COUNT %v, want %v", tc.from, tc.limit, counts, tc.counts)
+		}
+	}
+
+	admin := newClient(t)
+	for _, tc := range []struct {
+		name   string
+		change func(room string)
+	}{
+		{"Reset", func(room string) {
+			// The room's history is lost and starts again.
+			meta, log := b.keys(room)
+			admin.Del(context.Background(), meta, log)
+			if _, err := b.Append(context.Background(), room, wsroom.Message{Data: []byte("new")}); err != nil {
+				t.Errorf("Append error: %v", err)
+			}
+		}},
+		{"Trimmed", func(room string) {
+			_, log := b.keys(room)
+			admin.XTrimMinID(context.Background(), log, entryID(historyPage+10))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			room := roomName(t)
+			ms := appendN(t, b, room, historyPage+100, time.Time{})
+			hook.take()
+			hook.mu.Lock()
+			hook.before = func(i int) {
+				if i == 1 {
+					tc.change(room)
+				}
+			}
+			hook.mu.Unlock()
+			defer func() {
+				hook.mu.Lock()
+				hook.before = nil
+				hook.mu.Unlock()
+			}()
+			got, err := b.After(t.Context(), room, ms[0].Epoch, 0, 0)
+			if !errors.Is(err, wsroom.ErrGap) {
+				t.Errorf("After with the history changed between pages = %d messages (%v), %v; want ErrGap", len(got), seqs(got[:min(3, len(got))]), err)
+			}
+			if counts := hook.take(); len(counts) != 2 {
+				t.Errorf("After sent XRANGEs with COUNT %v, want 2 pages", counts)
+			}
+		})
 	}
 }
