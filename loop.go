@@ -197,6 +197,7 @@ func (r *Room) nudge() {
 type fetchRequest struct {
 	start bool
 	after position
+	era   uint64 // the loop's era when it asked
 }
 
 // fetchResult is the keeper's answer. When the store could not serve the
@@ -210,6 +211,7 @@ type fetchResult struct {
 	current position
 	known   bool // current is known
 	err     error
+	era     uint64 // that of the request answered
 }
 
 // loop is the state of the room's loop.
@@ -223,6 +225,7 @@ type loop struct {
 	known   bool            // pos is known: the start was read or a message came
 	behind  bool            // the store may hold messages after pos not delivered
 	asked   bool            // a fetchRequest is with the keeper
+	era     uint64          // resyncs so far: an answer to a request of an earlier era is stale
 }
 
 // run is the room's loop. It alone owns the set of clients and pos. It
@@ -334,13 +337,20 @@ func (l *loop) ask() {
 	if l.asked || (l.known && !l.behind) {
 		return
 	}
-	req := fetchRequest{start: !l.known, after: l.pos}
+	req := fetchRequest{start: !l.known, after: l.pos, era: l.era}
 	l.r.wantc <- req // never blocks: the loop sends one request at a time
 	l.asked = true
 }
 
-// result applies the keeper's answer.
+// result applies the keeper's answer, unless the room has been
+// resynchronised since it asked: then the answer is of a position the room
+// has left (say, the messages of an epoch it moved on from while the store
+// was read), and applying it would resynchronise the room's clients again.
+// The loop asks again if it still needs to.
 func (l *loop) result(res fetchResult) {
+	if res.answer && res.era != l.era {
+		return
+	}
 	switch {
 	case res.start:
 		if !l.known && res.known {
@@ -391,6 +401,7 @@ func (l *loop) resync(now position, known, fromStart bool, err error) {
 		c.resyncClose(req)
 	}
 	l.pos, l.known, l.behind = now, known, false
+	l.era++
 }
 
 // fanout encodes m once for each kind of client that gets it (the room's
@@ -621,6 +632,7 @@ func (r *Room) keep() {
 			sent = r.countMembers(sent)
 		case req := <-r.wantc:
 			res := r.fetch(req)
+			res.era = req.era
 			select {
 			case r.fetchc <- res:
 			case <-r.quit:
