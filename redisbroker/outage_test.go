@@ -415,16 +415,8 @@ func TestRedisRestartsEmpty(t *testing.T) {
 	// Node A reaches Redis with 2ms of latency, so the messages its client
 	// sent during the outage, held back by the publish retry, take over a
 	// second to publish once Redis is back; the room's resync (4000) must
-	// not drop those it has not read yet. It runs only when
-	// WSROOM_OUTAGE_SLOW is set: a room that catches up across the epoch
-	// change can resynchronise twice, the second time (without a resume
-	// position) closing receivers that had already resumed in the new epoch,
-	// which then miss messages (seen in 1 run of 4; RetryShorterThanOutage
-	// shows it too, more rarely).
+	// not drop those it has not read yet.
 	t.Run("SlowPublishes", func(t *testing.T) {
-		if os.Getenv("WSROOM_OUTAGE_SLOW") == "" {
-			t.Skip("set WSROOM_OUTAGE_SLOW=1 to run the outage with slow publishes")
-		}
 		run := runRedisOutage(t, outageSetup{retry: 15 * time.Second, slowA: 2 * time.Millisecond})
 		checkOutage(t, run)
 	})
