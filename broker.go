@@ -3,6 +3,7 @@ package wsroom
 import (
 	"context"
 	"sync"
+	"time"
 )
 
 // Broker carries published messages to every node's copy of a room.
@@ -47,6 +48,30 @@ type Sequencer interface {
 	// ephemeral).
 	PublishSeq(ctx context.Context, room string, m Message) (Message, error)
 }
+
+// Deduplicator is implemented by a Sequencer whose engine remembers the
+// keys of recent publishes, so that a publish retried on any node of a
+// cluster is stored and sent once. The wsroom.v3 protocol's retries
+// (PROTOCOL.md, section 5) use it when the room's Broker is a
+// Deduplicator; otherwise each node remembers its own publishes' ids.
+// Its method may be called concurrently. A Broker that wraps another and
+// changes Publish must change PublishOnce alike, or hide it.
+type Deduplicator interface {
+	// PublishOnce is PublishSeq of a message that key identifies: key is
+	// the same for every attempt of one publish, on any node, and differs
+	// between publishes. If a publish of room with the same key was
+	// stored within the Deduplicator's window (at least DedupWindow),
+	// PublishOnce stores and sends nothing and returns that publish's
+	// message as numbered (its Seq and Epoch at least) with dup true;
+	// concurrent calls with one key store the message once. A call that
+	// returns an error leaves no key behind unless the message was
+	// stored. m must not be ephemeral.
+	PublishOnce(ctx context.Context, room, key string, m Message) (out Message, dup bool, err error)
+}
+
+// DedupWindow is the shortest time a Deduplicator remembers a publish's
+// key: the acks' lifetime of the protocol (limits.ackTTLMs).
+const DedupWindow = 2 * time.Minute
 
 // Presence is implemented by a Broker that knows which clients are in a
 // room on every node. A Room registers each of its clients with its Broker's

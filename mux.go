@@ -710,7 +710,7 @@ func (c *Client) sendMux(data []byte) error {
 // Idempotent retries keep, per room, the acks of the last acksPerRoom
 // publishes with an id, each for ackTTL; ackMax bounds them in all rooms.
 const (
-	ackTTL      = 2 * time.Minute
+	ackTTL      = DedupWindow
 	acksPerRoom = 1024
 	ackMax      = 1 << 18
 )
