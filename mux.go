@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"reflect"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -642,7 +643,11 @@ func (c *Client) publishReq(req *request) error {
 	}
 	m := Message{Time: time.Now(), From: c.id, Ephemeral: req.Ephemeral, Data: data}
 	c.publishing.Store(true)
-	m, err = c.publishRetry(r, m, id != "")
+	var key string
+	if id != "" && !req.Ephemeral {
+		key = dedupKey(c.sender(), id)
+	}
+	m, err = c.publishRetry(r, m, key, id != "")
 	c.publishing.Store(false)
 	switch {
 	case errors.Is(err, ErrClosed) && !r.isOpen():
@@ -686,6 +691,25 @@ func (c *Client) sender() any {
 		return s.String()
 	}
 	return connSender(c.id)
+}
+
+// dedupKey returns the key of the publish with id by who for a
+// Deduplicator: the same on every node for a sender whose identity is a
+// string, a fmt.Stringer or another comparable value printed alike (the
+// anonymous space included), and unique to the connection otherwise.
+func dedupKey(who any, id string) string {
+	var s string
+	switch v := who.(type) {
+	case nil:
+		s = "a"
+	case string:
+		s = "s" + v
+	case connSender:
+		s = "c" + string(v)
+	default:
+		s = fmt.Sprintf("v%T:%v", v, v)
+	}
+	return strconv.Itoa(len(s)) + ":" + s + id
 }
 
 // connSender is the sender of a client whose identity cannot be compared.
