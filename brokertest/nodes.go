@@ -1,6 +1,6 @@
 package brokertest
 
-// Connections of many rooms (wsroom.v2, PROTOCOL.md) on two server nodes
+// Connections of many rooms (wsroom.v3, PROTOCOL.md) on two server nodes
 // of one cluster: the cases of RunNodes and the client they read with.
 
 import (
@@ -179,7 +179,7 @@ func newMuxNode(t *testing.T, b wsroom.Broker, opts ...wsroom.Option) *muxNode {
 	return &muxNode{reg: reg, url: "ws" + strings.TrimPrefix(srv.URL, "http")}
 }
 
-// muxFrame is any frame of the wsroom.v2 protocol, as a client reads it.
+// muxFrame is any frame of the wsroom.v3 protocol, as a client reads it.
 type muxFrame struct {
 	Op     string          `json:"op"`
 	ID     string          `json:"id"`
