@@ -77,3 +77,10 @@ func TestDeduplicatorAcrossNodes(t *testing.T) {
 		New: func(t *testing.T, limit int) wsroom.Broker { return b },
 	})
 }
+
+// TestDeduplicatorConformance runs the conformance suite, PublishOnce
+// included, on the nodes of one process that share a Deduplicator.
+func TestDeduplicatorConformance(t *testing.T) {
+	b := newDedupBroker()
+	brokertest.Run(t, func(t *testing.T) wsroom.Broker { return b })
+}
