@@ -629,6 +629,7 @@ func (r *Room) keep() {
 	for {
 		select {
 		case <-tick:
+			r.sweep()
 			sent = r.countMembers(sent)
 		case req := <-r.wantc:
 			res := r.fetch(req)
