@@ -70,7 +70,7 @@ type Room struct {
 	muxQueued *atomic.Int64 // frames queued for the Registry's connections of many rooms; nil for New
 
 	joined  atomic.Int64
-	members atomic.Int64 // the room's members on every node, when known
+	members atomic.Int64  // the room's members on every node, when known
 	local   localPresence // the users of the room's clients on this node
 	stats   counters
 }
@@ -445,4 +445,3 @@ func (r *Room) readAfter(ctx context.Context, p position, n int) ([]Message, err
 	}
 	return msgs, err
 }
-
