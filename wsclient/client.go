@@ -640,6 +640,10 @@ type inFrame struct {
 	Reason  string          `json:"reason"`
 	Resume  string          `json:"resume"`
 	Members []Member        `json:"members"`
+	Count   *int            `json:"count"`
+	Join    []Member        `json:"join"`
+	Leave   []string        `json:"leave"`
+	Users   []string        `json:"users"`
 }
 
 // outFrame is any request to the server (PROTOCOL.md, section 2).
@@ -676,6 +680,8 @@ func (c *Client) handleLocked(f *inFrame) {
 	switch f.Op {
 	case "msg":
 		r.msgLocked(f)
+	case "presence":
+		r.presenceLocked(f)
 	case "joined":
 		if f.ID == r.joinID {
 			r.joinedLocked(f)
