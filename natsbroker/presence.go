@@ -121,7 +121,7 @@ type userEntry struct {
 }
 
 type connEntry struct {
-	Exp  int64  // end of the lease, Unix ms
+	Exp  int64 // end of the lease, Unix ms
 	Info string
 }
 
