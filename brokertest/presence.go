@@ -348,7 +348,7 @@ func testUserLease(t *testing.T, newNode func(*testing.T) wsroom.Broker) {
 	if got := allPages(t, b, room, 10); len(got) != 1 || got[0].User != "stay" || got[0].ID != "stay-a" {
 		t.Errorf("MembersPage after the sweep = %v, want stay-a of stay", got)
 	}
-	if leaveUser(t, a, room, "stay-a", "stay") != true {
+	if !leaveUser(t, a, room, "stay-a", "stay") {
 		t.Error("stay left its last live connection: last = false")
 	}
 }
