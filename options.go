@@ -602,8 +602,12 @@ func WithMaxRoomsPerClient(n int) Option {
 // are not sent, since their traffic grows with the square of the room's
 // size; instead each node sends its members of many rooms the number of
 // members, at most once a second, when it changed. The number is the
-// Broker's Presence count when it has one (asked once a second per room
-// with members on the node), else the node's. limit <= 0 turns presence
+// Broker's count when it is a UserPresence (its engine counts, without
+// reading the member list), else the length of its Presence's list, else
+// the node's, asked once a second per room with members on the node. Once
+// a second too, each such room sweeps a UserPresence's entries whose lease
+// ended (a node that died) and announces their users' leaves. Members are
+// connections, or users with WithPresenceByUser. limit <= 0 turns presence
 // events off (the default). It serves a Registry only, whose members of
 // many rooms get the events: New panics on it.
 func WithPresenceEvents(limit int) Option {
