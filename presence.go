@@ -126,10 +126,10 @@ func (r *Room) presenceLeave(c *Client) {
 }
 
 // sweep removes the room's presence entries whose lease ran out, when the
-// Broker is a UserPresence, and announces their users' leaves: the entries
-// of a node that stopped without removing them. Every node with members of
-// the room sweeps it; each user's leave is announced by the one that
-// removed its last entry.
+// Broker is a UserPresence, and announces their users' leaves (with
+// presence events on): the entries of a node that stopped without removing
+// them. Every node with members of the room sweeps it, once a second; each
+// user's leave is announced by the one that removed its last entry.
 func (r *Room) sweep() {
 	p, ok := r.cfg.broker.(UserPresence)
 	if !ok {
