@@ -45,9 +45,10 @@ type presence struct {
 	refreshMu sync.Mutex // held by refresh
 
 	mu    sync.Mutex
-	local map[conn]localConn   // this node's connections, which it renews
-	swept map[string]time.Time // when Sweep last read each room
-	used  bool                 // Join was called: Close removes the entries
+	local map[conn]localConn    // this node's connections, which it renews
+	swept map[string]time.Time  // when Sweep last read each room
+	drift map[string]countCheck // a count that differed from the users a sweep saw
+	used  bool                  // Join was called: Close removes the entries
 
 	kick   chan struct{} // asks the refresher to refresh now
 	ctx    context.Context
@@ -68,6 +69,7 @@ func newPresence(prefix string, ttl time.Duration) *presence {
 		bucket: presenceBucket(prefix),
 		local:  make(map[conn]localConn),
 		swept:  make(map[string]time.Time),
+		drift:  make(map[string]countCheck),
 		kick:   make(chan struct{}, 1),
 		ctx:    ctx,
 		cancel: cancel,
@@ -157,6 +159,13 @@ func (e *userEntry) UnmarshalJSON(b []byte) error {
 		e.Conns[string(c.ID)] = connEntry{Exp: c.Exp, Info: string(c.Info)}
 	}
 	return nil
+}
+
+// countCheck is what a sweep saw of a room whose count differed from its
+// users: the count's revision and the number of users.
+type countCheck struct {
+	rev  uint64
+	live int
 }
 
 // conn is a connection of this node in a room.
@@ -593,7 +602,22 @@ func (b *Broker) Sweep(ctx context.Context, room string) ([]wsroom.Member, error
 			return gone, fmt.Errorf("natsbroker: sweeping room %q: %w", room, err)
 		}
 	case counted != live && (counted >= 0 || live > 0):
-		setCount(ctx, kv, room, live, countRev)
+		// The count may be behind a join or leave under way on another
+		// node (its entry written, its count not yet): correct it only
+		// when the previous sweep, a third of the TTL ago, saw the same
+		// count, unchanged since, and the same users.
+		seen := countCheck{countRev, live}
+		p.mu.Lock()
+		again := p.drift[room] == seen
+		p.drift[room] = seen
+		p.mu.Unlock()
+		if again {
+			setCount(ctx, kv, room, live, countRev)
+		}
+	default:
+		p.mu.Lock()
+		delete(p.drift, room)
+		p.mu.Unlock()
 	}
 	return gone, nil
 }
@@ -742,6 +766,12 @@ func (b *Broker) refresh() {
 	}
 	type userOf struct{ room, user string }
 	p.mu.Lock()
+	for room, t := range p.swept {
+		if time.Since(t) > 2*p.ttl { // not swept here of late
+			delete(p.swept, room)
+			delete(p.drift, room)
+		}
+	}
 	if len(p.local) == 0 {
 		p.mu.Unlock()
 		return
