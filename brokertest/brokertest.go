@@ -11,6 +11,14 @@
 // Each case uses room names of its own, so a shared engine need not be
 // emptied first.
 //
+// The presence cases run on a Broker that implements wsroom.Presence, and
+// those of users on one that implements wsroom.UserPresence: first joins
+// and last leaves across two nodes, two connections of one user joining
+// and leaving at once on two nodes, Count, pages that cover every user
+// once, and, on nodes that implement Crasher, leases: the users of a
+// crashed node are swept once, by one of the surviving nodes, within
+// LeaseWait.
+//
 // RunNodes goes further, for a Broker of many nodes: real server nodes
 // (Registries behind HTTP servers) on the Broker, and clients of many rooms
 // (PROTOCOL.md) that publish, move between nodes with resume, retry
