@@ -253,7 +253,9 @@ func (b *Broker) Members(ctx context.Context, room string) ([]wsroom.Member, err
 }
 
 // Count implements wsroom.UserPresence: it counts the users of room with
-// an entry whose lease has not ended, with one ZCOUNT (O(log n)).
+// an entry whose lease has not ended, with one ZCOUNT (O(log n)). A user
+// whose live connection left while a lapsed one is not yet swept is
+// counted until the end of the live one's lease, a TTL at most.
 func (b *Broker) Count(ctx context.Context, room string) (int, error) {
 	if b.err != nil {
 		return 0, b.err
