@@ -85,15 +85,68 @@ type Presence interface {
 	Join(ctx context.Context, room string, m Member) error
 	// Leave removes the entry of the client whose ID is id from room.
 	Leave(ctx context.Context, room, id string) error
-	// Members returns the members of room on every node, in no particular
-	// order.
+	// Members returns the members of room on every node, one per client,
+	// in no particular order.
 	Members(ctx context.Context, room string) ([]Member, error)
 }
 
-// Member is one client in a room's presence list.
+// UserPresence is implemented by a Presence that counts, in its engine,
+// how many connections each user has in a room, so that a user with many
+// connections on many nodes is one member, who joins when their first
+// connection joins and leaves when their last one leaves. A Room uses it,
+// when its Broker implements it, for every client: with WithPresenceByUser
+// a client's user is its identity, otherwise its own ID.
+//
+// An entry is held on a lease: the Broker that joined it renews it until
+// LeaveUser or its Close, and an entry of a Broker that stopped without
+// either outlives its last renewal by at most the lease (the adapter's
+// presence TTL). Expired entries are not members; Sweep removes them.
+//
+// Its methods may be called concurrently, from any number of nodes; each
+// transition of a user (first join, last leave, lease ended) is reported
+// to exactly one caller.
+type UserPresence interface {
+	Presence
+
+	// JoinUser records that the client m.ID of user m.User is in room,
+	// on this node. first reports whether the user had no connection in
+	// room before, on any node. Joining a client that is already in
+	// room renews its entry and reports first false.
+	JoinUser(ctx context.Context, room string, m Member) (first bool, err error)
+
+	// LeaveUser removes the entry of client id of user from room. last
+	// reports whether it was the user's last connection in room, on any
+	// node; it is false if the entry was already gone (Sweep reported
+	// it then).
+	LeaveUser(ctx context.Context, room, id, user string) (last bool, err error)
+
+	// Count returns the number of users in room, without reading the
+	// member list.
+	Count(ctx context.Context, room string) (int, error)
+
+	// MembersPage returns up to n users of room, one Member each (ID is
+	// one of the user's connections), in the order of their User, after
+	// the position cursor ("" for the first page), and the cursor of the
+	// next page, or "" after the last. A user present through all the
+	// pages' reads is returned exactly once.
+	MembersPage(ctx context.Context, room, cursor string, n int) (page []Member, next string, err error)
+
+	// Sweep removes the entries of room whose lease ran out and returns
+	// the users whose last connection that was, one Member each with the
+	// ID of that connection. Each such user is returned by one call
+	// only, whichever node makes it.
+	Sweep(ctx context.Context, room string) ([]Member, error)
+}
+
+// Member is one client, or with per-user presence one user, in a room's
+// presence list.
 type Member struct {
 	ID   string `json:"id"`   // the client's ID
 	Info string `json:"info"` // the client's identity, when it is a string or a fmt.Stringer
+	// User is who the client is, for presence: its identity with
+	// WithPresenceByUser (when that is a string or a fmt.Stringer), else
+	// its ID. Brokers written for Presence alone may leave it empty.
+	User string `json:"user,omitempty"`
 }
 
 // LocalBroker is the Broker of a single process: it numbers messages through

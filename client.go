@@ -265,11 +265,7 @@ func (c *Client) serve() {
 	}
 	r.stats.joins.Add(1)
 	r.cfg.logger.Debug("wsroom: join", "room", r.name, "client", c.id)
-	presence, _ := r.cfg.broker.(Presence)
-	if presence != nil {
-		c.presence(func(ctx context.Context) error { return presence.Join(ctx, r.name, c.member()) })
-	}
-	r.announce(c, presenceJoin)
+	r.presenceJoin(c)
 	if r.cfg.onJoin != nil {
 		r.hook(c, "join", func() error { r.cfg.onJoin(c); return nil })
 	}
@@ -307,10 +303,7 @@ func (c *Client) serve() {
 	if reason == nil {
 		reason = err
 	}
-	if presence != nil {
-		c.presence(func(ctx context.Context) error { return presence.Leave(ctx, r.name, c.id) })
-	}
-	r.announce(c, presenceLeave)
+	r.presenceLeave(c)
 	c.cancel(reason)
 	r.stats.leaves.Add(1)
 	r.cfg.logger.Debug("wsroom: leave", "room", r.name, "client", c.id, "reason", reason)
@@ -347,15 +340,6 @@ func (c *Client) replayThenWrite() {
 	c.mu.Unlock()
 	if req != nil && req.mode == closeAbort {
 		c.conn.CloseNow()
-	}
-}
-
-// presence runs a presence update, bounded by the write timeout.
-func (c *Client) presence(update func(context.Context) error) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.room.cfg.writeTimeout)
-	defer cancel()
-	if err := update(ctx); err != nil {
-		c.room.reportError(c, fmt.Errorf("wsroom: presence: %w", err))
 	}
 }
 

@@ -55,8 +55,11 @@
 // stable code for a bad request, and is resynchronised room by room. Server
 // code joins such a client to a room with Client.Join and removes it with
 // Client.Leave; WithJoinCheck decides who may join which room, and
-// WithPresenceEvents tells members who comes and goes. Both kinds of client
-// can share a room.
+// WithPresenceEvents tells members who comes and goes, by connection or,
+// with WithPresenceByUser, by user: a user with many tabs on many nodes is
+// one member (see UserPresence, which redisbroker and natsbroker
+// implement). Room.Members, Room.Count and Room.MembersPage read a room's
+// presence. Both kinds of client can share a room.
 //
 // Clients of the protocol: package wsclient (Go) and the npm package
 // @wsroom/client in js/ (browsers and Node). Package protocoltest checks

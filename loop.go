@@ -619,8 +619,11 @@ func (r *Room) keep() {
 	if !r.subscribe() {
 		return
 	}
+	// Once a second: sweep the leases that ended, with a UserPresence,
+	// and send the member count, with presence events.
 	var tick <-chan time.Time
-	if r.cfg.presenceEvents > 0 {
+	_, sweeps := r.cfg.broker.(UserPresence)
+	if r.cfg.presenceEvents > 0 || sweeps {
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
 		tick = t.C
@@ -629,7 +632,10 @@ func (r *Room) keep() {
 	for {
 		select {
 		case <-tick:
-			sent = r.countMembers(sent)
+			r.sweep()
+			if r.cfg.presenceEvents > 0 {
+				sent = r.countMembers(sent)
+			}
 		case req := <-r.wantc:
 			res := r.fetch(req)
 			res.era = req.era

@@ -40,8 +40,9 @@ type Message struct {
 
 	// Presence, when not empty, marks an event a room publishes about its
 	// members (see WithPresenceEvents): "join" or "leave", with From the
-	// member's client ID and Data its Info; or "count", with Data the
-	// number of members in decimal. Such messages are ephemeral and reach
+	// member's client ID and Data the JSON object {"user": ..., "info":
+	// ...} (info on joins only; Data of earlier versions is the Info
+	// alone); or "count", with Data the number of members in decimal. Such messages are ephemeral and reach
 	// only clients of many rooms.
 	Presence string
 

@@ -345,10 +345,7 @@ func (c *Client) joinRoom(ctx context.Context, name string, req *request) error 
 		return protoErr(codeUnavailable, "%v", ErrClosed)
 	}
 	r.stats.joins.Add(1)
-	if p, ok := r.cfg.broker.(Presence); ok {
-		c.presenceIn(r, func(ctx context.Context) error { return p.Join(ctx, r.name, c.member()) })
-	}
-	r.announce(c, presenceJoin)
+	r.presenceJoin(c)
 	if fn := g.cfg.onRoomJoin; fn != nil {
 		c.hook("room join", func() error { fn(c, r); return nil })
 	}
@@ -362,13 +359,7 @@ func (c *Client) joinRoom(ctx context.Context, name string, req *request) error 
 	if req != nil {
 		joined.ID = req.id()
 		if req.Members {
-			ms, _ := r.Members(ctx)
-			if limit := r.cfg.presenceEvents; limit > 0 && len(ms) > limit {
-				n := len(ms)
-				joined.Count = &n
-			} else {
-				joined.Members = ms
-			}
+			joined.Members, joined.Count = r.membersReply(ctx)
 		}
 	}
 	from, limit := position{}, 0
@@ -541,10 +532,7 @@ func (c *Client) roomLeaveHook(r *Room, why string) {
 
 // roomLeft finishes a leave once the room's loop has forgotten the client.
 func (c *Client) roomLeft(r *Room, reason, id string) {
-	if p, ok := r.cfg.broker.(Presence); ok {
-		c.presenceIn(r, func(ctx context.Context) error { return p.Leave(ctx, r.name, c.id) })
-	}
-	r.announce(c, presenceLeave)
+	r.presenceLeave(c)
 	r.stats.leaves.Add(1)
 	if reason != "" {
 		c.reply((&reply{Op: "left", Room: r.name, ID: id, Reason: reason}).frame())
@@ -574,10 +562,7 @@ func (c *Client) evict(r *Room, tell *reply) {
 		c.mu.Unlock()
 	}
 	go func() { // presence and the release may wait
-		if p, ok := r.cfg.broker.(Presence); ok {
-			c.presenceIn(r, func(ctx context.Context) error { return p.Leave(ctx, r.name, c.id) })
-		}
-		r.announce(c, presenceLeave)
+		r.presenceLeave(c)
 		r.stats.leaves.Add(1)
 		why := "closed"
 		if tell.Op == "resync" {
@@ -586,16 +571,6 @@ func (c *Client) evict(r *Room, tell *reply) {
 		c.roomLeaveHook(r, why)
 		r.release()
 	}()
-}
-
-// presenceIn runs a presence update for room r, bounded by the write
-// timeout.
-func (c *Client) presenceIn(r *Room, update func(context.Context) error) {
-	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.writeTimeout)
-	defer cancel()
-	if err := update(ctx); err != nil {
-		r.reportError(c, fmt.Errorf("wsroom: presence: %w", err))
-	}
 }
 
 // publishReq publishes a client's "pub" and acks it. A pub whose id the

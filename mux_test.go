@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,6 +36,7 @@ type frame struct {
 	Members []wsroom.Member `json:"members,omitempty"`
 	Join    []wsroom.Member `json:"join,omitempty"`
 	Leave   []string        `json:"leave,omitempty"`
+	Users   []string        `json:"users,omitempty"`
 	Count   *int            `json:"count,omitempty"`
 	Text    *string         `json:"text,omitempty"`
 	Bytes   []byte          `json:"bytes,omitempty"`
@@ -560,6 +562,56 @@ func TestMuxPresenceEvents(t *testing.T) {
 	if *count != 3 {
 		t.Errorf("count = %d, want 3", *count)
 	}
+}
+
+// With WithPresenceByUser, a user's connections are one member: one join
+// at its first, one leave at its last, and listed once.
+func TestMuxPresenceByUser(t *testing.T) {
+	f := newMux(t, wsroom.WithPresenceEvents(10), wsroom.WithPresenceByUser(), wsroom.WithAuthorize(func(r *http.Request) (any, error) {
+		return r.URL.Query().Get("name"), nil
+	}))
+	dialAs := func(name string) *websocket.Conn {
+		c, _, err := websocket.Dial(t.Context(), f.url+"?name="+name, &websocket.DialOptions{Subprotocols: []string{wsroom.Subprotocol}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.CloseNow() })
+		expectHello(t, c)
+		return c
+	}
+	joinAs := func(name string, members bool) (*websocket.Conn, frame) {
+		c := dialAs(name)
+		send(t, c, fmt.Sprintf(`{"op":"join","room":"r","members":%v}`, members))
+		return c, expect(t, c, "joined")
+	}
+	var o *websocket.Conn // the observer
+	heard := func(what string, check func(frame) bool) {
+		t.Helper()
+		if p := expect(t, o, "presence"); !check(p) {
+			t.Errorf("heard %+v, want %s", p, what)
+		}
+	}
+	o, _ = joinAs("obs", false)
+	heard("obs's own join", func(p frame) bool { return len(p.Join) == 1 && p.Join[0].User == "obs" })
+	ana1, _ := joinAs("ana", false)
+	heard("ana's join", func(p frame) bool {
+		return len(p.Join) == 1 && p.Join[0].User == "ana" && p.Join[0].Info == "ana" && p.Join[0].ID != ""
+	})
+	ana2, j := joinAs("ana", true)
+	var us []string
+	for _, m := range j.Members {
+		us = append(us, m.User)
+	}
+	if !slices.Equal(us, []string{"ana", "obs"}) {
+		t.Errorf("joined members' users = %v, want [ana obs]", us)
+	}
+	joinAs("ben", false)
+	heard("ben's join, and no second join of ana", func(p frame) bool { return len(p.Join) == 1 && p.Join[0].User == "ben" })
+	ana1.Close(websocket.StatusNormalClosure, "")
+	send(t, ana2, `{"op":"leave","room":"r"}`)
+	heard("ana's leave, once", func(p frame) bool {
+		return len(p.Leave) == 1 && slices.Equal(p.Users, []string{"ana"})
+	})
 }
 
 // A publish retried while the first is still under way, from another

@@ -98,6 +98,8 @@ type config struct {
 	broker       Broker
 	history      int
 	publishRetry time.Duration
+	// presenceByUser keys presence members by user (WithPresenceByUser).
+	presenceByUser bool
 
 	set optionSet // the options given that serve a Registry only
 
@@ -600,8 +602,12 @@ func WithMaxRoomsPerClient(n int) Option {
 // are not sent, since their traffic grows with the square of the room's
 // size; instead each node sends its members of many rooms the number of
 // members, at most once a second, when it changed. The number is the
-// Broker's Presence count when it has one (asked once a second per room
-// with members on the node), else the node's. limit <= 0 turns presence
+// Broker's count when it is a UserPresence (its engine counts, without
+// reading the member list), else the length of its Presence's list, else
+// the node's, asked once a second per room with members on the node. Once
+// a second too, each such room sweeps a UserPresence's entries whose lease
+// ended (a node that died) and announces their users' leaves. Members are
+// connections, or users with WithPresenceByUser. limit <= 0 turns presence
 // events off (the default). It serves a Registry only, whose members of
 // many rooms get the events: New panics on it.
 func WithPresenceEvents(limit int) Option {
@@ -609,6 +615,25 @@ func WithPresenceEvents(limit int) Option {
 		cfg.set |= setPresenceEvents
 		cfg.presenceEvents = max(limit, 0)
 	}
+}
+
+// WithPresenceByUser makes a room's presence members users rather than
+// connections: a client's user is its identity (what the authorize hook
+// returned) when that is a string or a fmt.Stringer, and a client without
+// one is its own user. A user with many connections in a room, on any
+// nodes, is one member: Members lists it once, Count counts it once, and
+// presence events (WithPresenceEvents) tell one join, when its first
+// connection joins, and one leave, when its last one leaves. Across nodes
+// this needs a Broker that implements UserPresence, which counts each
+// user's connections in its engine; with any other Broker, a node counts
+// only its own connections, so a user on two nodes joins once on each.
+//
+// Without it, each connection is a member of its own, as before: apps that
+// list tabs, or that key members by connection ID, keep working. The
+// events' members carry a "user" either way (PROTOCOL.md, section 3.7),
+// so a client written for per-user presence works with both.
+func WithPresenceByUser() Option {
+	return func(cfg *config) { cfg.presenceByUser = true }
 }
 
 // WithOnRoomJoin sets a hook called when a client of many rooms (see

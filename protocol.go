@@ -252,8 +252,8 @@ func (rp *reply) at(p position) *reply {
 
 // presenceFrame returns the frame of a presence event of the room:
 //
-//	{"op":"presence","room":"lobby","join":[{"id":"c5r...","info":"ana"}]}
-//	{"op":"presence","room":"lobby","leave":["c5r..."]}
+//	{"op":"presence","room":"lobby","join":[{"id":"c5r...","info":"ana","user":"ana"}]}
+//	{"op":"presence","room":"lobby","leave":["c5r..."],"users":["ana"]}
 //	{"op":"presence","room":"lobby","count":250}
 func presenceFrame(room string, m Message) ([]byte, error) {
 	rp := struct {
@@ -261,13 +261,15 @@ func presenceFrame(room string, m Message) ([]byte, error) {
 		Room  string   `json:"room"`
 		Join  []Member `json:"join,omitempty"`
 		Leave []string `json:"leave,omitempty"`
+		Users []string `json:"users,omitempty"`
 		Count *int     `json:"count,omitempty"`
 	}{Op: "presence", Room: room}
 	switch m.Presence {
 	case presenceJoin:
-		rp.Join = []Member{{ID: m.From, Info: string(m.Data)}}
+		rp.Join = []Member{eventMember(m)}
 	case presenceLeave:
-		rp.Leave = []string{m.From}
+		e := eventMember(m)
+		rp.Leave, rp.Users = []string{e.ID}, []string{e.User}
 	case presenceCount:
 		n, err := strconv.Atoi(string(m.Data))
 		if err != nil {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,7 +70,8 @@ type Room struct {
 	muxQueued *atomic.Int64 // frames queued for the Registry's connections of many rooms; nil for New
 
 	joined  atomic.Int64
-	members atomic.Int64 // the room's members on every node, when known
+	members atomic.Int64  // the room's members on every node, when known
+	local   localPresence // the users of the room's clients on this node
 	stats   counters
 }
 
@@ -149,20 +149,6 @@ func (r *Room) Clients() []*Client {
 	case <-r.done:
 		return nil
 	}
-}
-
-// Members returns who is in the room on every node, when the room's Broker
-// implements Presence, or on this node otherwise. A member's Info is the
-// client's identity when that is a string or a fmt.Stringer.
-func (r *Room) Members(ctx context.Context) ([]Member, error) {
-	if p, ok := r.cfg.broker.(Presence); ok {
-		return p.Members(ctx, r.name)
-	}
-	var out []Member
-	for _, c := range r.Clients() {
-		out = append(out, c.member())
-	}
-	return out, nil
 }
 
 // Len returns the number of clients of the room on this node.
@@ -458,69 +444,4 @@ func (r *Room) readAfter(ctx context.Context, p position, n int) ([]Message, err
 		return nil, r.gap(ctx, p)
 	}
 	return msgs, err
-}
-
-// announce publishes a client's join or leave to the room's members of
-// many rooms on every node, if presence events are on and the room is not
-// crowded (see WithPresenceEvents).
-func (r *Room) announce(c *Client, kind string) {
-	if r.cfg.presenceEvents <= 0 || r.crowded() {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.writeTimeout)
-	defer cancel()
-	// Joins may go on before the room has subscribed to its broker (see
-	// subscribe); an ephemeral event published then would not reach the
-	// room's own members, the joiner first.
-	select {
-	case <-r.heard:
-	case <-r.done:
-		return
-	case <-ctx.Done():
-		r.reportError(c, fmt.Errorf("wsroom: presence event: %w", ctx.Err()))
-		return
-	}
-	m := Message{Time: time.Now(), Ephemeral: true, From: c.id, Presence: kind}
-	if kind == presenceJoin {
-		m.Data = []byte(c.member().Info)
-	}
-	if err := r.publish(ctx, m); err != nil && !errors.Is(err, ErrClosed) {
-		r.reportError(c, fmt.Errorf("wsroom: presence event: %w", err))
-	}
-}
-
-// crowded reports whether the room has more members than presence events
-// list one by one.
-func (r *Room) crowded() bool {
-	return max(int64(r.Len()), r.members.Load()) > int64(r.cfg.presenceEvents)
-}
-
-// countMembers refreshes the room's member count, from the Broker's
-// Presence if it has one, and, if the room is crowded (or was when the
-// count was last sent) and the count is not sent, tells this node's members
-// of many rooms. It returns the count sent.
-func (r *Room) countMembers(sent int64) int64 {
-	if r.Len() == 0 {
-		return sent
-	}
-	n := int64(r.Len())
-	if p, ok := r.cfg.broker.(Presence); ok {
-		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.writeTimeout)
-		ms, err := p.Members(ctx, r.name)
-		cancel()
-		if err == nil {
-			n = int64(len(ms))
-		}
-	}
-	r.members.Store(n)
-	// A crowded room sends its count when it changed, and once more when
-	// it is no longer crowded (presence events resume then).
-	wasCrowded := sent > int64(r.cfg.presenceEvents)
-	if n == sent || !r.crowded() && !wasCrowded {
-		return sent
-	}
-	if r.inbox.offer(Message{Time: time.Now(), Ephemeral: true, Presence: presenceCount, Data: strconv.AppendInt(nil, n, 10)}) {
-		return n
-	}
-	return sent
 }

@@ -11,6 +11,14 @@
 // Each case uses room names of its own, so a shared engine need not be
 // emptied first.
 //
+// The presence cases run on a Broker that implements wsroom.Presence, and
+// those of users on one that implements wsroom.UserPresence: first joins
+// and last leaves across two nodes, two connections of one user joining
+// and leaving at once on two nodes, Count, pages that cover every user
+// once, and, on nodes that implement Crasher, leases: the users of a
+// crashed node are swept once, by one of the surviving nodes, within
+// LeaseWait.
+//
 // RunNodes goes further, for a Broker of many nodes: real server nodes
 // (Registries behind HTTP servers) on the Broker, and clients of many rooms
 // (PROTOCOL.md) that publish, move between nodes with resume, retry
@@ -51,6 +59,11 @@ func Run(t *testing.T, newNode func(t *testing.T) wsroom.Broker) {
 		{"PublishOnce", testPublishOnce},
 		{"Presence", testPresence},
 		{"PresenceEndsWithNode", testPresenceEndsWithNode},
+		{"UserFirstLast", testUserFirstLast},
+		{"UserConcurrentJoins", testUserConcurrentJoins},
+		{"UserCount", testUserCount},
+		{"UserPages", testUserPages},
+		{"UserLease", testUserLease},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, newNode) })
@@ -273,6 +286,9 @@ func members(t *testing.T, p wsroom.Presence, room string) []wsroom.Member {
 		t.Fatalf("Members(%q) error: %v", room, err)
 	}
 	slices.SortFunc(ms, func(a, b wsroom.Member) int { return cmp.Compare(a.ID, b.ID) })
+	for i := range ms {
+		ms[i].User = "" // compared apart, by the cases of users
+	}
 	return ms
 }
 

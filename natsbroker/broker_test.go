@@ -24,7 +24,9 @@ var _ wsroom.Sequencer = (*Broker)(nil)
 
 func TestBrokerConformance(t *testing.T) {
 	prefix := testPrefix(t)
-	brokertest.Run(t, func(t *testing.T) wsroom.Broker { return newNode(t, prefix) })
+	brokertest.Run(t, func(t *testing.T) wsroom.Broker {
+		return crashable{newNode(t, prefix, WithPresenceTTL(MinPresenceTTL))}
+	})
 }
 
 // TestRoomNames checks that names with subject metacharacters are rooms of
@@ -379,3 +381,9 @@ func TestUnannouncedAfterSubscribe(t *testing.T) {
 		t.Errorf("delivered %+v, want %+v", got[0], m)
 	}
 }
+
+// crashable is a Broker that brokertest's lease case can crash.
+type crashable struct{ *Broker }
+
+// Crash implements brokertest.Crasher.
+func (c crashable) Crash() { c.stopRenewing() }

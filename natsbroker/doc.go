@@ -155,36 +155,53 @@
 //
 // # Presence
 //
-// Join, Leave and Members implement wsroom.Presence on a JetStream
-// key-value bucket shared by every node: "WSROOM_PRESENCE" with the default
-// prefix (the stream name followed by "_PRESENCE", any character a bucket
-// name cannot hold replaced by '_'), whose stream is "KV_WSROOM_PRESENCE".
-// It is created on first use, with the presence TTL (WithPresenceTTL,
-// DefaultPresenceTTL by default) as its MaxAge and one value per key. A
-// node that finds the bucket, or the history stream, already configured as
-// it wants leaves it alone; nodes that start at the same moment race to
-// create them, and those that lose the race use what the winner created. Each
-// member is one key, "<room>.<node>.<client>": the room token as above, a
-// random identifier of the Broker, and "c" followed by the client ID in
-// unpadded base64url; the value is the member's Info. The bucket's TTL
-// applies to every key alike, so this works on servers without per-message
-// TTL (before NATS 2.11).
+// The Broker is a wsroom.UserPresence on a JetStream key-value bucket
+// shared by every node: "WSROOM_PRESENCE" with the default prefix (the
+// stream name followed by "_PRESENCE", any character a bucket name cannot
+// hold replaced by '_'), whose stream is "KV_WSROOM_PRESENCE". It is
+// created on first use, with ten presence TTLs (WithPresenceTTL,
+// DefaultPresenceTTL by default) as its MaxAge, which forgets the keys of
+// rooms whose nodes all died, and one value per key. A node that finds the
+// bucket, or the history stream, already configured as it wants leaves it
+// alone; nodes that start at the same moment race to create them, and those
+// that lose the race use what the winner created.
 //
-// Join writes the member's key; Leave purges it. A goroutine of the Broker
-// rewrites every key of its members each third of the TTL, so a live node's
-// entries never expire, while a node that stops without Close (a crash, a
-// lost network) leaves entries that expire between 2/3 and 1 TTL after its
-// last rewrite. Close removes its node's entries at once, with one purge of
-// the stream filtered on its identifier. Members reads the room's keys
-// through a short-lived consumer that delivers the last value of each key
-// matching "<room>.>", so no other room's entries are read.
+// Each user of a room is one key, "<room>.u.<user>": the room token as
+// above, then "u" followed by the user in unpadded base64url. Its value
+// lists the user's connections in the room, on every node, each with the
+// end of its lease (Unix milliseconds) and its Info. JoinUser and
+// LeaveUser change it with compare-and-set updates (a write that names the
+// key's revision, read again and retried when another node wrote it
+// first), so that two connections of one user joining at once on two nodes
+// give one first join, and leaving, one last leave. A room's count of users
+// is the key "<room>.n", changed by compare-and-set on each first join and
+// last leave: Count reads that one key, never the list. Join and Leave are
+// JoinUser and LeaveUser of a client that is its own user.
 //
-// The cost: each member takes one JetStream publish to join, one to leave,
-// and one per TTL/3 as long as it stays (a node with 3,000 members and the
-// default TTL of 30 seconds publishes 300 times a second; the rewrites of
-// one round are sent 16 at a time). Members costs four round trips or so
-// (the stream's state, then creating, reading and deleting the consumer)
-// and, on the server, a scan of the room's keys. A longer TTL means fewer rewrites, and a dead node's
-// members listed longer. Every node of a cluster must use the same TTL:
-// each one sets the bucket's TTL on first use, and the last one wins.
+// A goroutine of the Broker renews the leases of its connections every
+// third of the TTL (one compare-and-set write per user entry, 16 at a
+// time), writing back those that are gone unless their client left. A
+// node that stops without Close (a crash, a lost network) leaves leases
+// that end within one TTL of its last renewal; Members, MembersPage and
+// Count's sweeps skip them from then on. Sweep, at most once every third of
+// the TTL per room and node, reads the room's user entries, removes the
+// connections whose lease ended with compare-and-set writes, so that of
+// the nodes sweeping at once one removes each and reports its user's last
+// leave, and corrects the room's count if a node died between writing an
+// entry and the count. Each Room with presence events sweeps its room once
+// a second, so a dead node's users are announced gone within the TTL plus
+// about TTL/3 and a second. Close removes its node's connections from
+// their users' entries. A node cut off for longer than the TTL writes its
+// entries back when it reconnects, without a new join event.
+//
+// The cost: each connection takes one read and one compare-and-set write to
+// join and to leave (two more when the user's count changes), and one per
+// TTL/3 for each user it is renewed for. Members, MembersPage and Sweep
+// read the room's user keys through a short-lived consumer that delivers
+// the last value of each key matching "<room>.u.*" (four round trips or so,
+// and on the server a scan of the room's keys): the bucket has no ordered
+// range reads, so MembersPage reads the room for each page, and a room's
+// sweeps read it every TTL/3 on each node with members of it. Every node of
+// a cluster must use the same TTL: each one sets the bucket's age limit on
+// first use, and the last one wins.
 package natsbroker

@@ -91,14 +91,16 @@ func WithLogger(l *slog.Logger) Option {
 	}
 }
 
-// WithPresenceTTL sets how long a member's presence entry outlives the last
-// refresh by its node: the TTL (MaxAge) of the presence bucket. A Broker
-// rewrites its members' entries every third of d, so the entries of a node
-// that stops without Close disappear between 2/3 d and d after it stopped.
-// d <= 0 selects DefaultPresenceTTL (30 seconds); d below MinPresenceTTL
-// (one second) is raised to it. Every node of a cluster must use the same
-// value: a node sets the bucket's TTL when it first uses presence. Later
-// values win.
+// WithPresenceTTL sets the presence lease: how long a connection's presence
+// entry outlives the last renewal by its node. A Broker renews its
+// connections' leases every third of d, so the leases of a node that stops
+// without Close end between 2/3 d and d after it stopped, and a surviving
+// node's sweep then announces their users' leaves (wsroom.UserPresence).
+// The presence bucket's age limit (MaxAge) is 10 d. d <= 0 selects
+// DefaultPresenceTTL (30 seconds); d below MinPresenceTTL (one second) is
+// raised to it. Every node of a cluster must use the same value: a node
+// sets the bucket's age limit when it first uses presence. Later values
+// win.
 func WithPresenceTTL(d time.Duration) Option {
 	return func(c *config) {
 		switch {

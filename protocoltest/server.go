@@ -192,11 +192,13 @@ type frame struct {
 	Count   *int            `json:"count"`
 	Join    []member        `json:"join"`
 	Leave   []string        `json:"leave"`
+	Users   []string        `json:"users"`
 }
 
 type member struct {
 	ID   string          `json:"id"`
 	Info json.RawMessage `json:"info"`
+	User string          `json:"user"`
 }
 
 func (f *frame) has(name string) bool { _, ok := f.members[name]; return ok }
@@ -1325,6 +1327,9 @@ func testJoinedMembers(t *testing.T, k *kit) {
 	ids := map[string]int{}
 	for _, m := range j.Members {
 		ids[m.ID]++
+		if m.User == "" {
+			t.Errorf("joined %s: member %q without a user (3.7)", j, m.ID)
+		}
 	}
 	if len(j.Members) != 2 || ids[a.hello.Conn] != 1 || ids[b.hello.Conn] != 1 {
 		t.Errorf("joined %s: members, want exactly %q and %q (the joiner included)", j, a.hello.Conn, b.hello.Conn)
@@ -1496,9 +1501,12 @@ func testPresenceCount(t *testing.T, k *kit) {
 	}
 	room := k.room()
 	j := a.join(room)
-	a.take("the own presence join", func(f *frame) bool {
+	own := a.take("the own presence join", func(f *frame) bool {
 		return f.Op == "presence" && f.room() == room && len(f.Join) == 1 && f.Join[0].ID == a.hello.Conn && f.n > j.n
 	})
+	if own.Join[0].User == "" {
+		t.Errorf("presence %s: a join member without a user", own)
+	}
 	others := make([]*client, bound)
 	for i := range others {
 		others[i] = k.dial(t)
@@ -1518,9 +1526,12 @@ func testPresenceCount(t *testing.T, k *kit) {
 	if f := o.reply(); f.Op != "left" {
 		t.Fatalf("reply %s, want left", f)
 	}
-	a.take("a presence leave event below the bound", func(f *frame) bool {
+	left := a.take("a presence leave event below the bound", func(f *frame) bool {
 		return f.Op == "presence" && f.room() == room && len(f.Leave) == 1 && f.Leave[0] == o.hello.Conn
 	})
+	if len(left.Users) != 1 || left.Users[0] == "" {
+		t.Errorf("presence %s: want users, one for each id of leave", left)
+	}
 }
 
 // 4.1, 4.3: 300 pipelined joins, read all the time: every one answered, in

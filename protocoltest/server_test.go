@@ -75,3 +75,14 @@ func TestCompressionNotOffered(t *testing.T) {
 	url, cfg := serve(t, wsroom.WithCompression(websocket.CompressionContextTakeover))
 	protocoltest.Run(t, url, cfg)
 }
+
+// TestPresenceByUser runs the kit against a Registry whose presence members
+// are users; the kit's connections have no identity, so each is a user of
+// its own, and the server behaves as the protocol says of any member.
+func TestPresenceByUser(t *testing.T) {
+	url, cfg := serve(t, wsroom.WithPresenceEvents(2), wsroom.WithPresenceByUser())
+	lim := protocoltest.DefaultLimits()
+	lim.Presence = 2
+	cfg.Limits = &lim
+	protocoltest.Run(t, url, cfg)
+}

@@ -34,9 +34,10 @@ const (
 )
 
 var (
-	_ wsroom.Broker   = (*Broker)(nil)
-	_ wsroom.Store    = (*Broker)(nil)
-	_ wsroom.Presence = (*Broker)(nil)
+	_ wsroom.Broker       = (*Broker)(nil)
+	_ wsroom.Store        = (*Broker)(nil)
+	_ wsroom.Presence     = (*Broker)(nil)
+	_ wsroom.UserPresence = (*Broker)(nil)
 )
 
 // Broker is a wsroom.Broker, a wsroom.Store and a wsroom.Presence that keeps
@@ -97,9 +98,9 @@ type Broker struct {
 	reads chan struct{} // a slot for each history read under way (WithReadConcurrency)
 
 	presMu     sync.Mutex
-	present    map[string]map[string]string // this node's members: room, ID, info
-	presLeft   uint64                       // number of Leave calls, to spot one during a refresh
-	presClosed bool                         // set by Close
+	present    map[string]map[string]localMember // this node's members: room, ID
+	presClosed bool                              // set by Close
+	presHalt   chan struct{}                     // closed by stopRenewing
 }
 
 // topic is a room's channel subscribed on this Broker: its subscriptions,
@@ -148,8 +149,9 @@ func New(client redis.UniversalClient, opts ...Option) *Broker {
 		writtenCh: make(chan struct{}),
 		wake:      make(chan struct{}, 1),
 
-		present: make(map[string]map[string]string),
-		reads:   make(chan struct{}, cfg.readConcurrency),
+		present:  make(map[string]map[string]localMember),
+		presHalt: make(chan struct{}),
+		reads:    make(chan struct{}, cfg.readConcurrency),
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	if cfg.roomQueue < 1 {

@@ -81,27 +81,48 @@
 //
 // # Presence
 //
-// [Broker.Join], [Broker.Leave] and [Broker.Members] keep who is in each
-// room across every node, which [wsroom.Room.Members] returns. A room's
-// members are the sorted set "P{R}:presence", whose members are client IDs
-// scored by the time, in Unix milliseconds, at which the entry expires, and
-// the hash "P{R}:presence:info", which maps each client ID to its
-// [wsroom.Member] Info. Each Broker remembers the members joined through it
-// and, every third of the presence TTL ([WithPresenceTTL], 30 seconds
-// unless set otherwise), pushes their expiry one TTL ahead, adding them
-// again if they are gone. Members first drops the expired entries, then
-// reads the others, in one script run. Leave removes an entry, and Close
-// removes those of its Broker, so that the other nodes stop listing them at
-// once; the entries of a node that stops without Close (a crash, a lost
-// network) expire by themselves within one TTL. A room's presence keys
-// expire one TTL after their last write, so an abandoned room leaves
-// nothing behind. Expiry times come from the nodes' clocks, which should
-// agree to well within the TTL.
+// The Broker is a [wsroom.UserPresence]: [Broker.JoinUser] and
+// [Broker.LeaveUser] keep who is in each room across every node, counting
+// each user's connections in Redis, so that a user with tabs on many nodes
+// joins once (first true) and leaves once (last true), even when two of its
+// connections join or leave at the same instant on two nodes. [Broker.Join]
+// and [Broker.Leave] are the same for a client that is its own user. A
+// room R's presence is five keys that share its hash tag, so that each
+// script touches one slot (Redis Cluster included):
 //
-// Join and Leave cost one round trip and one script run each. Members costs
-// one round trip and a script run that reads the whole set, in time
-// proportional to the room's members, plus the expired ones it removes. The
-// refresh costs each node one pipelined round trip every TTL/3, with one
-// script run per room that has members on that node, proportional to those
-// members. Each member takes a sorted set entry and a hash field in Redis.
+//	P{R}:members:conns   sorted set: client ID -> end of its lease (Unix ms)
+//	P{R}:members:data    hash: "u:"+ID -> user, "i:"+ID -> info, "n:"+user -> the user's connections
+//	P{R}:members:byuser  sorted set, scores 0: user+"\x00"+ID, for pages in user order
+//	P{R}:members:users   sorted set: user -> latest end of its leases, for Count
+//	P{R}:members:left    sorted set: client ID -> when the note that it left expires
+//
+// Each Broker remembers the connections joined through it and, every third
+// of the presence TTL ([WithPresenceTTL], 30 seconds unless set
+// otherwise), renews their leases one TTL ahead in one pipelined round
+// trip, writing back those that are gone (Redis lost them) unless their
+// client left: the "left" notes keep a renewal that races a leave from
+// writing the entry back. Close removes its Broker's entries.
+//
+// Leases: the entries of a node that stops without Close (a crash, a lost
+// network) lapse within one TTL of its last renewal, and stop counting
+// then ([Broker.Members], [Broker.Count] and [Broker.MembersPage] skip
+// them). [Broker.Sweep] removes them and reports the users whose last
+// connection that was; each Room with presence events sweeps its room once
+// a second on every node with members of it, and Redis runs one sweep at a
+// time, so each such user's leave is announced once, by one node, within
+// the TTL plus about a second of the node's death. A node cut off for
+// longer than the TTL writes its entries back when it is reconnected,
+// without a new join event.
+//
+// Costs: JoinUser, LeaveUser and Sweep cost one round trip and one script
+// run each, in time proportional to the entries they touch (Sweep removes
+// at most 1,000 at a time); Count is one ZCOUNT, O(log n), whatever the
+// room's size; MembersPage one script run that reads the page's users in
+// user order (O(log n) plus the page); Members one script run that reads
+// the whole room. The refresh costs each node one pipelined round trip
+// every TTL/3, with one script run per room that has members on that
+// node, proportional to those members. A room's presence keys expire two
+// TTLs after their last write, so an abandoned room leaves nothing behind.
+// Expiry times come from the nodes' clocks, which should agree to well
+// within the TTL.
 package redisbroker

@@ -149,7 +149,9 @@ func WithLogger(l *slog.Logger) Option {
 // through the Broker lasts without being refreshed: the Broker refreshes its
 // entries every d/3, so a node that stops without Close (a crash, a lost
 // network) leaves its members listed by the other nodes for at most d.
-// A room's presence keys also expire d after their last write. A shorter d
+// The leases of a node that stops so end within d, and a surviving node's
+// sweep announces their users' leaves (wsroom.UserPresence). A room's
+// presence keys also expire 2d after their last write. A shorter d
 // forgets dead nodes sooner at the cost of more frequent refreshes. Every
 // Broker of a cluster should use the same d, and the nodes' clocks should
 // agree to well within d. d <= 0 selects DefaultPresenceTTL, the default. If

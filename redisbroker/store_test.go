@@ -28,7 +28,9 @@ var _ wsroom.Sequencer = (*Broker)(nil)
 // its own, so deliveries really cross Redis between nodes.
 func TestBrokerConformance(t *testing.T) {
 	requireRedis(t)
-	brokertest.Run(t, func(t *testing.T) wsroom.Broker { return newBroker(t) })
+	brokertest.Run(t, func(t *testing.T) wsroom.Broker {
+		return crashable{newBroker(t, WithPresenceTTL(time.Second))}
+	})
 }
 
 func appendN(t *testing.T, s wsroom.Store, room string, n int, at time.Time) []wsroom.Message {
@@ -388,3 +390,9 @@ func TestAfterReadsInPages(t *testing.T) {
 		})
 	}
 }
+
+// crashable is a Broker that brokertest's lease case can crash.
+type crashable struct{ *Broker }
+
+// Crash implements brokertest.Crasher.
+func (c crashable) Crash() { c.stopRenewing() }

@@ -17,6 +17,12 @@
 // give a room every message after its position, the room reports a
 // *ResyncError to its reader and rejoins.
 //
+// Room.Presence tells who is in a room: the members a join with the
+// Members option listed, kept up to date by the server's presence events,
+// one per user (PROTOCOL.md, section 3.7), or, in a room above the
+// server's presence bound, their count; Room.PresenceChanged says when it
+// changes.
+//
 // Everything the client holds is bounded: the publishes waiting for an ack
 // (WithMaxPending, and the server's idempotency window per room), the
 // frames waiting to be written (WithQueue; a Publish past either bound
@@ -646,6 +652,10 @@ type inFrame struct {
 	Reason  string          `json:"reason"`
 	Resume  string          `json:"resume"`
 	Members []Member        `json:"members"`
+	Count   *int            `json:"count"`
+	Join    []Member        `json:"join"`
+	Leave   []string        `json:"leave"`
+	Users   []string        `json:"users"`
 }
 
 // outFrame is any request to the server (PROTOCOL.md, section 2).
@@ -683,6 +693,8 @@ func (c *Client) handleLocked(f *inFrame) {
 	switch f.Op {
 	case "msg":
 		r.msgLocked(f)
+	case "presence":
+		r.presenceLocked(f)
 	case "joined":
 		if f.ID == r.joinID {
 			r.joinedLocked(f)

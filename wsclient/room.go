@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"iter"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -50,6 +51,37 @@ func (k Kind) String() string {
 type Member struct {
 	ID   string `json:"id"`   // the connection's id, as in Message.From
 	Info string `json:"info"` // the identity the server gave it
+	// User is who the member is: its identity on a server that keys
+	// presence by user, else its connection's id (and "" from servers
+	// that predate users).
+	User string `json:"user"`
+}
+
+// key is what identifies the member in a room's presence: its user, or its
+// connection's id from servers that predate users.
+func (m Member) key() string {
+	if m.User != "" {
+		return m.User
+	}
+	return m.ID
+}
+
+// Presence is who is in a room, as the server told the client: the members
+// the last join listed (see the Members option), kept up to date by the
+// server's presence events (when its limits.presence is above 0).
+type Presence struct {
+	// Members are the room's members, one per user, ordered by User;
+	// nil unless Listed.
+	Members []Member
+	// Count is the number of members: len(Members) when Listed, else
+	// the number the server last sent for a room above its presence
+	// bound (0 if none came).
+	Count int
+	// Listed reports whether Members lists every member: the join asked
+	// for them and the room has not grown above the server's presence
+	// bound since (the server sends only counts then; the next join
+	// lists the members again).
+	Listed bool
 }
 
 // ResyncError is what Room.Next returns, without ending the room, when the
@@ -136,8 +168,11 @@ type Room struct {
 	leaveID  string
 	joined   bool // once
 	members  []Member
-	buf      buffer     // for the reader; buf.err is why the room ended
-	pubs     []*pending // in order
+	present  map[string]Member // by Member.key; nil when not listed
+	count    int               // the server's count, when not listed
+	changed  chan struct{}     // closed and replaced when the presence changes
+	buf      buffer            // for the reader; buf.err is why the room ended
+	pubs     []*pending        // in order
 	retry    *time.Timer
 	tries    int // of the join, answered "unavailable" or "internal"
 }
@@ -155,7 +190,7 @@ const (
 // again after a while (with backoff), until ctx is done. A name the Client
 // is in already is an error.
 func (c *Client) Join(ctx context.Context, name string, opts ...JoinOption) (*Room, error) {
-	r := &Room{c: c, name: name, ready: make(chan struct{})}
+	r := &Room{c: c, name: name, ready: make(chan struct{}), changed: make(chan struct{})}
 	r.buf = newBuffer(&c.mu, func() {
 		if r.behind {
 			r.catchUpLocked()
@@ -204,6 +239,65 @@ func (r *Room) Members() []Member {
 	r.c.mu.Lock()
 	defer r.c.mu.Unlock()
 	return r.members
+}
+
+// Presence returns who is in the room, as the server last told.
+func (r *Room) Presence() Presence {
+	r.c.mu.Lock()
+	defer r.c.mu.Unlock()
+	if r.present == nil {
+		return Presence{Count: r.count}
+	}
+	ms := make([]Member, 0, len(r.present))
+	for _, m := range r.present {
+		ms = append(ms, m)
+	}
+	slices.SortFunc(ms, func(a, b Member) int { return strings.Compare(a.key(), b.key()) })
+	return Presence{Members: ms, Count: len(ms), Listed: true}
+}
+
+// PresenceChanged returns a channel that is closed when the room's
+// Presence next changes.
+func (r *Room) PresenceChanged() <-chan struct{} {
+	r.c.mu.Lock()
+	defer r.c.mu.Unlock()
+	return r.changed
+}
+
+func (r *Room) presenceChangedLocked() {
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
+// presenceLocked takes a presence event of the room: members who joined,
+// members who left (by connection id, and by user from servers that key
+// presence by user), or the count of a room above the presence bound.
+func (r *Room) presenceLocked(f *inFrame) {
+	if r.joinID != "" || !r.onServer {
+		return // of a membership before the join in flight
+	}
+	if f.Count != nil {
+		r.count = *f.Count
+		if bound := r.c.limits.Presence; bound <= 0 || r.count > bound {
+			r.present = nil // the server sends counts only now
+		}
+		r.presenceChangedLocked()
+		return
+	}
+	if r.present == nil {
+		return // not listed: events alone cannot make the list
+	}
+	for _, m := range f.Join {
+		r.present[m.key()] = m
+	}
+	for i, id := range f.Leave {
+		if i < len(f.Users) && f.Users[i] != "" {
+			delete(r.present, f.Users[i])
+		} else {
+			delete(r.present, id)
+		}
+	}
+	r.presenceChangedLocked()
 }
 
 // Done returns a channel closed when the room has ended; Next returns why
@@ -295,6 +389,17 @@ func (r *Room) joinedLocked(f *inFrame) {
 	}
 	r.hasPos = true
 	r.members = f.Members
+	switch {
+	case f.Members != nil:
+		r.present = make(map[string]Member, len(f.Members))
+		for _, m := range f.Members {
+			r.present[m.key()] = m
+		}
+		r.presenceChangedLocked()
+	case f.Count != nil:
+		r.present, r.count = nil, *f.Count
+		r.presenceChangedLocked()
+	}
 	if !r.joined {
 		r.joined = true
 		close(r.ready)

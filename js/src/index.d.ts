@@ -160,9 +160,16 @@ export interface HelloFrame {
  * Uint8Array). */
 export type PayloadKind = "data" | "text" | "bytes";
 
+/** A member of a room (PROTOCOL.md, section 3.7). */
 export interface Member {
+  /** The connection that made it a member. */
   id: string;
+  /** The identity the application gave it. */
   info?: string;
+  /** Who the member is: its identity on a server that keys presence by
+   * user, else its connection's id; absent from servers that predate
+   * users. */
+  user?: string;
 }
 
 /** A message of a room, as the server sent it. */
@@ -222,7 +229,10 @@ export interface PresenceFrame {
   op: "presence";
   room: string;
   join?: Member[];
+  /** The connection ids of the members that left... */
   leave?: string[];
+  /** ...and their users, one for each id of leave. */
+  users?: string[];
   count?: number;
 }
 
@@ -343,6 +353,15 @@ export class Room<T = unknown> {
   /** Resolves with the first joined frame; rejects if the join is refused
    * or the room is left or the client closed first. */
   readonly ready: Promise<JoinedFrame>;
+  /** Who is in the room, by user: from the joined list (join with
+   * `members: true`), kept up to date by presence events (when the
+   * server's limits.presence > 0); null when not listed (not asked for,
+   * or the room is above the presence bound: see count). Read it in a
+   * "presence" or "joined" listener, or at any time. */
+  readonly members: ReadonlyMap<string, Member> | null;
+  /** The number of members: members.size when listed, else the count the
+   * server last sent for a room above its presence bound (0 if none). */
+  readonly count: number;
   /** Publishes data (any JSON value) and resolves with the server's ack.
    * A numbered publish made while disconnected, or not acked when the
    * connection broke, is sent again with the same id once the room is

@@ -413,6 +413,7 @@ export class Client extends Connection {
         }
         room._in = true;
         room._tries = 0;
+        room._joinedPresence(f);
         room.state = "joined";
         room._settle(null, f);
         room._emit("joined", f);
@@ -434,7 +435,10 @@ export class Client extends Connection {
         if (room) this._resync(room, f);
         return;
       case "presence":
-        if (room && room._in) room._emit("presence", f);
+        if (room && room._in) {
+          room._presence(f, this.limits ? this.limits.presence : 0);
+          room._emit("presence", f);
+        }
         return;
       case "error":
         this._error(f, room, req);
@@ -509,6 +513,15 @@ export class Room extends Emitter {
     /** {epoch, seq} of the last numbered message seen, or null. */
     this.position = parsePosition(options.resume);
     this._in = false; // joined on the current connection
+    /** Who is in the room, by user (PROTOCOL.md, section 3.7): a Map of
+     * user to member {id, info, user}, from the joined list (ask with
+     * `members: true`) kept up to date by presence events; null when not
+     * listed (not asked, or the room is above the server's presence
+     * bound, when only count is known). */
+    this.members = null;
+    /** The number of members: members.size when listed, else the last
+     * count the server sent (0 if none came). */
+    this.count = 0;
     this.ready = new Promise((resolve, reject) => {
       this._settle = (err, joined) => {
         this._settle = () => {};
@@ -530,7 +543,37 @@ export class Room extends Emitter {
   leave() {
     return this.client._leave(this);
   }
+
+  // _joinedPresence takes the members, or the count, of a joined frame.
+  _joinedPresence(f) {
+    if (f.members) {
+      this.members = new Map(f.members.map((m) => [memberKey(m), m]));
+      this.count = this.members.size;
+    } else if (typeof f.count === "number") {
+      this.members = null;
+      this.count = f.count;
+    }
+  }
+
+  // _presence applies a presence event: members who came, members who
+  // went (by user, or by connection id from servers that predate users),
+  // or the count of a room above the bound.
+  _presence(f, bound) {
+    if (typeof f.count === "number") {
+      this.count = f.count;
+      if (!(bound > 0) || f.count > bound) this.members = null;
+      return;
+    }
+    if (!this.members) return; // not listed: events alone cannot make the list
+    for (const m of f.join || []) this.members.set(memberKey(m), m);
+    (f.leave || []).forEach((id, i) => this.members.delete((f.users && f.users[i]) || id));
+    this.count = this.members.size;
+  }
 }
+
+// memberKey is what identifies a member in a room's presence: its user, or
+// its connection's id from servers that predate users.
+const memberKey = (m) => m.user || m.id;
 
 export class RoomConnection extends Connection {
   constructor(url, options) {

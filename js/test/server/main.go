@@ -20,7 +20,8 @@
 //	POST /ctl/kick?room=R      removes every client of many rooms from R
 //
 // Each room keeps the last -history messages, and lives -idle without
-// clients. The server stops when its
+// clients; -presence N turns presence events on with bound N, and -by-user
+// makes presence members users (the user query parameter). The server stops when its
 // standard input closes, so that it never outlives the test that started it.
 package main
 
@@ -44,11 +45,17 @@ import (
 func main() {
 	history := flag.Int("history", 20, "messages kept per room")
 	idle := flag.Duration("idle", 0, "how long a room without clients lives (0: the default)")
+	presence := flag.Int("presence", 0, "the presence bound (0: no presence events)")
+	byUser := flag.Bool("by-user", false, "presence members are users (the user query parameter), not connections")
 	flag.Parse()
 
 	store := &resetStore{limit: *history}
 	store.Reset()
-	rooms := wsroom.NewRegistry(
+	opts := []wsroom.Option{wsroom.WithPresenceEvents(*presence)}
+	if *byUser {
+		opts = append(opts, wsroom.WithPresenceByUser())
+	}
+	rooms := wsroom.NewRegistry(append(opts,
 		wsroom.WithCodec(wsroom.JSON()),
 		wsroom.WithStore(store),
 		wsroom.WithAuthorize(func(r *http.Request) (any, error) {
@@ -57,7 +64,7 @@ func main() {
 		}),
 		wsroom.WithMaxRoomsPerClient(8),
 		wsroom.WithIdleTimeout(*idle),
-	)
+	)...)
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -1,7 +1,7 @@
 // Typed usage of @wsroom/client, checked by tsc in the tests: it must
 // compile, and the lines marked @ts-expect-error must not.
 import { connect, connectRoom, WsroomError } from "@wsroom/client";
-import type { Ack, Client, JoinedFrame, Position, Room, RoomConnection } from "@wsroom/client";
+import type { Ack, Client, JoinedFrame, Member, Position, PresenceFrame, Room, RoomConnection } from "@wsroom/client";
 
 interface Chat {
   text: string;
@@ -75,3 +75,8 @@ const sent: boolean = one.send({ text: "hello" });
 one.on("joined", () => {});
 void sent;
 one.close();
+
+// Presence by user: the members map and the count.
+const present: ReadonlyMap<string, Member> | null = lobby.members;
+const howMany: number = lobby.count;
+lobby.on("presence", (f: PresenceFrame) => f.users?.map((u: string) => present?.get(u)?.info ?? howMany));
