@@ -439,10 +439,10 @@ func testPublishOnce(t *testing.T, newNode func(*testing.T) wsroom.Broker) {
 	if want := first.Seq + pairs + 1; last.Seq != want {
 		t.Errorf("PublishOnce(last) numbered %d, want %d", last.Seq, want)
 	}
-	got := s.wait(t, pairs+2)
+	s.wait(t, pairs+2)
 	time.Sleep(100 * time.Millisecond) // let a duplicate, if any, arrive
 	s.mu.Lock()
-	got = slices.Clone(s.msgs)
+	got := slices.Clone(s.msgs)
 	s.mu.Unlock()
 	if len(got) != pairs+2 {
 		t.Errorf("the subscriber got %d messages, want %d: %v", len(got), pairs+2, describe(got))
