@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,13 +26,19 @@ import (
 // Fault is a fault of the engine that RunFaults injects while clients
 // publish and read: Inject starts it, and Heal, if not nil, ends it Hold
 // after Inject returned (a Fault without Heal heals by itself, or not at
-// all, within Hold). Inject and Heal are called from the test's goroutine
-// and may fail t.
+// all, within Hold). Inject and Heal, each may be nil, are called from the
+// test's goroutine and may fail t.
 type Fault struct {
 	Name   string
 	Inject func(t *testing.T)
 	Heal   func(t *testing.T)
 	Hold   time.Duration
+
+	// KillNode, if set, also kills the server node with the most
+	// subscribers right after Inject, as the KillNode cell does: a
+	// server crash during the engine's fault. The node is replaced by a
+	// new one, on a new Broker, once the cell is measured.
+	KillNode bool
 }
 
 // Faults configures RunFaults.
@@ -60,7 +67,8 @@ type Faults struct {
 	Rate float64
 }
 
-// KillNode is the name of the cell of RunFaults that kills a server node.
+// KillNode is the name of the last cell of RunFaults: it kills the server
+// node with the most subscribers.
 const KillNode = "kill a wsroom node"
 
 // FaultResult is what one cell of RunFaults measured, over every client.
@@ -92,9 +100,15 @@ type FaultResult struct {
 	Resynced, Covered int
 
 	// First is the time from the heal (the injection, for KillNode) to
-	// the first delivery on every live node; CaughtUp to the moment
-	// every subscriber had every acked message published before then.
+	// the first delivery on every live node. CaughtUp is the time from
+	// the heal to the moment every subscriber had every acked message of
+	// its rooms published before the heal and one published after it.
 	First, CaughtUp time.Duration
+
+	// Reconnects counts the subscribers' new connections in the cell,
+	// PubErrors the errors the publishers recovered from (lost
+	// connections, failed handshakes).
+	Reconnects, PubErrors int
 
 	// Problems describes every lost, duplicated or reordered message and
 	// any other breach of the protocol seen, at most a few of each kind.
@@ -160,9 +174,10 @@ func RunFaults(t *testing.T, f Faults) []FaultResult {
 	defer run.stop()
 
 	var results []FaultResult
-	cells := append(slices.Clone(f.Faults), Fault{Name: KillNode, Inject: func(*testing.T) { run.nodes[0].kill() }})
+	cells := append(slices.Clone(f.Faults), Fault{Name: KillNode, KillNode: true})
 	for i, fault := range cells {
 		res := run.cell(t, i, fault, rate)
+		run.replaceDead(t)
 		results = append(results, res)
 		for _, p := range res.Problems {
 			t.Errorf("%s: %s", fault.Name, p)
@@ -205,6 +220,9 @@ type faultNode struct {
 	mu    sync.Mutex
 	dead  bool
 	conns map[net.Conn]struct{}
+
+	closeReg sync.Once
+	closing  sync.WaitGroup // the Registry's Close, under way after kill
 }
 
 func newFaultNode(t *testing.T, i int, b wsroom.Broker) *faultNode {
@@ -227,7 +245,8 @@ func (n *faultNode) alive() bool {
 }
 
 // kill stops the node as a crash would: no new connection, every open one
-// dropped without a close frame, then the Registry closed.
+// dropped without a close frame; then the Registry closes in the
+// background (it may wait for the engine), so that the node's rooms stop.
 func (n *faultNode) kill() {
 	n.mu.Lock()
 	n.dead = true
@@ -236,11 +255,13 @@ func (n *faultNode) kill() {
 		c.Close()
 	}
 	n.mu.Unlock()
-	n.reg.Close()
+	n.closeReg.Do(func() { n.closing.Go(func() { n.reg.Close() }) })
 }
 
+// close kills the node and waits for its Registry and server to end.
 func (n *faultNode) close() {
 	n.kill()
+	n.closing.Wait()
 	n.srv.Close()
 }
 
@@ -267,29 +288,34 @@ func (l *trackListener) Accept() (net.Conn, error) {
 
 // faultRun is the nodes and clients of one RunFaults.
 type faultRun struct {
-	rooms []string
-	nodes []*faultNode
-	store wsroom.Store // the last node's, never killed
+	rooms     []string
+	newBroker func(*testing.T) wsroom.Broker
+	store     wsroom.Store // the first Broker's; it is never closed before the end
+
+	mu    sync.Mutex
+	nodes []*faultNode // the current node of each place
+	dead  []*faultNode // nodes killed, closed at the end
 
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the clients' goroutines
 
-	subs []*faultSub
-	pubs []*faultPub
+	subs      []*faultSub
+	pubs      []*faultPub
+	pubErrors atomic.Int64 // errors the publishers recovered from
 }
 
 func newFaultRun(t *testing.T, newBroker func(*testing.T) wsroom.Broker, rooms []string) *faultRun {
 	t.Helper()
-	run := &faultRun{rooms: rooms}
+	run := &faultRun{rooms: rooms, newBroker: newBroker}
 	run.ctx, run.cancel = context.WithCancel(context.Background())
 	for i := range faultNodes {
 		b := newBroker(t)
-		if i == faultNodes-1 {
-			s, ok := b.(wsroom.Store)
-			if !ok {
-				t.Fatalf("%T is not a wsroom.Store", b)
-			}
+		s, ok := b.(wsroom.Store)
+		if !ok {
+			t.Fatalf("%T is not a wsroom.Store", b)
+		}
+		if i == 0 {
 			run.store = s
 		}
 		run.nodes = append(run.nodes, newFaultNode(t, i, b))
@@ -299,7 +325,11 @@ func newFaultRun(t *testing.T, newBroker func(*testing.T) wsroom.Broker, rooms [
 		for k := range faultSubRooms {
 			s.rooms = append(s.rooms, rooms[(i+k)%len(rooms)])
 		}
-		s.client = run.httpClient(s.home, i, &s.node)
+		s.client = run.httpClient(s.home, i, func(n int) {
+			s.mu.Lock()
+			s.node = n
+			s.mu.Unlock()
+		})
 		run.subs = append(run.subs, s)
 		run.wg.Go(s.loop)
 	}
@@ -316,10 +346,10 @@ func newFaultRun(t *testing.T, newBroker func(*testing.T) wsroom.Broker, rooms [
 	}
 	for i := range faultNodes {
 		p := &faultPub{i: i}
-		var node int
-		p.hc = run.httpClient(i, i, &node)
+		p.hc = run.httpClient(i, i, nil)
 		ctx, cancel := context.WithTimeout(t.Context(), muxWait)
-		c, err := wsclient.Dial(ctx, "ws://wsroom-nodes/", wsclient.WithHTTPClient(p.hc), wsclient.WithBackoff(50*time.Millisecond, time.Second))
+		c, err := wsclient.Dial(ctx, "ws://wsroom-nodes/", wsclient.WithHTTPClient(p.hc),
+			wsclient.WithBackoff(50*time.Millisecond, time.Second), wsclient.WithOnError(func(error) { run.pubErrors.Add(1) }))
 		cancel()
 		if err != nil {
 			run.stop()
@@ -354,14 +384,13 @@ func newFaultRun(t *testing.T, newBroker func(*testing.T) wsroom.Broker, rooms [
 }
 
 // httpClient returns an HTTP client whose connections go to node home while
-// it is alive, else to another live node, recording the node in *node.
-// The URL's host is not used.
-func (run *faultRun) httpClient(home, i int, node *int) *http.Client {
-	var mu sync.Mutex
+// it is alive, else to another live node, telling dialed, if not nil,
+// which. The URL's host is not used.
+func (run *faultRun) httpClient(home, i int, dialed func(node int)) *http.Client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
 			var live []*faultNode
-			for _, n := range run.nodes {
+			for _, n := range run.current() {
 				if n.alive() {
 					live = append(live, n)
 				}
@@ -370,12 +399,12 @@ func (run *faultRun) httpClient(home, i int, node *int) *http.Client {
 				return nil, errors.New("no live node")
 			}
 			n := live[i%len(live)]
-			if run.nodes[home].alive() {
-				n = run.nodes[home]
+			if h := run.current()[home]; h.alive() {
+				n = h
 			}
-			mu.Lock()
-			*node = n.i
-			mu.Unlock()
+			if dialed != nil {
+				dialed(n.i)
+			}
 			var d net.Dialer
 			return d.DialContext(ctx, network, n.addr())
 		},
@@ -394,8 +423,48 @@ func (run *faultRun) stop() {
 		s.closeConn()
 	}
 	run.wg.Wait()
-	for _, n := range run.nodes {
+	for _, n := range append(run.current(), run.dead...) {
 		n.close()
+	}
+}
+
+// current returns the current nodes.
+func (run *faultRun) current() []*faultNode {
+	run.mu.Lock()
+	defer run.mu.Unlock()
+	return slices.Clone(run.nodes)
+}
+
+// kill kills the live node with the most subscribers connected.
+func (run *faultRun) kill() *faultNode {
+	count := make(map[int]int)
+	for _, s := range run.subs {
+		s.mu.Lock()
+		count[s.node]++
+		s.mu.Unlock()
+	}
+	var victim *faultNode
+	for _, n := range run.current() {
+		if n.alive() && (victim == nil || count[n.i] > count[victim.i]) {
+			victim = n
+		}
+	}
+	victim.kill()
+	return victim
+}
+
+// replaceDead puts a new node, on a new Broker, in the place of each dead
+// one.
+func (run *faultRun) replaceDead(t *testing.T) {
+	for i, n := range run.current() {
+		if n.alive() {
+			continue
+		}
+		fresh := newFaultNode(t, i, run.newBroker(t))
+		run.mu.Lock()
+		run.nodes[i] = fresh
+		run.dead = append(run.dead, n)
+		run.mu.Unlock()
 	}
 }
 
@@ -419,7 +488,7 @@ type pubRec struct {
 // faultEvent is what a subscriber read: a message, a resync, or a
 // (re)join's answer.
 type faultEvent struct {
-	op    string // "msg", "resync", "joined", "fresh" (a join without resume sent)
+	op    string // "msg", "resync", "joined", "fresh" (a join without resume sent), "conn" (a new connection)
 	room  string
 	epoch string
 	seq   uint64
@@ -535,6 +604,7 @@ func (s *faultSub) serve(ctx context.Context) {
 		s.everJoin = make(map[string]bool)
 	}
 	s.mu.Unlock()
+	s.record(faultEvent{op: "conn"})
 	defer conn.CloseNow()
 
 	var timers sync.WaitGroup // joins retried after "unavailable"
@@ -600,6 +670,7 @@ func (run *faultRun) cell(t *testing.T, i int, fault Fault, rate float64) FaultR
 	t.Helper()
 	res := FaultResult{Fault: fault.Name}
 	start := time.Now()
+	pubErrors := run.pubErrors.Load()
 	var mu sync.Mutex
 	var recs []*pubRec
 	var pubs sync.WaitGroup
@@ -634,7 +705,13 @@ func (run *faultRun) cell(t *testing.T, i int, fault Fault, rate float64) FaultR
 
 	sleep(run.ctx, faultBefore)
 	injected := time.Now()
-	fault.Inject(t)
+	if fault.Inject != nil {
+		fault.Inject(t)
+	}
+	if fault.KillNode {
+		n := run.kill()
+		t.Logf("%s: killed node %d", fault.Name, n.i)
+	}
 	healed := injected
 	if fault.Heal != nil || fault.Hold > 0 {
 		sleep(run.ctx, fault.Hold)
@@ -669,7 +746,7 @@ func (run *faultRun) cell(t *testing.T, i int, fault Fault, rate float64) FaultR
 	}
 	mu.Unlock()
 	if res.Failed > 0 {
-		t.Logf("%s: %d publishes failed, e.g. %v", fault.Name, res.Failed, ackErrs)
+		t.Logf("%s: publishes failed: %v", fault.Name, ackErrs)
 	}
 
 	// Wait until every subscriber has every acked message of its rooms,
@@ -684,7 +761,10 @@ func (run *faultRun) cell(t *testing.T, i int, fault Fault, rate float64) FaultR
 		}
 	}
 	time.Sleep(100 * time.Millisecond) // let a duplicate, if any, arrive
-	run.measure(t, &res, acked, start, injected, healed)
+	run.measure(&res, acked, start, healed)
+	res.PubErrors = int(run.pubErrors.Load() - pubErrors)
+	t.Logf("%s: %d publishes failed, %d subscriber connections made, %d publisher errors recovered from, %d messages of %d missed by resynced subscribers found in the history",
+		fault.Name, res.Failed, res.Reconnects, res.PubErrors, res.Covered, res.Expected)
 	return res
 }
 
@@ -741,7 +821,7 @@ func (p *problems) add(kind, format string, args ...any) {
 }
 
 // measure fills res from what the subscribers read.
-func (run *faultRun) measure(t *testing.T, res *FaultResult, acked map[string]map[string]*pubRec, start, injected, healed time.Time) {
+func (run *faultRun) measure(res *FaultResult, acked map[string]map[string]*pubRec, start, healed time.Time) {
 	var probs problems
 
 	// The history of every room, for the subscribers that resynced, and
@@ -776,19 +856,29 @@ func (run *faultRun) measure(t *testing.T, res *FaultResult, acked map[string]ma
 		}
 	}
 
+	// The live nodes with subscribers now.
 	firstByNode := make(map[int]time.Time)
 	live := make(map[int]bool)
-	for _, n := range run.nodes {
-		if n.alive() {
-			live[n.i] = true
+	nodes := run.current()
+	for _, s := range run.subs {
+		s.mu.Lock()
+		if nodes[s.node].alive() {
+			live[s.node] = true
 		}
+		s.mu.Unlock()
 	}
 	var caughtUp time.Time
 	resynced := 0
 	for _, s := range run.subs {
 		evs := s.snapshot()
 		sresync := false
+		// When s had every message published before the heal, and when
+		// it got the first one published after it.
+		var old, next time.Time
 		for _, e := range evs {
+			if e.op == "conn" && !e.at.Before(start) {
+				res.Reconnects++
+			}
 			if e.op == "msg" && !e.at.Before(healed) && live[e.node] {
 				if f, ok := firstByNode[e.node]; !ok || e.at.Before(f) {
 					firstByNode[e.node] = e.at
@@ -796,7 +886,7 @@ func (run *faultRun) measure(t *testing.T, res *FaultResult, acked map[string]ma
 			}
 		}
 		for _, r := range s.rooms {
-			who := fmt.Sprintf("subscriber %d (node %d) in %s", s.i, s.home, r)
+			who := fmt.Sprintf("subscriber %d (of node %d) in %s", s.i, s.home, r)
 			count := make(map[string]int)
 			var prev faultEvent // the last message of the current segment
 			fresh := true       // a join without resume was sent: a new segment
@@ -826,8 +916,13 @@ func (run *faultRun) measure(t *testing.T, res *FaultResult, acked map[string]ma
 						if e.epoch != p.epoch || e.seq != p.seq {
 							probs.add("wrong position", "%s got %s at %s:%d, acked at %s:%d", who, e.id, e.epoch, e.seq, p.epoch, p.seq)
 						}
-						if e.at.After(caughtUp) && p.start.Before(healed) {
-							caughtUp = e.at
+						switch {
+						case p.start.Before(healed):
+							if e.at.After(old) {
+								old = e.at
+							}
+						case next.IsZero() || e.at.Before(next):
+							next = e.at
 						}
 					}
 					if mine && count[e.id] >= 2 {
@@ -867,6 +962,12 @@ func (run *faultRun) measure(t *testing.T, res *FaultResult, acked map[string]ma
 		if sresync {
 			resynced++
 		}
+		if next.After(old) {
+			old = next
+		}
+		if old.After(caughtUp) {
+			caughtUp = old
+		}
 	}
 	res.Resynced = resynced
 	for n := range live {
@@ -886,5 +987,4 @@ func (run *faultRun) measure(t *testing.T, res *FaultResult, acked map[string]ma
 		}
 	}
 	res.Problems = probs.list
-	_ = injected
 }

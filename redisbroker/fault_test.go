@@ -148,6 +148,24 @@ func TestFaults(t *testing.T) {
 				Heal:   func(t *testing.T) { r.signal(t, syscall.SIGCONT) },
 				Hold:   3 * time.Second,
 			},
+			{
+				// Past the attempts' timeout of a publish (2s), within
+				// its retry time (10s).
+				Name:   "SIGSTOP Redis 8s, SIGCONT",
+				Inject: func(t *testing.T) { r.signal(t, syscall.SIGSTOP) },
+				Heal:   func(t *testing.T) { r.signal(t, syscall.SIGCONT) },
+				Hold:   8 * time.Second,
+			},
+			{
+				// Publishes under way on the killed node reach Redis,
+				// which stores them once it runs again; their clients,
+				// which got no ack, send them again on another node.
+				Name:     "SIGSTOP Redis, kill a wsroom node, SIGCONT",
+				Inject:   func(t *testing.T) { r.signal(t, syscall.SIGSTOP) },
+				KillNode: true,
+				Heal:     func(t *testing.T) { r.signal(t, syscall.SIGCONT) },
+				Hold:     2 * time.Second,
+			},
 		},
 	})
 }
