@@ -65,6 +65,10 @@ type Faults struct {
 	// Rate is how many messages a second the publishers send in all
 	// (default 50), spread over the rooms and the nodes.
 	Rate float64
+
+	// Options are added to the options of every node's Registry (a
+	// logger, say).
+	Options []wsroom.Option
 }
 
 // KillNode is the name of the last cell of RunFaults: it kills the server
@@ -89,9 +93,10 @@ type FaultResult struct {
 	// received nor, after a resync, could find in the history.
 	Lost int
 
-	// Dup counts messages a subscriber received more than once (or that
-	// the history holds more than once); Reordered counts messages that
-	// came after a later one of the same room and epoch.
+	// Dup counts the extra copies of acked messages the subscribers
+	// received (a message stored twice in the history, as well as one
+	// sent twice); Reordered counts acked messages that came after a
+	// later one of the same room and epoch.
 	Dup, Reordered int
 
 	// Resynced is the number of subscribers told to resync a room in the
@@ -126,7 +131,7 @@ func (r FaultResult) failed() bool {
 const (
 	faultBefore   = 2 * time.Second
 	faultAfter    = 3 * time.Second
-	faultPubWait  = 30 * time.Second // a publish's bound
+	faultPubWait  = 20 * time.Second // a publish's bound
 	faultSettle   = 20 * time.Second // the wait for deliveries after the traffic
 	faultNodes    = 3
 	faultSubs     = 20 // subscribers per node
@@ -170,7 +175,7 @@ func RunFaults(t *testing.T, f Faults) []FaultResult {
 	if rate <= 0 {
 		rate = 50
 	}
-	run := newFaultRun(t, f.New, rooms)
+	run := newFaultRun(t, f.New, f.Options, rooms)
 	defer run.stop()
 
 	var results []FaultResult
@@ -225,10 +230,10 @@ type faultNode struct {
 	closing  sync.WaitGroup // the Registry's Close, under way after kill
 }
 
-func newFaultNode(t *testing.T, i int, b wsroom.Broker) *faultNode {
+func newFaultNode(t *testing.T, i int, b wsroom.Broker, opts []wsroom.Option) *faultNode {
 	n := &faultNode{i: i, conns: make(map[net.Conn]struct{})}
-	n.reg = wsroom.NewRegistry(wsroom.WithBroker(b), wsroom.WithCodec(wsroom.JSON()),
-		wsroom.WithSendBuffer(1<<14), wsroom.WithRateLimit(0, 0, wsroom.Throttle))
+	n.reg = wsroom.NewRegistry(append([]wsroom.Option{wsroom.WithBroker(b), wsroom.WithCodec(wsroom.JSON()),
+		wsroom.WithSendBuffer(1 << 14), wsroom.WithRateLimit(0, 0, wsroom.Throttle)}, opts...)...)
 	n.srv = httptest.NewUnstartedServer(n.reg.MuxHandler())
 	n.srv.Listener = &trackListener{Listener: n.srv.Listener, n: n}
 	n.srv.Start()
@@ -290,6 +295,7 @@ func (l *trackListener) Accept() (net.Conn, error) {
 type faultRun struct {
 	rooms     []string
 	newBroker func(*testing.T) wsroom.Broker
+	opts      []wsroom.Option
 	store     wsroom.Store // the first Broker's; it is never closed before the end
 
 	mu    sync.Mutex
@@ -305,9 +311,9 @@ type faultRun struct {
 	pubErrors atomic.Int64 // errors the publishers recovered from
 }
 
-func newFaultRun(t *testing.T, newBroker func(*testing.T) wsroom.Broker, rooms []string) *faultRun {
+func newFaultRun(t *testing.T, newBroker func(*testing.T) wsroom.Broker, opts []wsroom.Option, rooms []string) *faultRun {
 	t.Helper()
-	run := &faultRun{rooms: rooms, newBroker: newBroker}
+	run := &faultRun{rooms: rooms, newBroker: newBroker, opts: opts}
 	run.ctx, run.cancel = context.WithCancel(context.Background())
 	for i := range faultNodes {
 		b := newBroker(t)
@@ -318,7 +324,7 @@ func newFaultRun(t *testing.T, newBroker func(*testing.T) wsroom.Broker, rooms [
 		if i == 0 {
 			run.store = s
 		}
-		run.nodes = append(run.nodes, newFaultNode(t, i, b))
+		run.nodes = append(run.nodes, newFaultNode(t, i, b, opts))
 	}
 	for i := range faultNodes * faultSubs {
 		s := &faultSub{run: run, i: i, home: i / faultSubs, more: make(chan struct{}, 1), pos: make(map[string]string)}
@@ -460,7 +466,7 @@ func (run *faultRun) replaceDead(t *testing.T) {
 		if n.alive() {
 			continue
 		}
-		fresh := newFaultNode(t, i, run.newBroker(t))
+		fresh := newFaultNode(t, i, run.newBroker(t), run.opts)
 		run.mu.Lock()
 		run.nodes[i] = fresh
 		run.dead = append(run.dead, n)
@@ -675,8 +681,6 @@ func (run *faultRun) cell(t *testing.T, i int, fault Fault, rate float64) FaultR
 	var recs []*pubRec
 	var pubs sync.WaitGroup
 	trafficCtx, stopTraffic := context.WithCancel(run.ctx)
-	pubCtx, cancelPubs := context.WithTimeout(run.ctx, faultPubWait)
-	defer cancelPubs()
 	var ticking sync.WaitGroup
 	for _, p := range run.pubs {
 		ticking.Go(func() {
@@ -694,7 +698,9 @@ func (run *faultRun) cell(t *testing.T, i int, fault Fault, rate float64) FaultR
 				recs = append(recs, rec)
 				mu.Unlock()
 				pubs.Go(func() {
-					ack, err := room.Publish(pubCtx, []byte(fmt.Sprintf(`{"id":%q}`, rec.id)))
+					ctx, cancel := context.WithTimeout(run.ctx, faultPubWait)
+					defer cancel()
+					ack, err := room.Publish(ctx, []byte(fmt.Sprintf(`{"id":%q}`, rec.id)))
 					mu.Lock()
 					rec.acked, rec.epoch, rec.seq, rec.err = time.Now(), ack.Epoch, ack.Seq, err
 					mu.Unlock()

@@ -16,7 +16,7 @@ import (
 // ping timeout, then continued, and a wsroom node killed.
 func TestFaults(t *testing.T) {
 	if testing.Short() {
-		t.Skip("the fault test takes about a minute")
+		t.Skip("the fault test takes about 40s")
 	}
 	srv := startNATS(t)
 	prefix := "wsroomtest.f" + newID()

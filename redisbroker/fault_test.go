@@ -121,7 +121,7 @@ func (p *faultRedis) signal(t *testing.T, sig syscall.Signal) {
 // past the Brokers' ping timeout, then continued, and a wsroom node killed.
 func TestFaults(t *testing.T) {
 	if testing.Short() {
-		t.Skip("the fault test takes about a minute")
+		t.Skip("the fault test takes about 40s")
 	}
 	r := startFaultRedis(t)
 	prefix := "faults-" + newEpoch()[:8] + ":"
