@@ -48,13 +48,15 @@ type Faults struct {
 	// node's view of the history), whose rooms keep at least a cell's
 	// messages (a few thousand: the default history of 1,000 per room is
 	// enough at the default rate). RunFaults calls it three times, and
-	// stops using a Broker before it returns, without closing it: New
-	// arranges that (t.Cleanup).
+	// once more for each node it replaces, and stops using a Broker
+	// before it returns, without closing it: New arranges that
+	// (t.Cleanup).
 	New func(t *testing.T) wsroom.Broker
 
 	// Rooms are the rooms the clients use; nil: four rooms of random
-	// names. A Broker that spreads rooms over shards should be given
-	// rooms on different shards.
+	// names. Each subscriber is in two of them (one if there is one). A
+	// Broker that spreads rooms over shards should be given rooms on
+	// different shards.
 	Rooms []string
 
 	// Faults are the engine faults, one cell each, in order. RunFaults
@@ -111,17 +113,18 @@ type FaultResult struct {
 	First, CaughtUp time.Duration
 
 	// Reconnects counts the subscribers' new connections in the cell,
-	// PubErrors the errors the publishers recovered from (lost
-	// connections, failed handshakes).
-	Reconnects, PubErrors int
+	// Left the rooms the server let go of (a "left" frame), which they
+	// joined again, and PubErrors the errors the publishers recovered
+	// from (lost connections, failed handshakes).
+	Reconnects, Left, PubErrors int
 
 	// Problems describes every lost, duplicated or reordered message and
 	// any other breach of the protocol seen, at most a few of each kind.
 	Problems []string
 }
 
-// Failed cells: any lost, duplicated or reordered message, a problem, or no
-// message acked at all.
+// failed reports whether the cell failed: a lost, duplicated or reordered
+// message, another problem, or no message acked at all.
 func (r FaultResult) failed() bool {
 	return r.Lost > 0 || r.Dup > 0 || r.Reordered > 0 || len(r.Problems) > 0 || r.Acked == 0
 }
@@ -147,21 +150,23 @@ const (
 // and resumes each room from its last position; a subscriber told to
 // resync joins the room again.
 //
-// Each fault, in turn, is a cell: traffic for a while, the fault (Inject,
-// Hold, Heal), traffic for a while after it, then a wait until every
-// publish has its answer and every subscriber has caught up. The last cell,
-// KillNode, stops the first node abruptly: its listener and every
-// connection are closed without a close frame, then its Registry; its
-// clients move to the other nodes, which serve to the end.
+// Each fault, in turn, is a cell: traffic for 2s, the fault (Inject, Hold,
+// Heal), traffic for 3s after it, then a wait (at most 20s) until every
+// publish has its answer and every subscriber has caught up. The last
+// cell, KillNode, stops the node with the most subscribers abruptly: its
+// listener and every connection are closed without a close frame, then its
+// Registry; its clients move to the other nodes. A killed node is replaced
+// by a new one, on a new Broker, once its cell is measured; the clients
+// that moved stay where they are.
 //
 // Per cell and subscriber, every message acked in the cell must reach
 // every subscriber of its room once, in sequence order, with the position
 // its ack gave; a subscriber told to resync must instead find the messages
-// it missed in the history (the Store of the last node). RunFaults fails t
-// when a cell has a lost, duplicated or reordered message, or no acked
-// message, logs the table of the cells in Markdown, and returns it. It
-// does not run in parallel with other tests of t's process that use the
-// same rooms.
+// it missed in the history (the Store of the first Broker). RunFaults
+// fails t when a cell has a lost, duplicated or reordered message, a
+// message stored twice, or no acked message; it logs the table of the
+// cells (see FaultTable) and returns the results. Each cell takes the
+// fault's Hold and about 10s more.
 func RunFaults(t *testing.T, f Faults) []FaultResult {
 	t.Helper()
 	rooms := f.Rooms
@@ -195,7 +200,11 @@ func RunFaults(t *testing.T, f Faults) []FaultResult {
 	return results
 }
 
-// FaultTable returns results as a Markdown table.
+// FaultTable returns results as a Markdown table: per cell, the messages
+// acked (and the publishes that failed), delivered out of those expected
+// (and those a resynced subscriber found in the history), lost,
+// duplicated, reordered, the subscribers resynced, and the recovery times
+// (First and CaughtUp).
 func FaultTable(results []FaultResult) string {
 	var b strings.Builder
 	b.WriteString("| fault | acked | delivered | lost | dup | reordered | resynced | recovery |\n")
@@ -328,7 +337,7 @@ func newFaultRun(t *testing.T, newBroker func(*testing.T) wsroom.Broker, opts []
 	}
 	for i := range faultNodes * faultSubs {
 		s := &faultSub{run: run, i: i, home: i / faultSubs, more: make(chan struct{}, 1), pos: make(map[string]string)}
-		for k := range faultSubRooms {
+		for k := range min(faultSubRooms, len(rooms)) {
 			s.rooms = append(s.rooms, rooms[(i+k)%len(rooms)])
 		}
 		s.client = run.httpClient(s.home, i, func(n int) {
@@ -494,7 +503,7 @@ type pubRec struct {
 // faultEvent is what a subscriber read: a message, a resync, or a
 // (re)join's answer.
 type faultEvent struct {
-	op    string // "msg", "resync", "joined", "fresh" (a join without resume sent), "conn" (a new connection)
+	op    string // "msg", "resync", "left", "joined", "fresh" (a join without resume sent), "conn" (a new connection)
 	room  string
 	epoch string
 	seq   uint64
@@ -657,6 +666,14 @@ func (s *faultSub) serve(ctx context.Context) {
 			s.mu.Unlock()
 			s.record(faultEvent{op: "resync", room: f.Room})
 			s.join(cctx, conn, f.Room)
+		case f.Op == "left":
+			// The server let the room go (it closed, say): join again
+			// from the last position.
+			s.mu.Lock()
+			s.joined[f.Room] = false
+			s.mu.Unlock()
+			s.record(faultEvent{op: "left", room: f.Room})
+			s.join(cctx, conn, f.Room)
 		case f.Op == "error" && strings.HasPrefix(f.ID, "join-"):
 			// "unavailable" or "internal": join again a little later.
 			room := f.Room
@@ -769,8 +786,8 @@ func (run *faultRun) cell(t *testing.T, i int, fault Fault, rate float64) FaultR
 	time.Sleep(100 * time.Millisecond) // let a duplicate, if any, arrive
 	run.measure(&res, acked, start, healed)
 	res.PubErrors = int(run.pubErrors.Load() - pubErrors)
-	t.Logf("%s: %d publishes failed, %d subscriber connections made, %d publisher errors recovered from, %d messages of %d missed by resynced subscribers found in the history",
-		fault.Name, res.Failed, res.Reconnects, res.PubErrors, res.Covered, res.Expected)
+	t.Logf("%s: %d publishes failed, %d subscriber connections made, %d rooms left by the server, %d publisher errors recovered from, %d messages of %d missed by resynced subscribers found in the history",
+		fault.Name, res.Failed, res.Reconnects, res.Left, res.PubErrors, res.Covered, res.Expected)
 	return res
 }
 
@@ -882,8 +899,12 @@ func (run *faultRun) measure(res *FaultResult, acked map[string]map[string]*pubR
 		// it got the first one published after it.
 		var old, next time.Time
 		for _, e := range evs {
-			if e.op == "conn" && !e.at.Before(start) {
+			switch {
+			case e.at.Before(start):
+			case e.op == "conn":
 				res.Reconnects++
+			case e.op == "left":
+				res.Left++
 			}
 			if e.op == "msg" && !e.at.Before(healed) && live[e.node] {
 				if f, ok := firstByNode[e.node]; !ok || e.at.Before(f) {
