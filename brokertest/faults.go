@@ -142,11 +142,12 @@ const (
 )
 
 // RunFaults runs a fault test on three server nodes, each a wsroom.Registry
-// on its own Broker from f.New, serving the wsroom.v2 protocol over HTTP:
-// 20 subscribers per node (raw protocol clients, each in two of the rooms)
-// and a publisher per node (a wsclient.Client, publishing with ids at a
-// steady rate in all rooms, retrying with the same id on "unavailable" and
-// after reconnecting). A client whose node dies reconnects to another one
+// on its own Broker from f.New, serving the protocol of PROTOCOL.md over
+// HTTP (Registry.MuxHandler): 20 subscribers per node (clients that speak
+// the protocol's frames themselves, each in two of the rooms) and a
+// publisher per node (a wsclient.Client, publishing with ids at a steady
+// rate in all rooms, retrying with the same id on "unavailable" and after
+// reconnecting). A client whose node dies reconnects to another one
 // and resumes each room from its last position; a subscriber told to
 // resync joins the room again.
 //
@@ -372,6 +373,9 @@ func newFaultRun(t *testing.T, newBroker func(*testing.T) wsroom.Broker, opts []
 		}
 		p.c = c
 		run.pubs = append(run.pubs, p)
+		if lim, ok := c.Limits(); ok && i == 0 {
+			t.Logf("the nodes' ackScope: %q", lim.AckScope)
+		}
 		for _, r := range rooms {
 			ctx, cancel := context.WithTimeout(t.Context(), muxWait)
 			room, err := c.Join(ctx, r)
@@ -512,8 +516,8 @@ type faultEvent struct {
 	node  int
 }
 
-// faultSub is a subscriber: a raw protocol client that reconnects to a
-// live node and resumes its rooms.
+// faultSub is a subscriber: a client of the protocol's frames, which
+// reconnects to a live node and resumes its rooms.
 type faultSub struct {
 	run    *faultRun
 	i      int
@@ -850,6 +854,7 @@ func (run *faultRun) measure(res *FaultResult, acked map[string]map[string]*pubR
 	// The history of every room, for the subscribers that resynced, and
 	// to tell whether a duplicate is in the engine.
 	history := make(map[string]map[string]int) // room: id: times stored
+	copies := make(map[string][]string)        // id: "seq (from conn)" of each copy
 	for _, r := range run.rooms {
 		history[r] = make(map[string]int)
 		epochs := make(map[string]bool)
@@ -870,11 +875,13 @@ func (run *faultRun) measure(res *FaultResult, acked map[string]map[string]*pubR
 				}
 				json.Unmarshal(m.Data, &d)
 				history[r][d.ID]++
+				copies[d.ID] = append(copies[d.ID], fmt.Sprintf("%d (from %s)", m.Seq, m.From))
 			}
 		}
 		for id, n := range history[r] {
 			if _, ok := acked[r][id]; ok && n > 1 {
-				probs.add("stored twice", "%s of %s is %d times in the history", id, r, n)
+				probs.add("stored twice", "%s of %s is %d times in the history, at seq %s; acked at %d", id, r, n,
+					strings.Join(copies[id], ", "), acked[r][id].seq)
 			}
 		}
 	}
