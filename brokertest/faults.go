@@ -373,9 +373,6 @@ func newFaultRun(t *testing.T, newBroker func(*testing.T) wsroom.Broker, opts []
 		}
 		p.c = c
 		run.pubs = append(run.pubs, p)
-		if lim, ok := c.Limits(); ok && i == 0 {
-			t.Logf("the nodes' ackScope: %q", lim.AckScope)
-		}
 		for _, r := range rooms {
 			ctx, cancel := context.WithTimeout(t.Context(), muxWait)
 			room, err := c.Join(ctx, r)
@@ -385,6 +382,9 @@ func newFaultRun(t *testing.T, newBroker func(*testing.T) wsroom.Broker, opts []
 				t.Fatalf("publisher %d: Join(%s) error: %v", i, r, err)
 			}
 			p.rooms = append(p.rooms, room)
+			if lim, ok := c.Limits(); ok && i == 0 && len(p.rooms) == 1 {
+				t.Logf("the nodes' ackScope: %q", lim.AckScope)
+			}
 			// The publisher reads its rooms, so that they never fall
 			// behind; what it reads is not checked.
 			run.wg.Go(func() {
