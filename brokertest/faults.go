@@ -35,9 +35,10 @@ type Fault struct {
 	Hold   time.Duration
 
 	// KillNode, if set, also kills the server node with the most
-	// subscribers right after Inject, as the KillNode cell does: a
-	// server crash during the engine's fault. The node is replaced by a
-	// new one, on a new Broker, once the cell is measured.
+	// subscribers halfway through Hold, as the KillNode cell does: a
+	// server crash during the engine's fault, while publishes wait on
+	// it. The node is replaced by a new one, on a new Broker, once the
+	// cell is measured.
 	KillNode bool
 }
 
@@ -735,12 +736,14 @@ func (run *faultRun) cell(t *testing.T, i int, fault Fault, rate float64) FaultR
 	if fault.Inject != nil {
 		fault.Inject(t)
 	}
-	if fault.KillNode {
-		n := run.kill()
-		t.Logf("%s: killed node %d", fault.Name, n.i)
-	}
 	healed := injected
-	if fault.Heal != nil || fault.Hold > 0 {
+	if fault.KillNode {
+		// Halfway through the fault, so that publishes wait on the node.
+		sleep(run.ctx, fault.Hold/2)
+		n := run.kill()
+		t.Logf("%s: killed node %d %v after the injection", fault.Name, n.i, time.Since(injected).Round(time.Millisecond))
+		sleep(run.ctx, fault.Hold-fault.Hold/2)
+	} else {
 		sleep(run.ctx, fault.Hold)
 	}
 	if fault.Heal != nil {
