@@ -856,8 +856,8 @@ func (run *faultRun) measure(res *FaultResult, acked map[string]map[string]*pubR
 
 	// The history of every room, for the subscribers that resynced, and
 	// to tell whether a duplicate is in the engine.
-	history := make(map[string]map[string]int) // room: id: times stored
-	copies := make(map[string][]string)        // id: "seq (from conn)" of each copy
+	history := make(map[string]map[string]int)  // room: id: times stored
+	copies := make(map[string][]wsroom.Message) // id: each copy
 	for _, r := range run.rooms {
 		history[r] = make(map[string]int)
 		epochs := make(map[string]bool)
@@ -878,13 +878,23 @@ func (run *faultRun) measure(res *FaultResult, acked map[string]map[string]*pubR
 				}
 				json.Unmarshal(m.Data, &d)
 				history[r][d.ID]++
-				copies[d.ID] = append(copies[d.ID], fmt.Sprintf("%d (from %s)", m.Seq, m.From))
+				copies[d.ID] = append(copies[d.ID], m)
 			}
 		}
 		for id, n := range history[r] {
 			if _, ok := acked[r][id]; ok && n > 1 {
-				probs.add("stored twice", "%s of %s is %d times in the history, at seq %s; acked at %d", id, r, n,
-					strings.Join(copies[id], ", "), acked[r][id].seq)
+				var at []string
+				from := make(map[string]bool)
+				for _, m := range copies[id] {
+					at = append(at, fmt.Sprintf("%d (from %s)", m.Seq, m.From))
+					from[m.From] = true
+				}
+				why := "one connection published it more than once: a node retried it"
+				if len(from) > 1 {
+					why = "several connections published it: a client retried it on another node"
+				}
+				probs.add("stored twice", "%s of %s is %d times in the history, at seq %s; acked at %d; %s", id, r, n,
+					strings.Join(at, ", "), acked[r][id].seq, why)
 			}
 		}
 	}
