@@ -107,8 +107,9 @@ type FaultResult struct {
 	// holds.
 	Resynced, Covered int
 
-	// First is the time from the heal (the injection, for KillNode) to
-	// the first delivery on every live node. CaughtUp is the time from
+	// First is the time from the heal (the injection, for a Fault
+	// without Heal such as KillNode) to the first delivery on every live
+	// node with subscribers. CaughtUp is the time from
 	// the heal to the moment every subscriber had every acked message of
 	// its rooms published before the heal and one published after it.
 	First, CaughtUp time.Duration
