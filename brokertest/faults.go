@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -509,7 +510,7 @@ type pubRec struct {
 // faultEvent is what a subscriber read: a message, a resync, or a
 // (re)join's answer.
 type faultEvent struct {
-	op    string // "msg", "resync", "left", "joined", "fresh" (a join without resume sent), "conn" (a new connection)
+	op    string // "msg", "resync" (with the position to resume from, if any), "left", "joined", "fresh" (a join without resume sent), "conn" (a new connection)
 	room  string
 	epoch string
 	seq   uint64
@@ -670,7 +671,12 @@ func (s *faultSub) serve(ctx context.Context) {
 			s.pos[f.Room] = f.Resume
 			s.joined[f.Room] = false
 			s.mu.Unlock()
-			s.record(faultEvent{op: "resync", room: f.Room})
+			e := faultEvent{op: "resync", room: f.Room}
+			if i := strings.LastIndexByte(f.Resume, ':'); i > 0 {
+				e.epoch = f.Resume[:i]
+				e.seq, _ = strconv.ParseUint(f.Resume[i+1:], 10, 64)
+			}
+			s.record(e)
 			s.join(cctx, conn, f.Room)
 		case f.Op == "left":
 			// The server let the room go (it closed, say): join again
@@ -950,7 +956,9 @@ func (run *faultRun) measure(res *FaultResult, acked map[string]map[string]*pubR
 					if !e.at.Before(start) {
 						rresync = true
 					}
-					fresh = true
+					// The messages that follow start after the position
+					// the server gave, or after a new join's.
+					prev, fresh = faultEvent{epoch: e.epoch, seq: e.seq}, e.epoch == ""
 				case "joined":
 					if fresh {
 						prev = faultEvent{epoch: e.epoch, seq: e.seq}
