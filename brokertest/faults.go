@@ -863,20 +863,24 @@ func (run *faultRun) measure(res *FaultResult, acked map[string]map[string]*pubR
 
 	// The history of every room, for the subscribers that resynced, and
 	// to tell whether a duplicate is in the engine.
+	// Each epoch is read from just before the cell's first acked message.
 	history := make(map[string]map[string]int)  // room: id: times stored
 	copies := make(map[string][]wsroom.Message) // id: each copy
+	histErr := make(map[string]error)           // room: why its history could not be read
 	for _, r := range run.rooms {
 		history[r] = make(map[string]int)
-		epochs := make(map[string]bool)
+		from := make(map[string]uint64) // epoch: the first seq acked
 		for _, p := range acked[r] {
-			epochs[p.epoch] = true
+			if f, ok := from[p.epoch]; !ok || p.seq < f {
+				from[p.epoch] = p.seq
+			}
 		}
-		for e := range epochs {
+		for e, seq := range from {
 			ctx, cancel := context.WithTimeout(run.ctx, muxWait)
-			ms, err := run.store.After(ctx, r, e, 0, 0)
+			ms, err := run.store.After(ctx, r, e, max(seq, 1)-1, 0)
 			cancel()
 			if err != nil {
-				probs.add("history", "Store.After(%s, %s:0): %v", r, e, err)
+				histErr[r] = fmt.Errorf("Store.After(%s, %s:%d): %w", r, e, max(seq, 1)-1, err)
 				continue
 			}
 			for _, m := range ms {
@@ -1010,6 +1014,9 @@ func (run *faultRun) measure(res *FaultResult, acked map[string]map[string]*pubR
 				if rresync && history[r][id] > 0 {
 					res.Covered++
 					continue
+				}
+				if rresync && histErr[r] != nil {
+					probs.add("history", "%s: %v", who, histErr[r])
 				}
 				res.Lost++
 				probs.add("lost", "%s: %s acked at %s:%d never came (resynced: %v, in history: %d)", who, id, p.epoch, p.seq, rresync, history[r][id])
