@@ -7,7 +7,7 @@ require (
 	github.com/gorilla/websocket v1.5.3
 	github.com/lxzan/gws v1.8.9
 	github.com/olahol/melody v1.1.4
-	github.com/wsroom/wsroom v0.4.0
+	github.com/wsroom/wsroom v0.5.0
 	golang.org/x/image v0.30.0
 )
 

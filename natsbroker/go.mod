@@ -5,7 +5,7 @@ go 1.26.0
 require (
 	github.com/coder/websocket v1.8.15
 	github.com/nats-io/nats.go v1.55.0
-	github.com/wsroom/wsroom v0.4.0
+	github.com/wsroom/wsroom v0.5.0
 	go.uber.org/goleak v1.3.0
 )
 

@@ -9,7 +9,7 @@ require (
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/nats-io/nats.go v1.55.0
 	github.com/redis/go-redis/v9 v9.23.0
-	github.com/wsroom/wsroom v0.4.0
+	github.com/wsroom/wsroom v0.5.0
 	github.com/wsroom/wsroom/sqlstore v0.3.0
 	modernc.org/sqlite v1.62.0
 )

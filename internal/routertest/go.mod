@@ -9,7 +9,7 @@ require (
 	github.com/gin-gonic/gin v1.12.0
 	github.com/go-chi/chi/v5 v5.5.0
 	github.com/labstack/echo/v4 v4.16.0
-	github.com/wsroom/wsroom v0.4.0
+	github.com/wsroom/wsroom v0.5.0
 )
 
 require (

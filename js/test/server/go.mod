@@ -5,6 +5,6 @@ module github.com/wsroom/wsroom/js/test/server
 
 go 1.26.0
 
-require github.com/wsroom/wsroom v0.4.0
+require github.com/wsroom/wsroom v0.5.0
 
 require github.com/coder/websocket v1.8.15 // indirect
