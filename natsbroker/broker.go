@@ -119,14 +119,21 @@ func New(ctx context.Context, nc *nats.Conn, opts ...Option) (*Broker, error) {
 		Storage:           jetstream.FileStorage,
 		MaxMsgsPerSubject: int64(cfg.limit),
 		MaxAge:            cfg.maxAge,
-		AllowDirect:       true,
+		Duplicates:        dupWindow(cfg),
+		Replicas:          cfg.replicas,
+		// A direct get may be answered by any replica, and a follower may
+		// not have applied the last messages yet: with replicas, reads go
+		// to the stream's leader, which has applied every message it
+		// acknowledged.
+		AllowDirect: cfg.replicas == 1,
 	}
 	b.ensure = func(ctx context.Context) (jetstream.Stream, error) {
 		return ensureStream(ctx, js, b.name,
 			func(c jetstream.StreamConfig) bool {
 				return c.Description == want.Description && slices.Equal(c.Subjects, want.Subjects) &&
 					c.Retention == want.Retention && c.Discard == want.Discard && c.Storage == want.Storage &&
-					c.MaxMsgsPerSubject == want.MaxMsgsPerSubject && c.MaxAge == want.MaxAge && c.AllowDirect
+					c.MaxMsgsPerSubject == want.MaxMsgsPerSubject && c.MaxAge == want.MaxAge &&
+					c.Duplicates == want.Duplicates && c.Replicas == want.Replicas && c.AllowDirect == want.AllowDirect
 			},
 			func(ctx context.Context) error {
 				_, err := js.CreateStream(ctx, want)
@@ -137,8 +144,12 @@ func New(ctx context.Context, nc *nats.Conn, opts ...Option) (*Broker, error) {
 				return err
 			})
 	}
+	b.pres.replicas = cfg.replicas
 	b.stream, err = b.ensure(ctx)
 	if err != nil {
+		if isReplicasError(err) {
+			return nil, fmt.Errorf("natsbroker: creating stream %s with %d replicas (WithReplicas): %w", b.name, cfg.replicas, err)
+		}
 		return nil, fmt.Errorf("natsbroker: creating stream %s: %w", b.name, err)
 	}
 	b.created = b.stream.CachedInfo().Created
@@ -433,6 +444,30 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, name string, matc
 			return nil, err
 		}
 	}
+}
+
+// dupWindow is the stream's duplicate window: the configured one, or the
+// stream's MaxAge if shorter, since JetStream takes no longer window.
+func dupWindow(cfg config) time.Duration {
+	if cfg.maxAge > 0 && cfg.maxAge < cfg.dupWindow {
+		return cfg.maxAge
+	}
+	return cfg.dupWindow
+}
+
+// JetStream error codes of a replica count the servers cannot hold:
+// "replicas > 1 not supported in non-clustered mode", and "no suitable
+// peers for placement" (fewer servers than replicas).
+const (
+	jsErrReplicasNotSupported jetstream.ErrorCode = 10074
+	jsErrNoPeers              jetstream.ErrorCode = 10005
+)
+
+// isReplicasError reports whether a stream could not be created or updated
+// because of its replica count.
+func isReplicasError(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jsErrReplicasNotSupported || apiErr.ErrorCode == jsErrNoPeers)
 }
 
 // jsErrSubjectOverlap is the JetStream error code of "subjects overlap with

@@ -144,7 +144,7 @@ func (b *Broker) Append(ctx context.Context, room string, m wsroom.Message) (wsr
 	m.Time = time.UnixMilli(m.Time.UnixMilli())
 	m.Ephemeral, m.Except = false, ""
 	sent := false
-	out, err := b.appendLoop(ctx, a, room, m, id, &sent)
+	out, _, err := b.appendLoop(ctx, a, room, m, id, &sent, false)
 	switch {
 	case err == nil:
 		a.unsure = nil
@@ -155,14 +155,18 @@ func (b *Broker) Append(ctx context.Context, room string, m wsroom.Message) (wsr
 	return out, err
 }
 
-// appendLoop stores m with message ID id for Append, setting *sent once a
-// publish is sent.
-func (b *Broker) appendLoop(ctx context.Context, a *appender, room string, m wsroom.Message, id string, sent *bool) (wsroom.Message, error) {
+// appendLoop stores m with message ID id for Append and PublishOnce,
+// setting *sent once a publish is sent. dup reports that JetStream answered
+// that a message with id was stored already (within the stream's duplicate
+// window); the stored one is returned. It is announced again unless once is
+// set and this call sent no earlier attempt (a publish of PublishOnce that
+// another call stored, and announced).
+func (b *Broker) appendLoop(ctx context.Context, a *appender, room string, m wsroom.Message, id string, sent *bool, once bool) (out wsroom.Message, dup bool, err error) {
 	subj := b.hist + roomToken(room)
 	transient, conflicts := 0, 0
 	for {
 		if err := ctx.Err(); err != nil {
-			return wsroom.Message{}, err
+			return wsroom.Message{}, false, err
 		}
 		a.posMu.Lock()
 		pos, known := a.pos, a.known
@@ -176,11 +180,11 @@ func (b *Broker) appendLoop(ctx context.Context, a *appender, room string, m wsr
 						b.checkStream(ctx, err)
 					}
 					if err := sleep(ctx, backoff(transient)); err != nil {
-						return wsroom.Message{}, err
+						return wsroom.Message{}, false, err
 					}
 					continue
 				}
-				return wsroom.Message{}, fmt.Errorf("natsbroker: reading last message of room %q: %w", room, err)
+				return wsroom.Message{}, false, fmt.Errorf("natsbroker: reading last message of room %q: %w", room, err)
 			}
 			a.posMu.Lock()
 			a.pos, a.known = pos, true
@@ -192,8 +196,9 @@ func (b *Broker) appendLoop(ctx context.Context, a *appender, room string, m wsr
 		// message in the stream, or none if 0.
 		hdr := nats.Header{prevHeader: []string{strconv.FormatUint(pos.sseq, 10)}}
 		if err := b.awaitConnected(ctx); err != nil {
-			return wsroom.Message{}, fmt.Errorf("natsbroker: storing message in room %q: waiting for the connection to NATS: %w", room, err)
+			return wsroom.Message{}, false, fmt.Errorf("natsbroker: storing message in room %q: waiting for the connection to NATS: %w", room, err)
 		}
+		earlier := *sent
 		*sent = true
 		ack, err := b.js.PublishMsg(ctx, &nats.Msg{Subject: subj, Data: data, Header: hdr},
 			jetstream.WithMsgID(id),
@@ -208,24 +213,26 @@ func (b *Broker) appendLoop(ctx context.Context, a *appender, room string, m wsr
 			case err != nil && isTransient(ctx, err) && transient < maxTransient:
 				transient++
 				if err := sleep(ctx, backoff(transient)); err != nil {
-					return wsroom.Message{}, err
+					return wsroom.Message{}, false, err
 				}
 				continue
 			case err != nil:
-				return wsroom.Message{}, fmt.Errorf("natsbroker: reading message %d of room %q, stored already: %w", ack.Sequence, room, err)
+				return wsroom.Message{}, false, fmt.Errorf("natsbroker: reading message %d of room %q, stored already: %w", ack.Sequence, room, err)
 			case !ok:
-				return wsroom.Message{}, fmt.Errorf("natsbroker: message %d of room %q was stored already and is gone", ack.Sequence, room)
+				return wsroom.Message{}, false, fmt.Errorf("natsbroker: message %d of room %q was stored already and is gone", ack.Sequence, room)
 			}
 			a.posMu.Lock()
 			if !a.known || got.sseq > a.pos.sseq {
 				a.pos, a.known = position{sseq: got.sseq, seq: got.m.Seq, epoch: got.m.Epoch}, true
 			}
 			a.posMu.Unlock()
-			// Its first attempt's caller may have given up before
-			// announcing it; subscribers drop a second announcement.
-			data, _ := got.m.MarshalBinary()
-			b.announce(room, got.m, data, got.sseq)
-			return got.m, nil
+			if !once || earlier {
+				// Its first attempt's caller may have given up before
+				// announcing it; subscribers drop a second announcement.
+				data, _ := got.m.MarshalBinary()
+				b.announce(room, got.m, data, got.sseq)
+			}
+			return got.m, true, nil
 		case err == nil:
 			a.posMu.Lock()
 			if !a.known || ack.Sequence > a.pos.sseq {
@@ -233,7 +240,7 @@ func (b *Broker) appendLoop(ctx context.Context, a *appender, room string, m wsr
 			}
 			a.posMu.Unlock()
 			b.announce(room, m, data, ack.Sequence)
-			return m, nil
+			return m, false, nil
 		case isConflict(err):
 			// Another node stored a message first: read the room again.
 			a.posMu.Lock()
@@ -244,7 +251,7 @@ func (b *Broker) appendLoop(ctx context.Context, a *appender, room string, m wsr
 			conflicts++
 			if conflicts > 2 {
 				if err := sleep(ctx, time.Duration(rand.Int64N(int64(min(conflicts, 20))*int64(time.Millisecond)))); err != nil {
-					return wsroom.Message{}, err
+					return wsroom.Message{}, false, err
 				}
 			}
 		case isTransient(ctx, err) && transient < maxTransient:
@@ -258,10 +265,10 @@ func (b *Broker) appendLoop(ctx context.Context, a *appender, room string, m wsr
 				a.posMu.Unlock()
 			}
 			if err := sleep(ctx, backoff(transient)); err != nil {
-				return wsroom.Message{}, err
+				return wsroom.Message{}, false, err
 			}
 		default:
-			return wsroom.Message{}, fmt.Errorf("natsbroker: storing message in room %q: %w", room, err)
+			return wsroom.Message{}, false, fmt.Errorf("natsbroker: storing message in room %q: %w", room, err)
 		}
 	}
 }
