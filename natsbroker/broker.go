@@ -38,6 +38,7 @@ type Broker struct {
 	stream jetstream.Stream
 	cfg    config
 	name   string // stream name
+	verify bool   // the stream has replicas: see won
 	hist   string // prefix of stored subjects, "wsroom.h."
 	live   string // prefix of announcement subjects, "wsroom.l."
 
@@ -109,6 +110,7 @@ func New(ctx context.Context, nc *nats.Conn, opts ...Option) (*Broker, error) {
 		topics:      make(map[string]*topic),
 		appenders:   make(map[string]*appender),
 		pres:        newPresence(cfg.prefix, cfg.presenceTTL),
+		verify:      cfg.replicas > 1,
 	}
 	want := jetstream.StreamConfig{
 		Name:              b.name,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"time"
 
@@ -48,22 +49,27 @@ func (b *Broker) PublishOnce(ctx context.Context, room, key string, m wsroom.Mes
 	}
 	m.Time = time.UnixMilli(m.Time.UnixMilli())
 	m.Except = ""
-	sent := false
-	return b.appendLoop(ctx, a, room, m, onceID(room, key), &sent, true)
+	sent, gen := false, 0
+	return b.appendLoop(ctx, a, room, m, func() string {
+		// Each message of key that lost its position (see won) spends an
+		// ID: every node tries them in the same order.
+		gen++
+		return onceID(room, key, gen-1)
+	}, &sent, true)
 }
 
-// onceID is the Nats-Msg-Id of the publish of room that key identifies:
-// "o" and 32 characters of hash, never the same as the 16 characters of a
-// random ID (newID) that Append gives other publishes.
-func onceID(room, key string) string {
+// onceID is the Nats-Msg-Id of the publish of room that key identifies,
+// for its gen-th attempt to take a position (0 first): "o" and 32
+// characters of a hash, never the same as the 16 characters of a random ID
+// (newID) that Append gives other publishes.
+func onceID(room, key string, gen int) string {
 	h := sha256.New()
 	var n [8]byte
-	l := uint64(len(room))
-	for i := range n {
-		n[i] = byte(l >> (8 * i))
-	}
+	binary.LittleEndian.PutUint64(n[:], uint64(len(room)))
 	h.Write(n[:])
 	h.Write([]byte(room))
+	binary.LittleEndian.PutUint64(n[:], uint64(gen))
+	h.Write(n[:])
 	h.Write([]byte(key))
 	return "o" + base64.RawURLEncoding.EncodeToString(h.Sum(nil)[:24])
 }
