@@ -35,7 +35,7 @@ import (
 // Close writes what is already queued before the close frame. A client that
 // gets 4001 should get a fresh credential before it reconnects, and may
 // resume: nothing is lost. Both kinds of connection may be closed so; the
-// code is the application's, not one of the wsroom.v2 protocol's.
+// code is the application's, not one of the wsroom.v3 protocol's.
 const StatusExpired websocket.StatusCode = 4001
 
 // WithSubprotocols sets the WebSocket subprotocols that Room.Handler and
@@ -59,14 +59,14 @@ const StatusExpired websocket.StatusCode = 4001
 //
 // Registry.MuxHandler does not use protos: it always selects Subprotocol,
 // which the client must offer, and its clients send a credential next to
-// it (["wsroom.v2", "token.XYZ"]) for the authorize hook to find the same
+// it (["wsroom.v3", "token.XYZ"]) for the authorize hook to find the same
 // way. So that the two handlers of one Registry never select the same
 // subprotocol, WithSubprotocols panics if protos holds Subprotocol, or a
 // name that is not an HTTP token (RFC 9110), which no client could offer.
 func WithSubprotocols(protos ...string) Option {
 	for _, p := range protos {
-		if strings.EqualFold(p, Subprotocol) {
-			panic("wsroom: WithSubprotocols(" + p + "): " + Subprotocol + " is the protocol of Registry.MuxHandler, which selects it by itself")
+		if strings.EqualFold(p, Subprotocol) || strings.EqualFold(p, SubprotocolV2) {
+			panic("wsroom: WithSubprotocols(" + p + "): " + p + " is a protocol of Registry.MuxHandler, which selects it by itself")
 		}
 		if !isToken(p) {
 			panic(fmt.Sprintf("wsroom: WithSubprotocols(%q): a subprotocol is an HTTP token", p))
@@ -170,5 +170,19 @@ func isToken(s string) bool {
 	return true
 }
 
-// muxProtocols are the subprotocols of Registry.MuxHandler.
-var muxProtocols = []string{Subprotocol}
+// muxProtocols are the subprotocols of Registry.MuxHandler, the one it
+// prefers first.
+var muxProtocols = []string{Subprotocol, SubprotocolV2}
+
+// muxProtocol returns the subprotocol Registry.MuxHandler selects for req,
+// which checkSubprotocol passed: the newest version offered, matched
+// exactly.
+func muxProtocol(req *http.Request) string {
+	offered := OfferedSubprotocols(req)
+	for _, p := range muxProtocols {
+		if slices.Contains(offered, p) {
+			return p
+		}
+	}
+	return Subprotocol
+}

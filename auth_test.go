@@ -58,7 +58,7 @@ func TestSubprotocolsSelectAndCarryTokens(t *testing.T) {
 		{"the server's preference", []string{"chat.v1", "chat.v2"}, 0, "anonymous chat.v2", 1},
 		{"none offered", nil, 0, "anonymous ", 1},
 		{"only a token", []string{"token.ana"}, http.StatusBadRequest, "", 0},
-		{"wsroom.v2 at a one-room handler", []string{wsroom.Subprotocol}, http.StatusBadRequest, "", 0},
+		{"wsroom.v3 at a one-room handler", []string{wsroom.Subprotocol}, http.StatusBadRequest, "", 0},
 		{"refused token", []string{"chat.v1", "token.bad"}, http.StatusUnauthorized, "", 1},
 	} {
 		calls.Store(0)
@@ -89,9 +89,9 @@ func TestSubprotocolsSelectAndCarryTokens(t *testing.T) {
 	}
 }
 
-// A Registry's MuxHandler selects wsroom.v2 whatever WithSubprotocols says,
+// A Registry's MuxHandler selects wsroom.v3 whatever WithSubprotocols says,
 // with a credential offered next to it; its Handler selects only what
-// WithSubprotocols says, never wsroom.v2.
+// WithSubprotocols says, never wsroom.v3.
 func TestMuxSubprotocolWithToken(t *testing.T) {
 	var calls atomic.Int64
 	reg := wsroom.NewRegistry(wsroom.WithSubprotocols("chat.v1"), tokenAuth(&calls), sayWho)
@@ -113,7 +113,11 @@ func TestMuxSubprotocolWithToken(t *testing.T) {
 		{"many rooms, token before", "/ws", []string{"token.ana", wsroom.Subprotocol}, 0, wsroom.Subprotocol, 1},
 		{"many rooms, the one-room protocol", "/ws", []string{"chat.v1", "token.ana"}, http.StatusBadRequest, "", 0},
 		{"many rooms, refused token", "/ws", []string{wsroom.Subprotocol, "token.bad"}, http.StatusUnauthorized, "", 1},
-		{"one room, wsroom.v2", "/rooms/lobby", []string{wsroom.Subprotocol, "token.ana"}, http.StatusBadRequest, "", 0},
+		{"many rooms, v2 only", "/ws", []string{wsroom.SubprotocolV2, "token.ana"}, 0, wsroom.SubprotocolV2, 1},
+		{"many rooms, v2 before v3", "/ws", []string{wsroom.SubprotocolV2, wsroom.Subprotocol, "token.ana"}, 0, wsroom.Subprotocol, 1},
+		{"many rooms, v3 in capitals and v2", "/ws", []string{"WSROOM.V3", wsroom.SubprotocolV2, "token.ana"}, 0, wsroom.SubprotocolV2, 1},
+		{"one room, wsroom.v3", "/rooms/lobby", []string{wsroom.Subprotocol, "token.ana"}, http.StatusBadRequest, "", 0},
+		{"one room, wsroom.v2", "/rooms/lobby", []string{wsroom.SubprotocolV2, "token.ana"}, http.StatusBadRequest, "", 0},
 		{"one room, its protocol", "/rooms/lobby", []string{"chat.v1", wsroom.Subprotocol, "token.ana"}, 0, "chat.v1", 1},
 	} {
 		calls.Store(0)
@@ -147,7 +151,7 @@ func TestMuxSubprotocolWithToken(t *testing.T) {
 }
 
 func TestWithSubprotocolsPanics(t *testing.T) {
-	for _, p := range []string{wsroom.Subprotocol, "WSROOM.V2", "", "two words", "a,b", "caf\u00e9"} {
+	for _, p := range []string{wsroom.Subprotocol, "WSROOM.V3", wsroom.SubprotocolV2, "WSROOM.V2", "", "two words", "a,b", "caf\u00e9"} {
 		func() {
 			defer func() {
 				if recover() == nil {

@@ -284,7 +284,7 @@ func BenchmarkLocalBroker(b *testing.B) {
 }
 
 // BenchmarkMuxRooms publishes 64-byte messages to the rooms of a Registry
-// whose 100 clients each hold one connection of many rooms (wsroom.v2), and
+// whose 100 clients each hold one connection of many rooms (wsroom.v3), and
 // reports the cost per delivery when each connection is in 1 room and when
 // it is in 10 (messages spread over the 10 rooms, so every message still
 // reaches 100 clients). "one-room" is the same load over Registry.Handler,

@@ -38,7 +38,7 @@ type Broker interface {
 }
 
 // Sequencer is implemented by a Broker that can tell the sequence number
-// and epoch it gave a message it published. The acks of the wsroom.v2
+// and epoch it gave a message it published. The acks of the wsroom.v3
 // protocol (PROTOCOL.md) carry them when the room's Broker is a Sequencer;
 // otherwise an ack says only that the message is stored. Its method may be
 // called concurrently. A Broker that wraps another and changes Publish must

@@ -47,10 +47,11 @@
 // # Many rooms on one connection
 //
 // Registry.MuxHandler serves connections that join and leave the
-// Registry's rooms by message, in the wsroom.v2 protocol of PROTOCOL.md
+// Registry's rooms by message, in the wsroom.v3 protocol of PROTOCOL.md
 // (subprotocol Subprotocol): each joins with its own resume position or the
 // last N messages, publishes with an id to get an ack once the message is
-// stored (a retried id is published once), gets an error reply with a
+// stored (a retried id is published once, on any node when the Broker is a
+// Deduplicator), gets an error reply with a
 // stable code for a bad request, and is resynchronised room by room. Server
 // code joins such a client to a room with Client.Join and removes it with
 // Client.Leave; WithJoinCheck decides who may join which room, and

@@ -405,7 +405,7 @@ func (l *loop) resync(now position, known, fromStart bool, err error) {
 }
 
 // fanout encodes m once for each kind of client that gets it (the room's
-// codec, the wsroom.v2 protocol) and queues the same bytes to every client
+// codec, the wsroom.v3 protocol) and queues the same bytes to every client
 // it is for.
 func (l *loop) fanout(m Message) {
 	r := l.r
@@ -574,7 +574,7 @@ type outFrames struct {
 }
 
 // frame returns the frame for clients of the room's codec or, if mux, of
-// the wsroom.v2 protocol; ok is false if m cannot be encoded so.
+// the wsroom.v3 protocol; ok is false if m cannot be encoded so.
 func (fs *outFrames) frame(mux bool) (f outFrame, ok bool) {
 	if fs.m.Presence != "" && !mux {
 		return outFrame{}, false // only clients of many rooms get presence

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"reflect"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -15,7 +16,7 @@ import (
 	"github.com/coder/websocket"
 )
 
-// This file holds connections of many rooms: the wsroom.v2 protocol's
+// This file holds connections of many rooms: the wsroom.v3 protocol's
 // handler, its read loop, and joining, leaving and publishing by request.
 
 // muxConn is the state of a connection of many rooms.
@@ -29,7 +30,7 @@ type muxConn struct {
 
 // MuxHandler returns an http.Handler that serves connections of many rooms,
 // which join, leave and publish to the Registry's rooms by message, in the
-// wsroom.v2 protocol that PROTOCOL.md describes (subprotocol Subprotocol).
+// wsroom.v3 protocol that PROTOCOL.md describes (subprotocol Subprotocol).
 // Each connection is one Client, with one queue, one writer and one
 // slow-client policy, in as many rooms as WithMaxRoomsPerClient allows.
 // Each room encodes a message once for all its members of this kind.
@@ -38,7 +39,7 @@ type muxConn struct {
 // offer the subprotocol (matched exactly) gets 400, with the other 400s of
 // a malformed handshake, before the origin check. WithSubprotocols does not
 // apply: the handler selects Subprotocol only. A client may offer more,
-// such as a credential for the authorize hook (["wsroom.v2", "token.XYZ"],
+// such as a credential for the authorize hook (["wsroom.v3", "token.XYZ"],
 // see OfferedSubprotocols), which is never echoed.
 //
 // The Registry's options apply to each connection and room; the message
@@ -57,7 +58,7 @@ func (g *Registry) MuxHandler() http.Handler {
 			return
 		}
 		hw := &hijackWriter{ResponseWriter: w, timeout: g.cfg.writeTimeout}
-		conn, err := websocket.Accept(hw, req, acceptOptions(&g.cfg, muxProtocols))
+		conn, err := websocket.Accept(hw, req, acceptOptions(&g.cfg, []string{muxProtocol(req)}))
 		if err != nil {
 			g.conns.Done()
 			return
@@ -642,7 +643,11 @@ func (c *Client) publishReq(req *request) error {
 	}
 	m := Message{Time: time.Now(), From: c.id, Ephemeral: req.Ephemeral, Data: data}
 	c.publishing.Store(true)
-	m, err = c.publishRetry(r, m, id != "")
+	var key string
+	if id != "" && !req.Ephemeral {
+		key = dedupKey(c.sender(), id)
+	}
+	m, err = c.publishRetry(r, m, key, id != "")
 	c.publishing.Store(false)
 	switch {
 	case errors.Is(err, ErrClosed) && !r.isOpen():
@@ -686,6 +691,25 @@ func (c *Client) sender() any {
 		return s.String()
 	}
 	return connSender(c.id)
+}
+
+// dedupKey returns the key of the publish with id by who for a
+// Deduplicator: the same on every node for a sender whose identity is a
+// string, a fmt.Stringer or another comparable value printed alike (the
+// anonymous space included), and unique to the connection otherwise.
+func dedupKey(who any, id string) string {
+	var s string
+	switch v := who.(type) {
+	case nil:
+		s = "a"
+	case string:
+		s = "s" + v
+	case connSender:
+		s = "c" + string(v)
+	default:
+		s = fmt.Sprintf("v%T:%v", v, v)
+	}
+	return strconv.Itoa(len(s)) + ":" + s + id
 }
 
 // connSender is the sender of a client whose identity cannot be compared.

@@ -19,7 +19,7 @@ import (
 	"github.com/wsroom/wsroom/internal/wspipe"
 )
 
-// frame is any frame of the wsroom.v2 protocol, as a client reads it.
+// frame is any frame of the wsroom.v3 protocol, as a client reads it.
 type frame struct {
 	Op      string          `json:"op"`
 	ID      string          `json:"id,omitempty"`

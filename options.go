@@ -594,7 +594,7 @@ func WithMaxRoomsPerClient(n int) Option {
 
 // WithPresenceEvents makes rooms tell their members of many rooms (see
 // Registry.MuxHandler) who joins and leaves, as "presence" frames of the
-// wsroom.v2 protocol, on every node: a join or leave is published through
+// wsroom.v3 protocol, on every node: a join or leave is published through
 // the Broker as an ephemeral message. Joins and leaves of clients of one
 // room count too. In a room with more than limit members, joins and leaves
 // are not sent, since their traffic grows with the square of the room's

@@ -13,13 +13,19 @@ import (
 	"github.com/coder/websocket"
 )
 
-// This file holds the wire format of the wsroom.v2 protocol (PROTOCOL.md):
+// This file holds the wire format of the wsroom.v3 protocol (PROTOCOL.md):
 // the requests a connection of many rooms sends, and the frames it gets.
 
 // Subprotocol is the WebSocket subprotocol of the protocol of connections in
 // many rooms, described in PROTOCOL.md. A new version of the protocol gets a
 // new name.
-const Subprotocol = "wsroom.v2"
+const Subprotocol = "wsroom.v3"
+
+// SubprotocolV2 is the previous version of the protocol, which
+// Registry.MuxHandler still speaks to the clients that offer only it: a
+// wsroom.v3 server serves them as it serves v3 clients (every v3 addition
+// is one a v2 client ignores; PROTOCOL.md, section 9).
+const SubprotocolV2 = "wsroom.v2"
 
 // request is a frame from a client of many rooms, as parseRequest read it:
 // a member given as null is absent.
@@ -193,16 +199,20 @@ func (c *Client) hello() []byte {
 		AcksPerRoom    int     `json:"acksPerRoom"`
 	}
 	h := struct {
-		Op     string `json:"op"`
-		Conn   string `json:"conn"`
-		Limits limits `json:"limits"`
-	}{"hello", c.id, limits{
+		Op       string `json:"op"`
+		Conn     string `json:"conn"`
+		AckScope string `json:"ackScope"`
+		Limits   limits `json:"limits"`
+	}{"hello", c.id, "node", limits{
 		ReadLimit: cfg.readLimit, Rooms: cfg.maxRoomsPerClient, Inflight: maxInflight,
 		SendBuffer: cfg.sendBuffer, Presence: max(cfg.presenceEvents, 0),
 		PublishRetryMs: ms(cfg.publishRetry), Rate: max(cfg.rateLimit, 0), Burst: cfg.rateBurst,
 		PingMs: ms(cfg.pingInterval), PongTimeoutMs: ms(cfg.pongTimeout),
 		AckTTLMs: ms(ackTTL), AcksPerRoom: acksPerRoom,
 	}}
+	if _, ok := cfg.broker.(Deduplicator); ok {
+		h.AckScope = "cluster"
+	}
 	if cfg.rateLimit <= 0 {
 		h.Limits.Burst = 0
 	}
@@ -274,7 +284,7 @@ func presenceFrame(room string, m Message) ([]byte, error) {
 	return appendFrame(make([]byte, 0, len(b)+4), websocket.MessageText, b), nil
 }
 
-// muxFrame returns the frame of m for clients of the wsroom.v2 protocol:
+// muxFrame returns the frame of m for clients of the wsroom.v3 protocol:
 //
 //	{"op":"msg","room":"lobby","seq":7,"epoch":"k2x...","time":1700000000000,"from":"c5r...","data":<the JSON value>}
 //

@@ -111,10 +111,16 @@ func (r *Room) publish(ctx context.Context, m Message) error {
 }
 
 // publishSeq publishes m and returns it as numbered, when the Broker is a
-// Sequencer; otherwise as it was.
-func (r *Room) publishSeq(ctx context.Context, m Message) (Message, error) {
+// Sequencer; otherwise as it was. With a key, a Broker that is a
+// Deduplicator publishes m only if no publish with that key was stored
+// within its window, and returns that one's numbering if one was.
+func (r *Room) publishSeq(ctx context.Context, m Message, key string) (Message, error) {
 	if !r.isOpen() {
 		return Message{}, ErrClosed
+	}
+	if d, ok := r.cfg.broker.(Deduplicator); ok && key != "" && !m.Ephemeral {
+		out, _, err := d.PublishOnce(ctx, r.name, key, m)
+		return out, err
 	}
 	if s, ok := r.cfg.broker.(Sequencer); ok {
 		return s.PublishSeq(ctx, r.name, m)

@@ -129,7 +129,7 @@ func (c *Client) readFrame(lim *limiter, typ websocket.MessageType) ([]byte, err
 // message was not published (1013), which a 4000 would not tell it.
 func (c *Client) publish(m Message) error {
 	c.publishing.Store(true)
-	_, err := c.publishRetry(c.room, m, false)
+	_, err := c.publishRetry(c.room, m, "", false)
 	c.mu.Lock() // resyncClose defers under mu while publishing is set
 	c.publishing.Store(false)
 	deferred := c.deferredClose
@@ -163,7 +163,11 @@ func (c *Client) resyncClose(req *closeRequest) {
 // retries with backoff, and the client's next message waits: the client is
 // slowed, not lied to. After the publish retry time it returns an error
 // wrapping ErrUnavailable.
-func (c *Client) publishRetry(r *Room, m Message, seq bool) (Message, error) {
+//
+// A non-empty key makes each attempt a PublishOnce of the room's Broker, if
+// it is a Deduplicator (see publishSeq), so that an attempt whose answer
+// was lost, or a retry of the publish on another node, is stored once.
+func (c *Client) publishRetry(r *Room, m Message, key string, seq bool) (Message, error) {
 	backoff := 20 * time.Millisecond
 	start := time.Now()
 	deadline := start.Add(r.cfg.publishRetry)
@@ -176,7 +180,7 @@ func (c *Client) publishRetry(r *Room, m Message, seq bool) (Message, error) {
 		out := m
 		var err error
 		if seq {
-			out, err = r.publishSeq(ctx, m)
+			out, err = r.publishSeq(ctx, m, key)
 		} else {
 			err = r.publish(ctx, m)
 		}

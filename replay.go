@@ -115,7 +115,7 @@ func lastN(cur position, n int) (position, int) {
 }
 
 // history reads the room's messages after from, at most limit of them if
-// limit >= 0, and hands them to send as frames (mux: of the wsroom.v2
+// limit >= 0, and hands them to send as frames (mux: of the wsroom.v3
 // protocol), a page at a time, so that a client holds at most about
 // replayBytes of history at once. Frames come from the room's frame cache,
 // so clients that replay the same messages share them. Each page gets the
@@ -196,7 +196,7 @@ type frameCache struct {
 // frameKey names the frame of one message for one kind of client.
 type frameKey struct {
 	position
-	mux bool // of the wsroom.v2 protocol, not of the room's codec
+	mux bool // of the wsroom.v3 protocol, not of the room's codec
 }
 
 // get returns the frame of m, encoding it if the cache does not have it.

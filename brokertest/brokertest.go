@@ -48,6 +48,7 @@ func Run(t *testing.T, newNode func(t *testing.T) wsroom.Broker) {
 		{"Unsubscribe", testUnsubscribe},
 		{"History", testHistory},
 		{"PublishSeq", testPublishSeq},
+		{"PublishOnce", testPublishOnce},
 		{"Presence", testPresence},
 		{"PresenceEndsWithNode", testPresenceEndsWithNode},
 	}
@@ -351,6 +352,91 @@ func testPresenceEndsWithNode(t *testing.T, newNode func(*testing.T) wsroom.Brok
 			t.Fatalf("Members %v after the node closed, want only %v within %v", got, stay, Wait)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// testPublishOnce checks a wsroom.Deduplicator across two nodes: a key
+// published on one node and again on the other is stored and delivered
+// once, the second call getting the first one's numbering with dup set;
+// the same keys published on both nodes at once are each stored once, one
+// call of each pair not a duplicate; a key is a key of its room only.
+func testPublishOnce(t *testing.T, newNode func(*testing.T) wsroom.Broker) {
+	var nodes []wsroom.Deduplicator
+	for range 2 {
+		d, ok := newNode(t).(wsroom.Deduplicator)
+		if !ok {
+			t.Skip("broker does not implement wsroom.Deduplicator")
+		}
+		nodes = append(nodes, d)
+	}
+	store := storeOf(t, nodes[0])
+	room, other := storetest.RoomName(t)+"-a", storetest.RoomName(t)+"-b"
+	s := subscribe(t, nodes[1].(wsroom.Broker), room)
+	msg := func(data string) wsroom.Message {
+		return wsroom.Message{Time: time.Now(), From: "c", Data: []byte(data)}
+	}
+
+	first, dup, err := nodes[0].PublishOnce(t.Context(), room, "k1", msg("one"))
+	if err != nil || dup || first.Seq == 0 || first.Epoch == "" {
+		t.Fatalf("PublishOnce(k1) = %v, dup %v, %v; want a numbered message, not a duplicate", first, dup, err)
+	}
+	again, dup, err := nodes[1].PublishOnce(t.Context(), room, "k1", msg("one"))
+	if err != nil || !dup || again.Seq != first.Seq || again.Epoch != first.Epoch {
+		t.Errorf("PublishOnce(k1) again on the other node = %v, dup %v, %v; want %s:%d, a duplicate", again, dup, err, first.Epoch, first.Seq)
+	}
+	o, dup, err := nodes[1].PublishOnce(t.Context(), other, "k1", msg("other room"))
+	if err != nil || dup || o.Seq != 1 {
+		t.Errorf("PublishOnce(k1) in another room = %v, dup %v, %v; want its seq 1, not a duplicate", o, dup, err)
+	}
+
+	const pairs = 10
+	type result struct {
+		m   wsroom.Message
+		dup bool
+		err error
+	}
+	results := make([][2]result, pairs)
+	var wg sync.WaitGroup
+	for i := range pairs {
+		for n, d := range nodes {
+			wg.Go(func() {
+				m, dup, err := d.PublishOnce(t.Context(), room, fmt.Sprint("pair-", i), msg(fmt.Sprint("pair-", i)))
+				results[i][n] = result{m, dup, err}
+			})
+		}
+	}
+	wg.Wait()
+	for i, r := range results {
+		a, b := r[0], r[1]
+		if a.err != nil || b.err != nil {
+			t.Errorf("pair %d: errors %v, %v", i, a.err, b.err)
+			continue
+		}
+		if a.dup == b.dup || a.m.Seq != b.m.Seq || a.m.Epoch != b.m.Epoch {
+			t.Errorf("pair %d: %s:%d dup %v and %s:%d dup %v; want one position, one duplicate", i, a.m.Epoch, a.m.Seq, a.dup, b.m.Epoch, b.m.Seq, b.dup)
+		}
+	}
+	last, _, err := nodes[0].PublishOnce(t.Context(), room, "last", msg("last"))
+	if err != nil {
+		t.Fatalf("PublishOnce(last) error: %v", err)
+	}
+	if want := first.Seq + pairs + 1; last.Seq != want {
+		t.Errorf("PublishOnce(last) numbered %d, want %d", last.Seq, want)
+	}
+	got := s.wait(t, pairs+2)
+	time.Sleep(100 * time.Millisecond) // let a duplicate, if any, arrive
+	s.mu.Lock()
+	got = slices.Clone(s.msgs)
+	s.mu.Unlock()
+	if len(got) != pairs+2 {
+		t.Errorf("the subscriber got %d messages, want %d: %v", len(got), pairs+2, describe(got))
+	}
+	stored, err := store.After(t.Context(), room, "", 0, 0)
+	if err != nil {
+		t.Fatalf("After error: %v", err)
+	}
+	if len(stored) != pairs+2 {
+		t.Errorf("the store holds %d messages, want %d: %v", len(stored), pairs+2, describe(stored))
 	}
 }
 

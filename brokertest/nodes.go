@@ -1,6 +1,6 @@
 package brokertest
 
-// Connections of many rooms (wsroom.v2, PROTOCOL.md) on two server nodes
+// Connections of many rooms (wsroom.v3, PROTOCOL.md) on two server nodes
 // of one cluster: the cases of RunNodes and the client they read with.
 
 import (
@@ -49,6 +49,101 @@ func RunNodes(t *testing.T, n Nodes) {
 		testMuxAcrossNodes(t, newMuxNode(t, ba), newMuxNode(t, bb), store, "mux-"+roomID())
 	})
 	t.Run("MuxResyncOneRoom", func(t *testing.T) { testMuxResyncOneRoom(t, n) })
+	if _, ok := n.New(t, 0).(wsroom.Deduplicator); ok {
+		t.Run("MuxRetryOnOtherNode", func(t *testing.T) { testMuxRetryOnOtherNode(t, n) })
+	}
+}
+
+// testMuxRetryOnOtherNode checks the retries of a Deduplicator's cluster
+// (PROTOCOL.md, section 5): a publish acked on node a and sent again with
+// its id on node b gets the original ack and is stored once; the same
+// publish sent on both nodes at once is stored once and both get one ack.
+func testMuxRetryOnOtherNode(t *testing.T, n Nodes) {
+	ba, bb := n.New(t, 0), n.New(t, 0)
+	store, ok := ba.(wsroom.Store)
+	if !ok {
+		t.Fatalf("%T is not a wsroom.Store", ba)
+	}
+	a, b := newMuxNode(t, ba), newMuxNode(t, bb)
+	r := "muxretry-" + roomID()
+	watch := dialMux(t, b, "watcher on b")
+	pa, pb := dialMux(t, a, "publisher on a"), dialMux(t, b, "publisher on b")
+	for _, c := range []*muxClient{watch, pa, pb} {
+		c.join(t, []string{r}, nil)
+	}
+	ackOf := func(c *muxClient, id string) muxFrame {
+		t.Helper()
+		var got muxFrame
+		c.waitFor(t, "the ack of "+id, func() bool {
+			fs := c.filter(func(f muxFrame) bool { return (f.Op == "ack" || f.Op == "error") && f.ID == id })
+			if len(fs) == 0 {
+				return false
+			}
+			got = fs[0]
+			return true
+		})
+		if got.Op != "ack" {
+			t.Fatalf("%s: %s got %v, want an ack", c.name, id, got)
+		}
+		return got
+	}
+
+	pa.send(t, `{"op":"pub","room":%q,"id":"first","data":%s}`, r, pubData("first"))
+	orig := ackOf(pa, "first")
+	pb.send(t, `{"op":"pub","room":%q,"id":"first","data":%s}`, r, pubData("first"))
+	if again := ackOf(pb, "first"); again.Seq != orig.Seq || again.Epoch != orig.Epoch {
+		t.Errorf("the retry on node b got %v, want the original ack %v", again, orig)
+	}
+
+	// Both nodes at once, several times.
+	const both = 10
+	for i := range both {
+		id := fmt.Sprintf("both-%d", i)
+		var wg sync.WaitGroup
+		for _, c := range []*muxClient{pa, pb} {
+			wg.Go(func() {
+				if err := c.write(t.Context(), fmt.Sprintf(`{"op":"pub","room":%q,"id":%q,"data":%s}`, r, id, pubData(id))); err != nil {
+					t.Errorf("%s: %v", c.name, err)
+				}
+			})
+		}
+		wg.Wait()
+		x, y := ackOf(pa, id), ackOf(pb, id)
+		if x.Seq != y.Seq || x.Epoch != y.Epoch {
+			t.Errorf("%s acked at %s:%d on node a and at %s:%d on node b, want one position", id, x.Epoch, x.Seq, y.Epoch, y.Seq)
+		}
+	}
+	pa.send(t, `{"op":"pub","room":%q,"id":"last","data":%s}`, r, pubData("last"))
+	last := ackOf(pa, "last")
+	if want := orig.Seq + both + 1; last.Seq != want {
+		t.Errorf("the publish after the retries got seq %d, want %d: a retry was stored again", last.Seq, want)
+	}
+	watch.waitFor(t, "the last message", func() bool {
+		ms := watch.msgs(r)
+		return len(ms) > 0 && ms[len(ms)-1].Seq >= last.Seq
+	})
+	time.Sleep(100 * time.Millisecond) // let a duplicate, if any, arrive
+	ms := watch.msgs(r)
+	checkSequence(t, watch.name, r, ms, int(last.Seq))
+	stored, err := store.After(t.Context(), r, "", 0, 0)
+	if err != nil {
+		t.Fatalf("Store.After error: %v", err)
+	}
+	seen := make(map[string]int)
+	for _, m := range stored {
+		seen[string(m.Data)]++
+	}
+	for data, k := range seen {
+		if k != 1 {
+			t.Errorf("the store holds %s %d times, want once", data, k)
+		}
+	}
+	if len(stored) != both+2 {
+		t.Errorf("the store holds %d messages, want %d", len(stored), both+2)
+	}
+	for _, c := range []*muxClient{watch, pa, pb} {
+		c.checkNoTrouble(t)
+	}
 }
 
 // roomID returns a random name part, so that cases on a shared engine do
@@ -84,7 +179,7 @@ func newMuxNode(t *testing.T, b wsroom.Broker, opts ...wsroom.Option) *muxNode {
 	return &muxNode{reg: reg, url: "ws" + strings.TrimPrefix(srv.URL, "http")}
 }
 
-// muxFrame is any frame of the wsroom.v2 protocol, as a client reads it.
+// muxFrame is any frame of the wsroom.v3 protocol, as a client reads it.
 type muxFrame struct {
 	Op     string          `json:"op"`
 	ID     string          `json:"id"`

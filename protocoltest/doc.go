@@ -1,5 +1,5 @@
 // Package protocoltest checks a server of the wsroom protocol of many rooms
-// (PROTOCOL.md, subprotocol wsroom.v2) from the outside, as a client sees
+// (PROTOCOL.md, subprotocol wsroom.v3) from the outside, as a client sees
 // it. Any implementation can run it against a URL:
 //
 //	func TestProtocol(t *testing.T) {

@@ -1,5 +1,5 @@
 // This file is the client side of the conformance kit: FaultServer, a small
-// wsroom.v2 server of its own (not the wsroom server) that misbehaves on
+// wsroom.v3 server of its own (not the wsroom server) that misbehaves on
 // purpose, so that a client's tests can check what the client does when
 // replies are lost, delayed or refused and when connections break.
 
@@ -25,7 +25,7 @@ import (
 
 // FaultSubprotocol is the subprotocol a FaultServer selects; a handshake
 // that does not offer it gets HTTP 400.
-const FaultSubprotocol = "wsroom.v2"
+const FaultSubprotocol = "wsroom.v3"
 
 // The scenarios of a FaultServer, chosen by the last element of the URL's
 // path or by its "scenario" query parameter. Each misbehaviour happens once
@@ -118,7 +118,7 @@ type FaultRequest struct {
 	Data   json.RawMessage `json:"data,omitempty"`
 }
 
-// FaultServer is an http.Handler that speaks wsroom.v2 and misbehaves as the
+// FaultServer is an http.Handler that speaks wsroom.v3 and misbehaves as the
 // scenario of each request's URL says (see the Scenario constants). Its
 // sessions (the "session" query parameter; "" when absent) are apart: each
 // has its rooms, its log of requests and its own once-only faults.
@@ -289,7 +289,7 @@ type faultConn struct {
 }
 
 func (c *faultConn) serve(limits map[string]int) {
-	if c.send(map[string]any{"op": "hello", "conn": "fault-" + strconv.Itoa(c.n), "limits": limits}) != nil {
+	if c.send(map[string]any{"op": "hello", "conn": "fault-" + strconv.Itoa(c.n), "ackScope": "node", "limits": limits}) != nil {
 		return
 	}
 	for {

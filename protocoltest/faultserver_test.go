@@ -45,7 +45,7 @@ func faultWrite(t *testing.T, conn *websocket.Conn, frame string) {
 	}
 }
 
-// The kit's server refuses a handshake without wsroom.v2, sends hello
+// The kit's server refuses a handshake without wsroom.v3, sends hello
 // first, answers a join with joined and its message, and logs requests.
 func TestFaultServerBasics(t *testing.T) {
 	fs := NewFaultServer()

@@ -22,7 +22,7 @@ import (
 
 // Subprotocol is the subprotocol the kit offers and checks: the version of
 // PROTOCOL.md it is written to.
-const Subprotocol = "wsroom.v2"
+const Subprotocol = "wsroom.v3"
 
 // Config tells the kit what it cannot learn from the server.
 type Config struct {
@@ -597,10 +597,10 @@ func jsonEqual(a, b []byte) bool {
 	return bytes.Equal(xa, ya)
 }
 
-// 1.1: the subprotocol is wsroom.v2, matched exactly; without it, 400 with
+// 1.1: the subprotocol is wsroom.v3, matched exactly; without it, 400 with
 // a body naming it.
 func testSubprotocol(t *testing.T, k *kit) {
-	for _, offer := range [][]string{nil, {"WSROOM.V2"}, {"wsroom.v1"}, {"Wsroom.v2", "wsroom.v2x"}} {
+	for _, offer := range [][]string{nil, {"WSROOM.V3"}, {"wsroom.v1"}, {"Wsroom.v2", "wsroom.v3x"}} {
 		ctx, cancel := context.WithTimeout(context.Background(), k.cfg.Wait)
 		ws, resp, err := websocket.Dial(ctx, k.url, k.dialOpts(offer...))
 		cancel()

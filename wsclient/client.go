@@ -1,5 +1,5 @@
 // Package wsclient is a Go client of wsroom servers. Dial opens a
-// connection of many rooms in the wsroom.v2 protocol (PROTOCOL.md, served
+// connection of many rooms in the wsroom.v3 protocol (PROTOCOL.md, served
 // by wsroom.Registry.MuxHandler): the client joins rooms, reads each room's
 // messages, publishes and waits for acks, and reconnects by itself when the
 // connection is lost, resuming every room where it stopped and sending
@@ -44,7 +44,7 @@ import (
 
 // Subprotocol is the WebSocket subprotocol Dial offers, the same as
 // wsroom.Subprotocol.
-const Subprotocol = "wsroom.v2"
+const Subprotocol = "wsroom.v3"
 
 // ErrClosed is returned by the methods of a Client and its Rooms, or of a
 // Stream, once it is closed.
@@ -323,7 +323,7 @@ type session struct {
 }
 
 // Limits are the server's limits, as its hello frame gives them
-// (PROTOCOL.md, section 2 of wsroom.v2). A zero Rate means no rate limit,
+// (PROTOCOL.md, section 2 of wsroom.v3). A zero Rate means no rate limit,
 // a zero Ping that the server does not ping.
 type Limits struct {
 	ReadLimit    int64         // bytes per frame the server reads
@@ -338,6 +338,11 @@ type Limits struct {
 	PongTimeout  time.Duration
 	AckTTL       time.Duration // how long publish ids are remembered
 	AcksPerRoom  int           // publish ids remembered per room
+	// AckScope is where a publish retried with its id gets its original
+	// ack: "cluster" on any node of the server's cluster, "node" on the
+	// node that took it first (hello's ackScope; empty from a wsroom.v2
+	// server, which remembers ids per node).
+	AckScope string
 }
 
 // wireLimits is the limits member of hello.
@@ -392,7 +397,7 @@ func (c *Client) queueLimitLocked() int {
 	return 104
 }
 
-// Dial connects to the wsroom.v2 endpoint at url (ws:// or wss://, see
+// Dial connects to the wsroom.v3 endpoint at url (ws:// or wss://, see
 // wsroom.Registry.MuxHandler) and returns a Client in no room. The first
 // handshake is made before Dial returns, bounded by ctx, and its failure is
 // Dial's error; later ones, after a lost connection, are made in the
@@ -635,6 +640,7 @@ type inFrame struct {
 	Bytes   *string         `json:"bytes"`
 	Conn    string          `json:"conn"`
 	Limits  *wireLimits     `json:"limits"`
+	Scope   string          `json:"ackScope"`
 	Code    string          `json:"code"`
 	Message string          `json:"message"`
 	Reason  string          `json:"reason"`
@@ -661,6 +667,7 @@ func (c *Client) handleLocked(f *inFrame) {
 		if f.Limits != nil {
 			c.limits = f.Limits.limits()
 		}
+		c.limits.AckScope = f.Scope
 		return
 	}
 	if f.Op == "ack" || f.Op == "error" {

@@ -65,7 +65,7 @@ func nextErr(t *testing.T, r *wsclient.Room) (wsclient.Message, error) {
 	return r.Next(ctx)
 }
 
-// The client offers wsroom.v2, reads hello and exposes its limits and
+// The client offers wsroom.v3, reads hello and exposes its limits and
 // connection id.
 func TestFaultHello(t *testing.T) {
 	f := newFaultFixture(t)
@@ -78,7 +78,7 @@ func TestFaultHello(t *testing.T) {
 		return ok
 	})
 	want := wsclient.Limits{ReadLimit: 32768, Rooms: 100, Inflight: 9, SendBuffer: 256, PublishRetry: 10 * time.Second,
-		Rate: 7, Burst: 40, Ping: 30 * time.Second, PongTimeout: 10 * time.Second, AckTTL: 2 * time.Minute, AcksPerRoom: 5}
+		Rate: 7, Burst: 40, Ping: 30 * time.Second, PongTimeout: 10 * time.Second, AckTTL: 2 * time.Minute, AcksPerRoom: 5, AckScope: "node"}
 	if lim != want {
 		t.Errorf("Limits() = %+v, want %+v", lim, want)
 	}

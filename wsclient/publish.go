@@ -126,7 +126,7 @@ func (c *Client) pubReplyLocked(p *pending, f *inFrame) {
 }
 
 // retryable reports whether a request answered with the error code should
-// be sent again later with the same id (wsroom.v2, item 12).
+// be sent again later with the same id (wsroom.v3, item 12).
 func retryable(code string) bool { return code == "unavailable" || code == "internal" }
 
 // finishLocked ends p with its result, unless it has ended.

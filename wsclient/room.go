@@ -23,7 +23,7 @@ type Message struct {
 	Data []byte
 }
 
-// Kind says how a message's payload came (wsroom.v2, item 16).
+// Kind says how a message's payload came (wsroom.v3, item 16).
 type Kind uint8
 
 // The kinds of payload: the "data", "text" and "bytes" members of a msg.

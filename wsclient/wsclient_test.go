@@ -185,7 +185,7 @@ func TestRoomsPublishAndAck(t *testing.T) {
 	if ms := a.Members(); len(ms) != 1 || ms[0].ID == "" || ms[0].ID != c.ConnID() {
 		t.Errorf("Members() = %+v, want this client (%q, its hello's id)", ms, c.ConnID())
 	}
-	if lim, ok := c.Limits(); !ok || lim.Rate != 20 || lim.Burst != 40 || lim.AcksPerRoom != 1024 {
+	if lim, ok := c.Limits(); !ok || lim.Rate != 20 || lim.Burst != 40 || lim.AcksPerRoom != 1024 || lim.AckScope != "node" {
 		t.Errorf("Limits() = %+v, %v; want the server's defaults", lim, ok)
 	}
 

@@ -51,7 +51,7 @@ func ExampleDial() {
 	// 2 {"text":"anyone?"}
 }
 
-// One connection of many rooms, in the wsroom.v2 protocol: join, publish
+// One connection of many rooms, in the wsroom.v3 protocol: join, publish
 // with an id, and check the frames.
 func ExampleConn_ExpectFrames() {
 	t := &exampleT{}

@@ -165,7 +165,7 @@ func (c *Conn) Send(msg string) {
 }
 
 // SendJSON sends v, encoded as JSON, as a text message: a request of the
-// wsroom.v2 protocol, say.
+// wsroom.v3 protocol, say.
 func (c *Conn) SendJSON(v any) {
 	c.t.Helper()
 	b, err := json.Marshal(v)
@@ -318,7 +318,7 @@ func compact(b []byte) string {
 
 func list(s []string) string { return "[" + strings.Join(s, " ") + "]" }
 
-// Frame is a frame of the wsroom.v2 protocol (PROTOCOL.md), as a client of
+// Frame is a frame of the wsroom.v3 protocol (PROTOCOL.md), as a client of
 // many rooms (Registry.MuxHandler) receives it. Members absent from a
 // frame are zero.
 type Frame struct {
@@ -407,7 +407,7 @@ func infos(ms []wsroom.Member) string {
 	return list(s)
 }
 
-// ReadFrame reads the next message, which must be a frame of the wsroom.v2
+// ReadFrame reads the next message, which must be a frame of the wsroom.v3
 // protocol.
 func (c *Conn) ReadFrame() Frame {
 	c.t.Helper()
@@ -419,7 +419,7 @@ func (c *Conn) ReadFrame() Frame {
 	return f
 }
 
-// ExpectFrames reads len(want) frames of the wsroom.v2 protocol and fails
+// ExpectFrames reads len(want) frames of the wsroom.v3 protocol and fails
 // the test unless they are want, in that order, as Frame.String writes
 // them. The protocol orders the frames of each room, not an ack and the
 // message it acknowledges, nor the frames of different rooms: read those

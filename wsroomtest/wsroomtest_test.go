@@ -45,7 +45,7 @@ func TestOneRoomInSynctest(t *testing.T) {
 	})
 }
 
-// Frames of the wsroom.v2 protocol, and a room of a Registry counted, in a
+// Frames of the wsroom.v3 protocol, and a room of a Registry counted, in a
 // synctest bubble.
 func TestManyRoomsInSynctest(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
@@ -156,7 +156,7 @@ func TestFailureMessages(t *testing.T) {
 		{"ExpectClose", func(t testing.TB) { wsroomtest.Dial(t, h, "/").ExpectClose(websocket.StatusPolicyViolation) },
 			`ExpectClose(1008): got the message "{\"seq\":1,\"epoch\":\"e\",\"data\":\"a\"}"`},
 		{"ReadFrame", func(t testing.TB) { wsroomtest.Dial(t, h, "/").ReadFrame() },
-			"is not a frame of the wsroom.v2 protocol"},
+			"is not a frame of the wsroom.v3 protocol"},
 		{"Dial refused", func(t testing.TB) { wsroomtest.Dial(t, refuse.Handler(), "/") },
 			`Dial(ws://room.test/): failed to WebSocket dial: expected handshake response status code 101 but got 401 (HTTP 401 Unauthorized: "who are you?")`},
 		{"DialStatus accepted", func(t testing.TB) { wsroomtest.DialStatus(t, h, "/", nil) },

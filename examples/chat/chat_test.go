@@ -36,7 +36,7 @@ func newTestServer(t *testing.T, opts Options) (*Server, *httptest.Server) {
 	return s, ts
 }
 
-// envelope is a frame of the wsroom.v2 protocol (PROTOCOL.md), with the
+// envelope is a frame of the wsroom.v3 protocol (PROTOCOL.md), with the
 // members of every op the tests look at.
 type envelope struct {
 	Op      string          `json:"op"`

@@ -8,7 +8,7 @@ export interface Position {
 }
 
 /** The error a request is rejected with. `code` is an error code of the
- * wsroom.v2 protocol (PROTOCOL.md section 6), or one of the client's:
+ * wsroom.v3 protocol (PROTOCOL.md section 6), or one of the client's:
  * "offline" (not connected, for what cannot wait), "disconnected" (the
  * connection ended before the reply), "left" (the room was left),
  * "closed" (the client was closed) and "queue_full" (too many publishes
@@ -113,7 +113,7 @@ interface ConnectionEvents {
   closed(info: StateInfo): void;
 }
 
-// ---- Many rooms on one connection (wsroom.v2) ----
+// ---- Many rooms on one connection (wsroom.v3) ----
 
 /** The server's limits, from its hello frame (PROTOCOL.md). Members this
  * version does not know may come too. */
@@ -147,6 +147,10 @@ export interface HelloFrame {
   op: "hello";
   /** This connection's id: the `from` of its messages, its member id. */
   conn: string;
+  /** Where a publish retried with its id gets its original ack: "cluster"
+   * on any node of the server's cluster, "node" on the node that took it
+   * first (PROTOCOL.md section 5). */
+  ackScope?: "cluster" | "node";
   limits: Limits;
 }
 
@@ -348,7 +352,7 @@ export class Room<T = unknown> {
   leave(): Promise<void>;
 }
 
-/** Connects to a wsroom.v2 endpoint (Registry.MuxHandler): one connection
+/** Connects to a wsroom.v3 endpoint (Registry.MuxHandler): one connection
  * in many rooms. The URL may be ws(s), http(s) or a path resolved against
  * the page. */
 export function connect(url: string | URL, options?: ClientOptions): Client;

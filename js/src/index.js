@@ -1,7 +1,7 @@
 // wsroom client: WebSocket rooms of a wsroom server, in browsers and Node.
 // No dependencies. Two modes:
 //
-//   connect(url, options)      one connection in many rooms, the wsroom.v2
+//   connect(url, options)      one connection in many rooms, the wsroom.v3
 //                              protocol (PROTOCOL.md, Registry.MuxHandler)
 //   connectRoom(url, options)  one room per connection, JSON envelopes and
 //                              ?resume=EPOCH:SEQ (Room.Handler,
@@ -10,7 +10,7 @@
 // Both reconnect by themselves, with exponential backoff and full jitter,
 // and resume from the last message seen. README.md describes the API.
 
-const PROTOCOL = "wsroom.v2";
+const PROTOCOL = "wsroom.v3";
 const STATUS_RESYNC = 4000;
 
 /** The error a request is rejected with; code is the protocol's error code
@@ -36,7 +36,7 @@ const parsePosition = (s) => {
 const positionString = (p) => p.epoch + ":" + p.seq;
 
 // Errors after which a request is sent again later with the same id
-// (wsroom.v2, item 12); the other codes are final.
+// (wsroom.v3, item 12); the other codes are final.
 const retryable = (code) => code === "unavailable" || code === "internal";
 
 // fromBase64 decodes standard base64 into a Uint8Array.
@@ -49,7 +49,7 @@ const fromBase64 = (s) => {
 };
 
 // payload returns a msg frame's payload and its kind: the JSON value of
-// "data", the string of "text", or the bytes of "bytes" (wsroom.v2, item
+// "data", the string of "text", or the bytes of "bytes" (wsroom.v3, item
 // 16; a member whose value is null is absent).
 const payload = (f) => {
   if (f.text != null) return [f.text, "text"];
@@ -233,7 +233,7 @@ class Connection extends Emitter {
   }
 }
 
-/** Connects to a wsroom.v2 endpoint (Registry.MuxHandler): one connection
+/** Connects to a wsroom.v3 endpoint (Registry.MuxHandler): one connection
  * in many rooms. */
 export function connect(url, options) {
   return new Client(url, options);

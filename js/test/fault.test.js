@@ -1,5 +1,5 @@
 // Tests of connect() against protocoltest.FaultServer (test/server, path
-// /fault/{scenario}): a wsroom.v2 server that misbehaves on purpose. Each
+// /fault/{scenario}): a wsroom.v3 server that misbehaves on purpose. Each
 // test has a session of its own; the server's log of the session's
 // requests says what the client sent.
 import { test, before, after } from "node:test";

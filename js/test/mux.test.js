@@ -1,4 +1,4 @@
-// Tests of connect(): many rooms on one connection (wsroom.v2), against a
+// Tests of connect(): many rooms on one connection (wsroom.v3), against a
 // real wsroom server.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";

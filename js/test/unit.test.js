@@ -90,7 +90,7 @@ test("backoff: full jitter within the doubling bound, reset after a stable conne
   const delays = [];
   c.on("reconnecting", (info) => delays.push(info));
   const ws = await dialed(1);
-  assert.deepEqual(ws.protocols, ["wsroom.v2"]);
+  assert.deepEqual(ws.protocols, ["wsroom.v3"]);
   // Handshakes that fail (an error and, in Node 20, no close event).
   ws.onerror({});
   for (let i = 0; i < 6; i++) {

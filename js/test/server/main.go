@@ -3,8 +3,8 @@
 // and serves, with the JSON codec:
 //
 //	GET  /rooms/{name}         one room per connection (Registry.Handler)
-//	GET  /ws                   many rooms per connection (wsroom.v2)
-//	GET  /fault/{scenario}     protocoltest.FaultServer: a wsroom.v2 server
+//	GET  /ws                   many rooms per connection (wsroom.v3)
+//	GET  /fault/{scenario}     protocoltest.FaultServer: a wsroom.v3 server
 //	                           that misbehaves as the scenario says; without
 //	                           a WebSocket upgrade, the log of the session
 //	                           (?session=S) as JSON, or with do=drop it
