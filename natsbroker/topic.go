@@ -196,6 +196,10 @@ func (t *topic) loop() {
 		case msg := <-t.in:
 			fill = t.take(msg)
 			fill = t.checkDropped() || fill
+			// A stored message announced while reads fail: JetStream
+			// answers again (a stream with replicas has a new leader, say),
+			// so the read is not left to the backoff.
+			fill = fill || t.failed > 0 && msg.Header.Get(sseqHeader) != ""
 		case <-t.wake:
 			t.lostMu.Lock()
 			t.addCause(t.lostErr)
