@@ -374,7 +374,11 @@ func (b *Broker) checkStream(ctx context.Context, cause error) bool {
 		return false
 	}
 	defer func() { <-b.checking }()
-	s, err := b.js.Stream(ctx, b.name)
+	// A stream with replicas answers no lookup while it elects a leader:
+	// the check gives up soon, and the next failed read checks again.
+	lctx, cancel := context.WithTimeout(ctx, directTimeout)
+	s, err := b.js.Stream(lctx, b.name)
+	cancel()
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		b.report(fmt.Errorf("natsbroker: stream %s is gone (%v); creating it again: the rooms' history starts anew", b.name, cause))
 		s, err = b.ensure(ctx)
