@@ -79,16 +79,6 @@ func startCluster(t testing.TB) *natsCluster {
 
 func (c *natsCluster) serverName(i int) string { return "n" + strconv.Itoa(i) }
 
-// index returns the index of the server called name, or -1.
-func (c *natsCluster) index(name string) int {
-	for i := range c.servers {
-		if c.serverName(i) == name {
-			return i
-		}
-	}
-	return -1
-}
-
 // URLs returns the client URL of every server.
 func (c *natsCluster) URLs() []string {
 	var urls []string

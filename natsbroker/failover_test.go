@@ -209,9 +209,10 @@ func runFailover(t *testing.T, c *natsCluster, nodes []*Broker, victim int) {
 // TestClusterFaults runs brokertest.RunFaults on three nodes of a cluster
 // of three servers, the stream and the presence bucket with three
 // replicas, each node on its own server: the stream's leader killed and
-// started again on its store, then a follower, then the leader stopped
-// (SIGSTOP) past the connections' ping timeout and a publish attempt's
-// timeout, and continued.
+// started again on its store (2s later, then 8s later, past the election
+// of a new leader), then a follower, then the leader stopped (SIGSTOP) past
+// the connections' ping timeout and a publish attempt's timeout, and
+// continued.
 func TestClusterFaults(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the fault test takes about a minute")
@@ -237,6 +238,14 @@ func TestClusterFaults(t *testing.T) {
 				Inject: func(*testing.T) { victim = c.WaitStream(name); c.Kill(victim) },
 				Heal:   func(*testing.T) { c.Restart(victim) },
 				Hold:   2 * time.Second,
+			},
+			{
+				// Past the election timeout: the other two elect a leader
+				// while the killed one is down.
+				Name:   "kill the stream leader 8s, restart it",
+				Inject: func(*testing.T) { victim = c.WaitStream(name); c.Kill(victim) },
+				Heal:   func(*testing.T) { c.Restart(victim) },
+				Hold:   8 * time.Second,
 			},
 			{
 				Name:   "kill a follower, restart it",

@@ -54,9 +54,9 @@ func testPublishOnce(t *testing.T, a, b *Broker) {
 		if _, dup, err := a.PublishOnce(t.Context(), room+"-b", "k1", wsroom.Message{Data: []byte("b")}); err != nil || dup {
 			t.Fatalf("PublishOnce of the key in another room: dup %v, %v; want no dup", dup, err)
 		}
-		got := s.wait(t, 5, 10*time.Second)
+		s.wait(t, 5, 10*time.Second)
 		time.Sleep(100 * time.Millisecond) // let a second copy, if any, arrive
-		if got = s.get(); len(got) != 5 {
+		if got := s.get(); len(got) != 5 {
 			t.Errorf("subscriber got %d messages, want 5: %v", len(got), seqs(got))
 		}
 		last, err := b.Last(t.Context(), room, 10)
@@ -95,9 +95,9 @@ func testPublishOnce(t *testing.T, a, b *Broker) {
 				t.Errorf("key %d: seq %d %q and seq %d %q, want the same message", k, r[0].m.Seq, r[0].m.Data, r[1].m.Seq, r[1].m.Data)
 			}
 		}
-		got := s.wait(t, keys, 10*time.Second)
+		s.wait(t, keys, 10*time.Second)
 		time.Sleep(100 * time.Millisecond)
-		if got = s.get(); len(got) != keys {
+		if got := s.get(); len(got) != keys {
 			t.Errorf("subscriber got %d messages, want %d: %v", len(got), keys, seqs(got))
 		}
 		last, err := b.Last(t.Context(), room, 100)
