@@ -708,9 +708,16 @@ func (run *faultRun) cell(t *testing.T, i int, fault Fault, rate float64) FaultR
 	pubErrors := run.pubErrors.Load()
 	var mu sync.Mutex
 	var recs []*pubRec
-	var pubs sync.WaitGroup
-	trafficCtx, stopTraffic := context.WithCancel(run.ctx)
-	var ticking sync.WaitGroup
+	// The publishers' goroutines end with the cell, even if a fault fails
+	// t: publishes stop once cellCtx is done.
+	var pubs, ticking sync.WaitGroup
+	cellCtx, endCell := context.WithCancel(run.ctx)
+	defer func() {
+		endCell()
+		ticking.Wait()
+		pubs.Wait()
+	}()
+	trafficCtx, stopTraffic := context.WithCancel(cellCtx)
 	for _, p := range run.pubs {
 		ticking.Go(func() {
 			tick := time.NewTicker(time.Duration(float64(time.Second) * float64(len(run.pubs)) / rate))
@@ -727,7 +734,7 @@ func (run *faultRun) cell(t *testing.T, i int, fault Fault, rate float64) FaultR
 				recs = append(recs, rec)
 				mu.Unlock()
 				pubs.Go(func() {
-					ctx, cancel := context.WithTimeout(run.ctx, faultPubWait)
+					ctx, cancel := context.WithTimeout(cellCtx, faultPubWait)
 					defer cancel()
 					ack, err := room.Publish(ctx, []byte(fmt.Sprintf(`{"id":%q}`, rec.id)))
 					mu.Lock()
