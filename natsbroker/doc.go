@@ -178,11 +178,14 @@
 // meanwhile are retried as above, with their Nats-Msg-Id, which the new
 // leader knows (every replica keeps the IDs of the duplicate window), so
 // that a message the old leader stored before it failed is not stored
-// twice. In a test on one machine (three servers on loopback, three
-// nodes publishing 150 messages a second to four rooms), killing the
-// stream's leader stopped deliveries for 4 to 6 seconds on every node,
-// and killing a follower did not stop them; no acked message was lost,
-// duplicated or reordered (TestClusterFailover, TestClusterFaults).
+// twice. A NATS 2.9 cluster takes several seconds to elect the new
+// leader. In a test on one machine (three servers on loopback, three nodes
+// publishing 600 messages a second to four rooms, each node on its own
+// server), killing the stream's leader stopped deliveries for 4.4 to 8.0
+// seconds on every node, the node of the killed server included, and
+// killing a follower did not stop them (the first delivery came within
+// 10ms); no acked message was lost, duplicated or reordered
+// (TestClusterFailover, TestClusterFaults).
 //
 // # Publishing once
 //
