@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	mrand "math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -183,5 +184,51 @@ func BenchmarkAppendOneRoom(b *testing.B) {
 			b.ReportMetric(float64(latencies[len(latencies)/2].Microseconds()), "p50-µs")
 			b.ReportMetric(float64(latencies[len(latencies)*99/100].Microseconds()), "p99-µs")
 		})
+	}
+}
+
+// BenchmarkReplicas compares the stored publishes a second of one NATS
+// server (R1) and of a cluster of three (R3), both private to the
+// benchmark: 8 publishers on three nodes (each node on its own server in
+// the cluster) append to 1,000 rooms, each publish to a random room. The
+// two run in turn, three rounds, so that both see the same load of the
+// machine: R1, R3, R1, R3, R1, R3. Run it with a fixed count:
+//
+//	go test -run '^$' -bench Replicas -benchtime 3000x
+func BenchmarkReplicas(b *testing.B) {
+	const (
+		rooms      = 1000
+		publishers = 8
+	)
+	single := startNATS(b)
+	cluster := startCluster(b)
+	prefix := "wsroomtest.b" + newID()
+	var r1, r3 []*Broker
+	for i := range clusterSize {
+		r1 = append(r1, newNodeOn(b, connectTo(b, single.url), prefix, WithHistoryLimit(100)))
+		r3 = append(r3, clusterNode(b, cluster, i, prefix, WithHistoryLimit(100)))
+	}
+	run := func(b *testing.B, nodes []*Broker) {
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		start := time.Now()
+		for p := range publishers {
+			node := nodes[p%len(nodes)]
+			wg.Go(func() {
+				for next.Add(1) <= int64(b.N) {
+					room := fmt.Sprintf("bench-%d", mrand.IntN(rooms))
+					if _, err := node.Append(context.Background(), room, wsroom.Message{Data: []byte("benchmark")}); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+	}
+	for range 3 {
+		b.Run("R1", func(b *testing.B) { run(b, r1) })
+		b.Run("R3", func(b *testing.B) { run(b, r3) })
 	}
 }

@@ -38,6 +38,7 @@ type Broker struct {
 	stream jetstream.Stream
 	cfg    config
 	name   string // stream name
+	verify bool   // the stream has replicas: see won
 	hist   string // prefix of stored subjects, "wsroom.h."
 	live   string // prefix of announcement subjects, "wsroom.l."
 
@@ -109,6 +110,7 @@ func New(ctx context.Context, nc *nats.Conn, opts ...Option) (*Broker, error) {
 		topics:      make(map[string]*topic),
 		appenders:   make(map[string]*appender),
 		pres:        newPresence(cfg.prefix, cfg.presenceTTL),
+		verify:      cfg.replicas > 1,
 	}
 	want := jetstream.StreamConfig{
 		Name:              b.name,
@@ -119,14 +121,21 @@ func New(ctx context.Context, nc *nats.Conn, opts ...Option) (*Broker, error) {
 		Storage:           jetstream.FileStorage,
 		MaxMsgsPerSubject: int64(cfg.limit),
 		MaxAge:            cfg.maxAge,
-		AllowDirect:       true,
+		Duplicates:        dupWindow(cfg),
+		Replicas:          cfg.replicas,
+		// A direct get may be answered by any replica, and a follower may
+		// not have applied the last messages yet: with replicas, reads go
+		// to the stream's leader, which has applied every message it
+		// acknowledged.
+		AllowDirect: cfg.replicas == 1,
 	}
 	b.ensure = func(ctx context.Context) (jetstream.Stream, error) {
 		return ensureStream(ctx, js, b.name,
 			func(c jetstream.StreamConfig) bool {
 				return c.Description == want.Description && slices.Equal(c.Subjects, want.Subjects) &&
 					c.Retention == want.Retention && c.Discard == want.Discard && c.Storage == want.Storage &&
-					c.MaxMsgsPerSubject == want.MaxMsgsPerSubject && c.MaxAge == want.MaxAge && c.AllowDirect
+					c.MaxMsgsPerSubject == want.MaxMsgsPerSubject && c.MaxAge == want.MaxAge &&
+					c.Duplicates == want.Duplicates && c.Replicas == want.Replicas && c.AllowDirect == want.AllowDirect
 			},
 			func(ctx context.Context) error {
 				_, err := js.CreateStream(ctx, want)
@@ -137,8 +146,12 @@ func New(ctx context.Context, nc *nats.Conn, opts ...Option) (*Broker, error) {
 				return err
 			})
 	}
+	b.pres.replicas = cfg.replicas
 	b.stream, err = b.ensure(ctx)
 	if err != nil {
+		if isReplicasError(err) {
+			return nil, fmt.Errorf("natsbroker: creating stream %s with %d replicas (WithReplicas): %w", b.name, cfg.replicas, err)
+		}
 		return nil, fmt.Errorf("natsbroker: creating stream %s: %w", b.name, err)
 	}
 	b.created = b.stream.CachedInfo().Created
@@ -361,7 +374,11 @@ func (b *Broker) checkStream(ctx context.Context, cause error) bool {
 		return false
 	}
 	defer func() { <-b.checking }()
-	s, err := b.js.Stream(ctx, b.name)
+	// A stream with replicas answers no lookup while it elects a leader:
+	// the check gives up soon, and the next failed read checks again.
+	lctx, cancel := context.WithTimeout(ctx, directTimeout)
+	s, err := b.js.Stream(lctx, b.name)
+	cancel()
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		b.report(fmt.Errorf("natsbroker: stream %s is gone (%v); creating it again: the rooms' history starts anew", b.name, cause))
 		s, err = b.ensure(ctx)
@@ -433,6 +450,30 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, name string, matc
 			return nil, err
 		}
 	}
+}
+
+// dupWindow is the stream's duplicate window: the configured one, or the
+// stream's MaxAge if shorter, since JetStream takes no longer window.
+func dupWindow(cfg config) time.Duration {
+	if cfg.maxAge > 0 && cfg.maxAge < cfg.dupWindow {
+		return cfg.maxAge
+	}
+	return cfg.dupWindow
+}
+
+// JetStream error codes of a replica count the servers cannot hold:
+// "replicas > 1 not supported in non-clustered mode", and "no suitable
+// peers for placement" (fewer servers than replicas).
+const (
+	jsErrReplicasNotSupported jetstream.ErrorCode = 10074
+	jsErrNoPeers              jetstream.ErrorCode = 10005
+)
+
+// isReplicasError reports whether a stream could not be created or updated
+// because of its replica count.
+func isReplicasError(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jsErrReplicasNotSupported || apiErr.ErrorCode == jsErrNoPeers)
 }
 
 // jsErrSubjectOverlap is the JetStream error code of "subjects overlap with

@@ -18,6 +18,9 @@ type config struct {
 	logger  *slog.Logger
 
 	presenceTTL time.Duration
+
+	replicas  int           // replicas of the stream and the presence bucket
+	dupWindow time.Duration // the stream's duplicate window
 }
 
 // DefaultPrefix is the prefix of a Broker's subjects when WithPrefix is not
@@ -31,6 +34,8 @@ func defaultConfig() config {
 		logger: slog.New(slog.DiscardHandler),
 
 		presenceTTL: DefaultPresenceTTL,
+		replicas:    1,
+		dupWindow:   wsroom.DedupWindow,
 	}
 }
 
@@ -110,5 +115,19 @@ func WithPresenceTTL(d time.Duration) Option {
 			d = MinPresenceTTL
 		}
 		c.presenceTTL = d
+	}
+}
+
+// WithReplicas sets how many servers of a NATS cluster hold a copy of the
+// stream and of the presence bucket (their Replicas): 1, the default, for a
+// single server; 3 for a cluster of three servers or more, so that the
+// rooms go on when one server fails (see the package documentation). n must
+// not exceed the servers of the cluster; a single server takes only 1. n < 1
+// selects 1. A Broker changes the replicas of a stream or bucket that exists
+// with another count (JetStream moves it to the new count), so every node of
+// a cluster must use the same value. Later values win.
+func WithReplicas(n int) Option {
+	return func(c *config) {
+		c.replicas = max(n, 1)
 	}
 }

@@ -40,6 +40,8 @@ type natsProc struct {
 	url  string
 	dir  string
 
+	args []string // more arguments of nats-server (a cluster's)
+
 	cmd    *exec.Cmd
 	exited chan struct{}
 	out    *syncBuffer
@@ -48,6 +50,23 @@ type natsProc struct {
 // startNATS starts a private nats-server, killed at cleanup. It skips t
 // when the binary is missing, or fails it when CI is set.
 func startNATS(t testing.TB) *natsProc {
+	t.Helper()
+	bin := natsServerBin(t)
+	port := freePorts(t, 1)[0]
+	p := &natsProc{t: t, bin: bin, port: port, url: fmt.Sprintf("nats://127.0.0.1:%d", port), dir: t.TempDir(), out: &syncBuffer{}}
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("nats-server output:\n%s", p.out.String())
+		}
+	})
+	p.start()
+	return p
+}
+
+// natsServerBin returns the path of the nats-server binary. It skips t
+// when there is none, or fails it when CI is set.
+func natsServerBin(t testing.TB) string {
 	t.Helper()
 	bin, err := exec.LookPath("nats-server")
 	if err != nil {
@@ -60,38 +79,30 @@ func startNATS(t testing.TB) *natsProc {
 		}
 		t.Skip(msg)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	p := &natsProc{t: t, bin: bin, port: port, url: fmt.Sprintf("nats://127.0.0.1:%d", port), dir: t.TempDir(), out: &syncBuffer{}}
-	t.Cleanup(func() {
-		p.kill()
-		if t.Failed() {
-			t.Logf("nats-server output:\n%s", p.out.String())
+	return bin
+}
+
+// freePorts returns n distinct TCP ports free on 127.0.0.1 a moment ago.
+func freePorts(t testing.TB, n int) []int {
+	t.Helper()
+	var ports []int
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
 		}
-	})
-	p.start()
-	return p
+		defer ln.Close() // held until all are chosen, so they differ
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+	}
+	return ports
 }
 
 // start starts the server on its store directory and waits until
 // JetStream answers.
 func (p *natsProc) start() {
 	p.t.Helper()
-	p.cmd = exec.Command(p.bin, "-a", "127.0.0.1", "-p", strconv.Itoa(p.port), "-js", "-sd", p.dir)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		p.t.Fatal(err)
-	}
-	p.exited = make(chan struct{})
-	cmd, exited := p.cmd, p.exited
-	go func() {
-		cmd.Wait()
-		close(exited)
-	}()
+	p.launch()
+	exited := p.exited
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		nc, err := nats.Connect(p.url, nats.Timeout(200*time.Millisecond))
 		if err == nil {
@@ -110,6 +121,24 @@ func (p *natsProc) start() {
 			p.t.Fatalf("nats-server on port %d did not start: %v\n%s", p.port, err, p.out.String())
 		}
 	}
+}
+
+// launch starts the server process on its store directory; the process
+// is waited for by a goroutine that ends when it exits.
+func (p *natsProc) launch() {
+	p.t.Helper()
+	args := append([]string{"-a", "127.0.0.1", "-p", strconv.Itoa(p.port), "-js", "-sd", p.dir}, p.args...)
+	p.cmd = exec.Command(p.bin, args...)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		p.t.Fatal(err)
+	}
+	p.exited = make(chan struct{})
+	cmd, exited := p.cmd, p.exited
+	go func() {
+		cmd.Wait()
+		close(exited)
+	}()
 }
 
 // kill kills the server and waits for it to exit.

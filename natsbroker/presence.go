@@ -34,9 +34,10 @@ const closeTimeout = 2 * time.Second
 // presence is the state of a Broker's presence entries: the key-value bucket
 // shared by every node, and this node's own entries, which it refreshes.
 type presence struct {
-	ttl    time.Duration
-	node   string // this node's identifier, the middle token of its keys
-	bucket string
+	ttl      time.Duration
+	node     string // this node's identifier, the middle token of its keys
+	bucket   string
+	replicas int // the bucket's replicas (WithReplicas)
 
 	kvMu   sync.Mutex
 	kv     jetstream.KeyValue // nil until first used
@@ -191,10 +192,12 @@ func (b *Broker) presenceKV(ctx context.Context) (jetstream.KeyValue, jetstream.
 		History:     1,
 		TTL:         bucketAge(p.ttl),
 		Storage:     jetstream.FileStorage,
+		Replicas:    p.replicas,
 	}
 	stream, err := ensureStream(ctx, b.js, "KV_"+p.bucket,
 		func(c jetstream.StreamConfig) bool {
-			return c.MaxAge == cfg.TTL && c.MaxMsgsPerSubject == int64(cfg.History) && c.Description == cfg.Description
+			return c.MaxAge == cfg.TTL && c.MaxMsgsPerSubject == int64(cfg.History) && c.Description == cfg.Description &&
+				c.Replicas == max(cfg.Replicas, 1)
 		},
 		func(ctx context.Context) error {
 			_, err := b.js.CreateKeyValue(ctx, cfg)

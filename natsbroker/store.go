@@ -33,6 +33,9 @@ type appender struct {
 	// JetStream, so that may have been stored; guarded by mu.
 	unsure *unsureAppend
 
+	// epoch is the room's epoch as won last found it; guarded by mu.
+	epoch string
+
 	posMu sync.Mutex
 	pos   position
 	known bool
@@ -140,11 +143,20 @@ func (b *Broker) Append(ctx context.Context, room string, m wsroom.Message) (wsr
 	if a.unsure.matches(m) {
 		id = a.unsure.id
 	}
-	key := unsureAppend{from: m.From, time: m.Time, data: m.Data, id: id}
+	key := unsureAppend{from: m.From, time: m.Time, data: m.Data}
 	m.Time = time.UnixMilli(m.Time.UnixMilli())
 	m.Ephemeral, m.Except = false, ""
-	sent := false
-	out, err := b.appendLoop(ctx, a, room, m, id, &sent)
+	sent, first := false, true
+	out, _, err := b.appendLoop(ctx, a, room, m, func() string {
+		// A message that lost its position (see won) was deleted, and
+		// its ID is spent: the next attempt takes another.
+		if !first {
+			id = newID()
+		}
+		first = false
+		return id
+	}, &sent, false)
+	key.id = id
 	switch {
 	case err == nil:
 		a.unsure = nil
@@ -155,14 +167,34 @@ func (b *Broker) Append(ctx context.Context, room string, m wsroom.Message) (wsr
 	return out, err
 }
 
-// appendLoop stores m with message ID id for Append, setting *sent once a
-// publish is sent.
-func (b *Broker) appendLoop(ctx context.Context, a *appender, room string, m wsroom.Message, id string, sent *bool) (wsroom.Message, error) {
+// appendLoop stores m for Append and PublishOnce, with the message ID
+// nextID returns (called once first, then each time a stored attempt lost
+// its position; see won), setting *sent once a publish is sent. dup reports that JetStream answered
+// that a message with id was stored already (within the stream's duplicate
+// window); the stored one is returned. It is announced again unless once is
+// set and this call sent no earlier attempt (a publish of PublishOnce that
+// another call stored, and announced).
+func (b *Broker) appendLoop(ctx context.Context, a *appender, room string, m wsroom.Message, nextID func() string, sent *bool, once bool) (out wsroom.Message, dup bool, err error) {
 	subj := b.hist + roomToken(room)
+	id := nextID()
 	transient, conflicts := 0, 0
+	// lost makes the next attempt read the room's position again and take
+	// a new message ID, after a conflict with a message that took pos.
+	lost := func(pos position) error {
+		a.posMu.Lock()
+		if a.pos == pos {
+			a.known = false
+		}
+		a.posMu.Unlock()
+		conflicts++
+		if conflicts > 2 {
+			return sleep(ctx, time.Duration(rand.Int64N(int64(min(conflicts, 20))*int64(time.Millisecond))))
+		}
+		return nil
+	}
 	for {
 		if err := ctx.Err(); err != nil {
-			return wsroom.Message{}, err
+			return wsroom.Message{}, false, err
 		}
 		a.posMu.Lock()
 		pos, known := a.pos, a.known
@@ -176,11 +208,11 @@ func (b *Broker) appendLoop(ctx context.Context, a *appender, room string, m wsr
 						b.checkStream(ctx, err)
 					}
 					if err := sleep(ctx, backoff(transient)); err != nil {
-						return wsroom.Message{}, err
+						return wsroom.Message{}, false, err
 					}
 					continue
 				}
-				return wsroom.Message{}, fmt.Errorf("natsbroker: reading last message of room %q: %w", room, err)
+				return wsroom.Message{}, false, fmt.Errorf("natsbroker: reading last message of room %q: %w", room, err)
 			}
 			a.posMu.Lock()
 			a.pos, a.known = pos, true
@@ -192,8 +224,9 @@ func (b *Broker) appendLoop(ctx context.Context, a *appender, room string, m wsr
 		// message in the stream, or none if 0.
 		hdr := nats.Header{prevHeader: []string{strconv.FormatUint(pos.sseq, 10)}}
 		if err := b.awaitConnected(ctx); err != nil {
-			return wsroom.Message{}, fmt.Errorf("natsbroker: storing message in room %q: waiting for the connection to NATS: %w", room, err)
+			return wsroom.Message{}, false, fmt.Errorf("natsbroker: storing message in room %q: waiting for the connection to NATS: %w", room, err)
 		}
+		earlier := *sent
 		*sent = true
 		ack, err := b.js.PublishMsg(ctx, &nats.Msg{Subject: subj, Data: data, Header: hdr},
 			jetstream.WithMsgID(id),
@@ -208,44 +241,70 @@ func (b *Broker) appendLoop(ctx context.Context, a *appender, room string, m wsr
 			case err != nil && isTransient(ctx, err) && transient < maxTransient:
 				transient++
 				if err := sleep(ctx, backoff(transient)); err != nil {
-					return wsroom.Message{}, err
+					return wsroom.Message{}, false, err
 				}
 				continue
 			case err != nil:
-				return wsroom.Message{}, fmt.Errorf("natsbroker: reading message %d of room %q, stored already: %w", ack.Sequence, room, err)
+				return wsroom.Message{}, false, fmt.Errorf("natsbroker: reading message %d of room %q, stored already: %w", ack.Sequence, room, err)
 			case !ok:
-				return wsroom.Message{}, fmt.Errorf("natsbroker: message %d of room %q was stored already and is gone", ack.Sequence, room)
+				return wsroom.Message{}, false, fmt.Errorf("natsbroker: message %d of room %q was stored already and is gone", ack.Sequence, room)
+			}
+			if b.verify {
+				won, err := b.won(ctx, a, subj, position{sseq: got.prev, seq: got.m.Seq - 1, epoch: got.m.Epoch}, got.sseq)
+				if err != nil {
+					return wsroom.Message{}, false, fmt.Errorf("natsbroker: checking message %d of room %q, stored already: %w", ack.Sequence, room, err)
+				}
+				if !won {
+					// It lost its position: its publisher stores it anew.
+					id = nextID()
+					if err := lost(pos); err != nil {
+						return wsroom.Message{}, false, err
+					}
+					continue
+				}
 			}
 			a.posMu.Lock()
 			if !a.known || got.sseq > a.pos.sseq {
 				a.pos, a.known = position{sseq: got.sseq, seq: got.m.Seq, epoch: got.m.Epoch}, true
 			}
 			a.posMu.Unlock()
-			// Its first attempt's caller may have given up before
-			// announcing it; subscribers drop a second announcement.
-			data, _ := got.m.MarshalBinary()
-			b.announce(room, got.m, data, got.sseq)
-			return got.m, nil
+			if !once || earlier {
+				// Its first attempt's caller may have given up before
+				// announcing it; subscribers drop a second announcement.
+				data, _ := got.m.MarshalBinary()
+				b.announce(room, got.m, data, got.sseq)
+			}
+			return got.m, true, nil
 		case err == nil:
+			if b.verify {
+				won, err := b.won(ctx, a, subj, pos, ack.Sequence)
+				if err != nil {
+					// Unknown: a retry with the same ID tells.
+					return wsroom.Message{}, false, fmt.Errorf("natsbroker: checking message %d of room %q: %w", ack.Sequence, room, err)
+				}
+				if !won {
+					// Stored, but it lost its position: it stays in the
+					// stream, where readers skip it, and the message is
+					// stored anew. Its ID is spent.
+					id = nextID()
+					if err := lost(pos); err != nil {
+						return wsroom.Message{}, false, err
+					}
+					continue
+				}
+			}
 			a.posMu.Lock()
 			if !a.known || ack.Sequence > a.pos.sseq {
 				a.pos, a.known = position{sseq: ack.Sequence, seq: m.Seq, epoch: m.Epoch}, true
 			}
 			a.posMu.Unlock()
 			b.announce(room, m, data, ack.Sequence)
-			return m, nil
+			return m, false, nil
 		case isConflict(err):
 			// Another node stored a message first: read the room again.
-			a.posMu.Lock()
-			if a.pos == pos {
-				a.known = false
-			}
-			a.posMu.Unlock()
-			conflicts++
-			if conflicts > 2 {
-				if err := sleep(ctx, time.Duration(rand.Int64N(int64(min(conflicts, 20))*int64(time.Millisecond)))); err != nil {
-					return wsroom.Message{}, err
-				}
+			// The ID was not used.
+			if err := lost(pos); err != nil {
+				return wsroom.Message{}, false, err
 			}
 		case isTransient(ctx, err) && transient < maxTransient:
 			// Retry with the same position and message ID: if the first
@@ -258,12 +317,82 @@ func (b *Broker) appendLoop(ctx context.Context, a *appender, room string, m wsr
 				a.posMu.Unlock()
 			}
 			if err := sleep(ctx, backoff(transient)); err != nil {
-				return wsroom.Message{}, err
+				return wsroom.Message{}, false, err
 			}
 		default:
-			return wsroom.Message{}, fmt.Errorf("natsbroker: storing message in room %q: %w", room, err)
+			return wsroom.Message{}, false, fmt.Errorf("natsbroker: storing message in room %q: %w", room, err)
 		}
 	}
+}
+
+// won reports whether the message of subj stored at stream sequence sseq,
+// published after the room's position pos, holds that position: whether it
+// is the room's next message, pos.seq+1 in pos.epoch.
+//
+// On a single server JetStream ensures it, by the expected last subject
+// sequence of the publish. With replicas, JetStream checks that sequence
+// before it proposes the message to the replicas, so that two publishes
+// sent at the same moment after the same position may both be stored
+// (NATS servers before 2.9.21 do so readily; later ones still may across a
+// change of the stream's leader). Of such messages the first stored holds
+// the position and the others lost it: they stay in the stream, but every
+// reader skips them, and their publishers store their messages anew. The
+// rule is that of the readers: reading a room's messages in stream order, a
+// message is the room's if it is the next of the room's epoch (the
+// sequence number after the last one taken); one that repeats a sequence
+// number taken, or is of another epoch while the room's first stored
+// message is of this one, lost its position. Since JetStream proposes
+// messages in order, the messages that lost a position are stored before
+// any message that follows the one that took it; and those that lost the
+// first position of an epoch (two first messages of an empty room) are
+// stored right after the first message, which holds the room's epoch.
+//
+// It costs one direct get, a few more when other messages were stored
+// between pos and sseq, and one more for the first publish in each epoch
+// on each node; they are made only with replicas. a.mu must be held.
+func (b *Broker) won(ctx context.Context, a *appender, subj string, pos position, sseq uint64) (bool, error) {
+	for from := pos.sseq + 1; from < sseq; {
+		f, ok, err := b.getMessage(ctx, subj, from, true)
+		if err != nil {
+			return false, err
+		}
+		if !ok || f.sseq >= sseq {
+			break
+		}
+		if pos.sseq == 0 || f.m.Epoch == pos.epoch && f.m.Seq == pos.seq+1 {
+			// The room was not empty, or another message took the
+			// position.
+			return false, nil
+		}
+		from = f.sseq + 1
+	}
+	if pos.sseq == 0 || a.epoch == pos.epoch {
+		a.epoch = pos.epoch
+		return true, nil
+	}
+	f, ok, err := b.getMessage(ctx, subj, 1, true)
+	if err != nil {
+		return false, err
+	}
+	if ok && f.m.Epoch != pos.epoch {
+		return false, nil // pos lost the start of its epoch
+	}
+	a.epoch = pos.epoch
+	return true, nil
+}
+
+// lostStart reports whether last, a room's first message of an epoch, lost
+// that position (see won) to first, the first message of the room still
+// stored. With replicas only.
+func (b *Broker) lostStart(ctx context.Context, subj string, last stored) (first stored, lost bool, err error) {
+	if !b.verify || last.m.Seq != 1 {
+		return stored{}, false, nil
+	}
+	first, ok, err := b.getMessage(ctx, subj, 1, true)
+	if err != nil {
+		return stored{}, false, err
+	}
+	return first, ok && first.sseq < last.sseq && first.m.Epoch != last.m.Epoch, nil
 }
 
 // awaitConnected waits until the connection is up, or ctx ends.
@@ -341,7 +470,51 @@ func (b *Broker) lastPosition(ctx context.Context, subj string) (position, error
 	if !ok {
 		return position{epoch: newID()}, nil
 	}
-	return position{sseq: last.sseq, seq: last.m.Seq, epoch: last.m.Epoch}, nil
+	pos := position{sseq: last.sseq, seq: last.m.Seq, epoch: last.m.Epoch}
+	first, lost, err := b.lostStart(ctx, subj, last)
+	if err != nil {
+		return position{}, err
+	}
+	if lost {
+		// The room's last message is its first: the next one follows
+		// it, after the one that lost.
+		pos.seq, pos.epoch = first.m.Seq, first.m.Epoch
+	}
+	return pos, nil
+}
+
+// lastOfRoom reads the room's last message, as lastMessage, skipping one
+// that lost the start of an epoch (see won).
+func (b *Broker) lastOfRoom(ctx context.Context, subj string) (stored, bool, error) {
+	last, ok, err := b.lastMessage(ctx, subj)
+	if err != nil || !ok {
+		return last, ok, err
+	}
+	first, lost, err := b.lostStart(ctx, subj, last)
+	if err != nil {
+		return stored{}, false, err
+	}
+	if lost {
+		return first, true, nil
+	}
+	return last, true, nil
+}
+
+// firstOfSeq returns the first message stored with m's epoch and sequence
+// number: m, or, with replicas, one stored before it that took the
+// position m lost (see won).
+func (b *Broker) firstOfSeq(ctx context.Context, subj string, m stored) (stored, error) {
+	if !b.verify || !m.link {
+		return m, nil
+	}
+	f, ok, err := b.getMessage(ctx, subj, m.prev+1, true)
+	if err != nil {
+		return stored{}, err
+	}
+	if ok && f.sseq < m.sseq && f.m.Epoch == m.m.Epoch && f.m.Seq == m.m.Seq {
+		return f, nil
+	}
+	return m, nil
 }
 
 // stored is a message read from the stream.
@@ -550,7 +723,7 @@ func (b *Broker) After(ctx context.Context, room, epoch string, seq uint64, limi
 		return nil, err
 	}
 	subj := b.hist + roomToken(room)
-	last, ok, err := b.lastMessage(ctx, subj)
+	last, ok, err := b.lastOfRoom(ctx, subj)
 	if err != nil {
 		return nil, fmt.Errorf("natsbroker: reading last message of room %q: %w", room, err)
 	}
@@ -576,7 +749,9 @@ func (b *Broker) After(ctx context.Context, room, epoch string, seq uint64, limi
 	}
 	// Walking back reads every message after seq; with a smaller limit,
 	// finding the first one and reading on costs fewer gets.
-	if span <= directMax && want == span {
+	// With replicas, a walk back could take a message that lost its
+	// position (see won) for the one that took it: reads go forward.
+	if span <= directMax && want == span && !b.verify {
 		out, how, err := b.readBack(ctx, subj, last, int(span))
 		if err != nil {
 			return nil, fmt.Errorf("natsbroker: reading history of room %q: %w", room, err)
@@ -592,6 +767,9 @@ func (b *Broker) After(ctx context.Context, room, epoch string, seq uint64, limi
 		}
 	}
 	first, err := b.locate(ctx, subj, last, seq+1)
+	if err == nil && first.m.Seq == seq+1 {
+		first, err = b.firstOfSeq(ctx, subj, first)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("natsbroker: reading history of room %q: %w", room, err)
 	}
@@ -604,6 +782,9 @@ func (b *Broker) After(ctx context.Context, room, epoch string, seq uint64, limi
 	}
 	gap := false
 	err = b.readForward(ctx, subj, first.sseq+1, want-1, func(_ uint64, m wsroom.Message) bool {
+		if b.verify && (m.Epoch != epoch || m.Seq <= out[len(out)-1].Seq) {
+			return true // one that lost its position: see won
+		}
 		if m.Epoch != epoch || m.Seq != seq+uint64(len(out))+1 {
 			gap = true
 			return false
@@ -630,7 +811,7 @@ func (b *Broker) Last(ctx context.Context, room string, n int) ([]wsroom.Message
 		return nil, nil
 	}
 	subj := b.hist + roomToken(room)
-	last, ok, err := b.lastMessage(ctx, subj)
+	last, ok, err := b.lastOfRoom(ctx, subj)
 	if err != nil {
 		return nil, fmt.Errorf("natsbroker: reading last message of room %q: %w", room, err)
 	}
@@ -639,7 +820,7 @@ func (b *Broker) Last(ctx context.Context, room string, n int) ([]wsroom.Message
 	}
 	// A room's sequence numbers start at 1 in each epoch.
 	n = int(min(uint64(n), last.m.Seq))
-	if n <= directMax {
+	if n <= directMax && !b.verify {
 		out, how, err := b.readBack(ctx, subj, last, n)
 		if err != nil {
 			return nil, fmt.Errorf("natsbroker: reading history of room %q: %w", room, err)
@@ -649,11 +830,17 @@ func (b *Broker) Last(ctx context.Context, room string, n int) ([]wsroom.Message
 		}
 	}
 	first, err := b.locate(ctx, subj, last, last.m.Seq-uint64(n)+1)
+	if err == nil {
+		first, err = b.firstOfSeq(ctx, subj, first)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("natsbroker: reading history of room %q: %w", room, err)
 	}
 	out := make([]wsroom.Message, 0, last.m.Seq-first.m.Seq+1)
 	err = b.readForward(ctx, subj, first.sseq, last.m.Seq-first.m.Seq+1, func(_ uint64, m wsroom.Message) bool {
+		if b.verify && (m.Epoch != last.m.Epoch || len(out) > 0 && m.Seq <= out[len(out)-1].Seq) {
+			return true // one that lost its position: see won
+		}
 		if m.Epoch != last.m.Epoch {
 			return false
 		}

@@ -196,6 +196,10 @@ func (t *topic) loop() {
 		case msg := <-t.in:
 			fill = t.take(msg)
 			fill = t.checkDropped() || fill
+			// A stored message announced while reads fail: JetStream
+			// answers again (a stream with replicas has a new leader, say),
+			// so the read is not left to the backoff.
+			fill = fill || t.failed > 0 && msg.Header.Get(sseqHeader) != ""
 		case <-t.wake:
 			t.lostMu.Lock()
 			t.addCause(t.lostErr)
@@ -268,8 +272,14 @@ func (t *topic) take(msg *nats.Msg) bool {
 	return false
 }
 
+// hold keeps m until its turn. Of two messages with one sequence number,
+// it keeps the first: the second lost its position (see Broker.won) and is
+// about to be deleted.
 func (t *topic) hold(m wsroom.Message, sseq uint64) {
 	if m.Seq < t.next {
+		return
+	}
+	if h, ok := t.held[m.Seq]; ok && h.sseq > 0 && (sseq == 0 || sseq > h.sseq) {
 		return
 	}
 	t.held[m.Seq] = heldMsg{m: m, sseq: sseq}
@@ -376,6 +386,12 @@ func (t *topic) fill() {
 	}
 	t.failed = 0
 	for _, h := range fetched {
+		if h.m.Epoch != t.epoch && t.epoch != "" && t.b.verify {
+			_, lost, err := t.b.lostStart(ctx, t.b.hist+roomToken(t.room), stored{m: h.m, sseq: h.sseq})
+			if err == nil && lost {
+				continue // not the room's: see Broker.won
+			}
+		}
 		if h.m.Epoch != t.epoch {
 			// The stream holds a new epoch: the room's history was lost or
 			// reset. Start over from its first message.
