@@ -107,11 +107,11 @@ type shard struct {
 	psMu sync.Once     // closes ps
 
 	// Guarded by Broker.mu.
-	topics map[string]*topic   // the rooms subscribed on this connection, by channel
-	sent   map[string]bool     // channels subscribed, as last told Redis
-	unsubs map[string]int      // on a cluster: SUNSUBSCRIBE replies still to come
-	moved  map[string]error    // on a cluster: channels to tell lost once subscribed again here
-	ended  bool                // quit is closed
+	topics map[string]*topic // the rooms subscribed on this connection, by channel
+	sent   map[string]bool   // channels subscribed, as last told Redis
+	unsubs map[string]int    // on a cluster: SUNSUBSCRIBE replies still to come
+	moved  map[string]error  // on a cluster: channels to tell lost once subscribed again here
+	ended  bool              // quit is closed
 	// changed holds the channels whose topic came or went since the writer
 	// last looked; queued counts those changes, and written is the count
 	// the writer had taken when it last finished sending what they call
