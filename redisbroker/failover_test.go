@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/wsroom/wsroom"
+	"github.com/wsroom/wsroom/brokertest"
 )
 
 // fastHealth makes a Broker notice a silent pub/sub connection within a
@@ -183,4 +184,50 @@ func TestReplicaAcksTimeout(t *testing.T) {
 	if len(got) != 1 {
 		t.Errorf("subscriber got %v, want only the end marker", fmt.Sprint(seqs(got)))
 	}
+}
+
+// TestClusterFaults runs brokertest.RunFaults on three nodes of a private
+// Redis Cluster (three masters with a replica each), with WithReplicaAcks:
+// the master of a room's shard killed (its replica promoted, the old master
+// restarted as a replica), and the master of a room's shard stopped
+// (SIGSTOP) past the cluster's node timeout until its replica is promoted,
+// then continued.
+func TestClusterFaults(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the fault test takes about a minute")
+	}
+	c := startCluster(t, 3, 1)
+	prefix := "faults-" + newEpoch()[:8] + ":"
+	probe := &Broker{cfg: config{prefix: prefix}}
+	// Two rooms on each master.
+	var rooms []string
+	per := map[*clusterNode]int{}
+	for i := 0; len(rooms) < 6; i++ {
+		r := fmt.Sprintf("faults-%d", i)
+		if n := c.masterOf(probe.channel(r)); per[n] < 2 {
+			per[n]++
+			rooms = append(rooms, r)
+		}
+	}
+	key := probe.channel(rooms[0])
+	var killed *clusterNode
+	brokertest.RunFaults(t, brokertest.Faults{
+		New: func(t *testing.T) wsroom.Broker {
+			return c.newBroker(t, WithPrefix(prefix), WithReplicaAcks(1, 2*time.Second), fastHealth)
+		},
+		Rooms: rooms,
+		Faults: []brokertest.Fault{
+			{
+				Name:   "kill the master of a room's shard (replica promoted)",
+				Inject: func(*testing.T) { killed = c.masterOf(key); killed.kill() },
+				Heal:   func(*testing.T) { c.waitNewMaster(key, killed); c.restart(killed) },
+				Hold:   500 * time.Millisecond,
+			},
+			{
+				Name:   "SIGSTOP the master of a room's shard past the node timeout, SIGCONT",
+				Inject: func(*testing.T) { c.pauseMaster(key) },
+				Hold:   0,
+			},
+		},
+	})
 }
