@@ -84,7 +84,7 @@ type Broker struct {
 	shards map[string]*shard // on a cluster: by master address
 
 	slotsMu sync.Mutex
-	slots   []redis.ClusterSlot // the cluster's slot map, as last read
+	slots   []slotRange // the cluster's slot map, as last read
 
 	received atomic.Uint64 // messages read from the pub/sub connections
 
@@ -1071,17 +1071,52 @@ func (b *Broker) relocate(sh *shard, channels []string, cause error) (ended bool
 	return false
 }
 
+// slotRange is a range of hash slots, and the address of their master.
+type slotRange struct {
+	start, end int
+	addr       string
+}
+
+// slotMap returns the slot ranges of a cluster's shards, from CLUSTER
+// SHARDS, each with the address of its master (the one that is online,
+// when there are two).
+func slotMap(shards []redis.ClusterShard) []slotRange {
+	var out []slotRange
+	for _, sh := range shards {
+		addr := ""
+		for _, n := range sh.Nodes {
+			if n.Role != "master" || (addr != "" && n.Health != "online") {
+				continue
+			}
+			host := n.IP
+			if host == "" {
+				host = n.Endpoint
+			}
+			addr = net.JoinHostPort(host, strconv.FormatInt(n.Port, 10))
+		}
+		if addr == "" {
+			continue
+		}
+		for _, r := range sh.Slots {
+			out = append(out, slotRange{int(r.Start), int(r.End), addr})
+		}
+	}
+	slices.SortFunc(out, func(a, b slotRange) int { return a.start - b.start })
+	return out
+}
+
 // loadSlots reads the cluster's slot map.
 func (b *Broker) loadSlots(ctx context.Context) error {
-	slots, err := b.cluster.ClusterSlots(ctx).Result()
+	shards, err := b.cluster.ClusterShards(ctx).Result()
 	if err != nil {
 		return err
 	}
+	slots := slotMap(shards)
 	if len(slots) == 0 {
 		return errors.New("empty slot map")
 	}
 	b.slotsMu.Lock()
-	changed := !slices.EqualFunc(b.slots, slots, sameRange)
+	changed := !slices.Equal(b.slots, slots)
 	b.slots = slots
 	b.slotsMu.Unlock()
 	if changed {
@@ -1090,11 +1125,6 @@ func (b *Broker) loadSlots(ctx context.Context) error {
 		b.cluster.ReloadState(ctx)
 	}
 	return nil
-}
-
-// sameRange reports whether two slot ranges have the same master.
-func sameRange(a, b redis.ClusterSlot) bool {
-	return a.Start == b.Start && a.End == b.End && len(a.Nodes) > 0 && len(b.Nodes) > 0 && a.Nodes[0].Addr == b.Nodes[0].Addr
 }
 
 // owner returns the address of the master that owns ch's slot, reading the
@@ -1119,8 +1149,8 @@ func (b *Broker) ownerKnown(ch string) string {
 	b.slotsMu.Lock()
 	defer b.slotsMu.Unlock()
 	for _, r := range b.slots {
-		if r.Start <= s && s <= r.End && len(r.Nodes) > 0 {
-			return r.Nodes[0].Addr
+		if r.start <= s && s <= r.end {
+			return r.addr
 		}
 	}
 	return ""

@@ -227,13 +227,6 @@ func (n *clusterNode) client() *redis.Client {
 	return redis.NewClient(&redis.Options{Addr: n.addr, DialTimeout: 500 * time.Millisecond, ReadTimeout: time.Second, MaxRetries: -1})
 }
 
-// running reports whether the node's process is up (paused or not).
-func (n *clusterNode) running() bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.cmd != nil
-}
-
 // up reports whether the node's process is up and not paused.
 func (n *clusterNode) up() bool {
 	n.mu.Lock()
@@ -309,7 +302,7 @@ func (c *testCluster) node(addr string) *clusterNode {
 
 // slots reads the slot map from a node that is up, not paused, and in a
 // cluster whose state is ok, or returns nil.
-func (c *testCluster) slots(ctx context.Context) []redis.ClusterSlot {
+func (c *testCluster) slots(ctx context.Context) []slotRange {
 	for _, n := range c.nodes {
 		if !n.up() {
 			continue
@@ -320,10 +313,10 @@ func (c *testCluster) slots(ctx context.Context) []redis.ClusterSlot {
 			cl.Close()
 			continue
 		}
-		s, err := cl.ClusterSlots(ctx).Result()
+		s, err := cl.ClusterShards(ctx).Result()
 		cl.Close()
-		if err == nil && len(s) > 0 {
-			return s
+		if m := slotMap(s); err == nil && len(m) > 0 {
+			return m
 		}
 	}
 	return nil
@@ -337,8 +330,8 @@ func (c *testCluster) masterOf(key string) *clusterNode {
 	s := slot(key)
 	for {
 		for _, r := range c.slots(ctx) {
-			if r.Start <= s && s <= r.End {
-				if n := c.node(r.Nodes[0].Addr); n != nil {
+			if r.start <= s && s <= r.end {
+				if n := c.node(r.addr); n != nil {
 					return n
 				}
 			}
@@ -358,7 +351,7 @@ func (c *testCluster) masters() []*clusterNode {
 	seen := map[string]bool{}
 	var out []*clusterNode
 	for _, r := range c.slots(ctx) {
-		if a := r.Nodes[0].Addr; !seen[a] {
+		if a := r.addr; !seen[a] {
 			seen[a] = true
 			out = append(out, c.node(a))
 		}
@@ -398,14 +391,14 @@ func (c *testCluster) healthy(ctx context.Context) (bool, string) {
 			cl.Close()
 			return false, fmt.Sprintf("%s: %v %s", n.addr, err, info)
 		}
-		slots, err := cl.ClusterSlots(ctx).Result()
+		shards, err := cl.ClusterShards(ctx).Result()
 		if err != nil {
 			cl.Close()
 			return false, err.Error()
 		}
 		var sb strings.Builder
-		for _, r := range slots {
-			fmt.Fprintf(&sb, "%d-%d:%s;", r.Start, r.End, r.Nodes[0].Addr)
+		for _, r := range slotMap(shards) {
+			fmt.Fprintf(&sb, "%d-%d:%s;", r.start, r.end, r.addr)
 		}
 		if ref == "" {
 			ref = sb.String()
