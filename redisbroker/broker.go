@@ -86,6 +86,9 @@ type Broker struct {
 	slotsMu sync.Mutex
 	slots   []slotRange // the cluster's slot map, as last read
 
+	nodesMu sync.Mutex
+	nodes   map[string]*redis.Client // clients of masters, by address, for WithReplicaAcks' checks; closed by Close
+
 	received atomic.Uint64 // messages read from the pub/sub connections
 
 	reads chan struct{} // a slot for each history read under way (WithReadConcurrency)
@@ -287,6 +290,24 @@ func nodeOptions(opt *redis.ClusterOptions, addr string) *redis.Options {
 	}
 }
 
+// nodeClient returns the Broker's client of the cluster node at addr,
+// making it if needed. Close closes it.
+func (b *Broker) nodeClient(addr string) *redis.Client {
+	b.nodesMu.Lock()
+	defer b.nodesMu.Unlock()
+	if c := b.nodes[addr]; c != nil {
+		return c
+	}
+	if b.nodes == nil {
+		b.nodes = make(map[string]*redis.Client)
+	}
+	o := nodeOptions(b.cluster.Options(), addr)
+	o.PoolSize = 4
+	c := redis.NewClient(o)
+	b.nodes[addr] = c
+	return c
+}
+
 // closePS closes the shard's pub/sub connection, once.
 func (sh *shard) closePS() {
 	sh.psMu.Do(func() { sh.ps.Close() })
@@ -325,6 +346,11 @@ func (b *Broker) Close() error {
 		}
 		clear(b.topics)
 		b.mu.Unlock()
+		b.nodesMu.Lock()
+		for _, c := range b.nodes {
+			c.Close()
+		}
+		b.nodesMu.Unlock()
 		if b.err == nil {
 			b.closeErr = b.removePresence()
 		}

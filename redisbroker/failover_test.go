@@ -213,7 +213,7 @@ func TestClusterFaults(t *testing.T) {
 	var killed *clusterNode
 	brokertest.RunFaults(t, brokertest.Faults{
 		New: func(t *testing.T) wsroom.Broker {
-			return c.newBroker(t, WithPrefix(prefix), WithReplicaAcks(1, 2*time.Second), fastHealth)
+			return c.newBroker(t, WithPrefix(prefix), WithReplicaAcks(1, 10*time.Second), fastHealth)
 		},
 		Rooms: rooms,
 		Faults: []brokertest.Fault{

@@ -189,8 +189,18 @@ func WithShardedPubSub() Option {
 // documentation, Redis Cluster). When fewer replicas acknowledge it in
 // time, the publish returns an error wrapping ErrNotReplicated: the message
 // is stored, and is sent to subscribers with the room's next acknowledged
-// message, unless a failover loses it first. n < 1 turns the option off,
-// the default; timeout <= 0 waits up to one second. If given more than
+// message, unless a failover loses it first; a client that retries it
+// without PublishOnce stores it twice. So choose timeout long enough to
+// cover a shard's time without replicas after a failover (until the old
+// master, restarted, has synchronised as a replica of the new one): a
+// publish then waits rather than fails. Once a message is stored, its
+// publish waits for it to reach the replicas, or to be found lost at a
+// failover (then it fails, and a retry stores it once), even past the
+// end of its context, for up to ten times timeout: failing while the
+// message may yet surface on a promoted replica would have a retry store
+// it twice. Each stored publish costs two
+// more round trips (WAIT, and the publish script). n < 1 turns the option
+// off, the default; timeout <= 0 waits up to one second. If given more than
 // once, the last one wins.
 func WithReplicaAcks(n int, timeout time.Duration) Option {
 	return func(c *config) {

@@ -163,7 +163,9 @@ func (b *Broker) Append(ctx context.Context, room string, m wsroom.Message) (wsr
 // append runs appendScript for m, publishing on channel unless it is empty,
 // de-duplicated by key unless it is empty. With WithReplicaAcks, the
 // script stores m without publishing it, WAIT follows on the same
-// connection, and publishScript sends m once enough replicas have it.
+// connection (a round trip of its own, so that go-redis bounds its read by
+// the WAIT timeout rather than the client's read timeout), and
+// publishScript sends m once enough replicas have it.
 func (b *Broker) append(ctx context.Context, room string, m wsroom.Message, channel, key string) (wsroom.Message, bool, error) {
 	m.Seq, m.Epoch, m.Ephemeral, m.Except = 0, "", false, ""
 	if m.Time.IsZero() {
@@ -219,8 +221,14 @@ func (b *Broker) append(ctx context.Context, room string, m wsroom.Message, chan
 	}
 	m.Seq, m.Epoch = uint64(seq), epoch
 	if b.cfg.replicas > 0 && channel != "" && dup == 0 {
-		if err := publishScript.Run(ctx, b.client, []string{meta, log}, channel, seq, pubCmd, epoch).Err(); err != nil {
-			return wsroom.Message{}, false, fmt.Errorf("stored as %d but not published: %w", seq, err)
+		// The message is stored and on the replicas: the publish succeeds
+		// even if sending it fails, or outlives ctx (the wait for the
+		// replicas may have), since the room's next message sends it.
+		pctx, cancel := context.WithTimeout(b.ctx, callTimeout)
+		err := publishScript.Run(pctx, b.client, []string{meta, log}, channel, seq, pubCmd, epoch).Err()
+		cancel()
+		if err != nil && !b.closed() {
+			b.report(fmt.Errorf("redisbroker: room %q: message %d stored, not sent yet (the next one sends it): %w", room, seq, err))
 		}
 	}
 	return m, dup == 1, nil
@@ -233,59 +241,147 @@ func (b *Broker) append(ctx context.Context, room string, m wsroom.Message, chan
 // failover loses it first.
 var ErrNotReplicated = errors.New("redisbroker: message not acknowledged by enough replicas")
 
+// checkScript tells whether a room's history holds, in epoch ARGV[2] and
+// at number ARGV[1], the message whose body is ARGV[3]; if so, it writes
+// the number in the meta hash's field chk, so that a WAIT that follows on
+// the same connection covers the message. KEYS[1] is the room's meta
+// hash, KEYS[2] its stream. It returns 1 if the message is there, else 0.
+var checkScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] then return 0 end
+local es = redis.call('XRANGE', KEYS[2], ARGV[1] .. '-0', ARGV[1] .. '-0')
+if #es ~= 1 then return 0 end
+local f = es[1][2]
+for i = 1, #f, 2 do
+  if f[i] == 'm' and f[i + 1] == ARGV[3] then
+    redis.call('HSET', KEYS[1], 'chk', ARGV[1])
+    return 1
+  end
+end
+return 0
+`)
+
+// errLostAtFailover is returned, wrapped, by a publish with WithReplicaAcks
+// whose message the room's master stored but lost at a failover before
+// its replicas had it: it is in no history, and a retry stores it once.
+var errLostAtFailover = errors.New("message lost at a failover before its replicas had it")
+
 // appendReplicated runs appendScript and then WAIT on one connection to
 // the master of the room's slot, and returns the script's reply once the
 // replicas acknowledged it.
+//
+// When WAIT fails or counts too few replicas (a master that died or
+// stopped, a slow or missing replica), the message may still be on a
+// replica, which a failover promotes: then a client that retried would
+// store it twice. So appendReplicated looks for it on the slot's master,
+// the new one after a failover, until ctx ends: if the master's history
+// holds it, a write and a WAIT on that master tell when its replicas have
+// it, and the publish succeeds; if not, it was lost, and the publish fails
+// with an error that says so, which a retry can follow safely. Once the
+// script has stored the message, it waits so past ctx's end, for up to
+// ten replica timeouts, or until Close.
 func (b *Broker) appendReplicated(ctx context.Context, meta string, keys []string, args []any) ([]any, error) {
-	var c redis.Cmdable = b.client
-	if b.cluster != nil {
-		node, err := b.cluster.MasterForKey(ctx, meta)
-		if err != nil {
-			return nil, err
-		}
-		c = node
+	conn, err := b.masterConn(ctx, meta, "")
+	if err != nil {
+		return nil, err
 	}
-	p, ok := c.(interface {
-		Pipelined(context.Context, func(redis.Pipeliner) error) ([]redis.Cmder, error)
-	})
+	// WAIT counts the replicas that have every write of its own
+	// connection: the script and WAIT need one.
+	res, err := appendScript.EvalSha(ctx, conn, keys, args...).Slice()
+	if redis.HasErrorPrefix(err, "NOSCRIPT") {
+		res, err = appendScript.Eval(ctx, conn, keys, args...).Slice()
+	}
+	if err != nil {
+		conn.Close()
+		if b.cluster != nil && (!isRedisError(err) || redis.HasErrorPrefix(err, "MOVED")) {
+			b.cluster.ReloadState(ctx) // a failover or a moved slot, maybe
+		}
+		return nil, err
+	}
+	// The message is stored: from here on, the publish waits for its fate
+	// (on the replicas, or lost at a failover) past ctx's end, up to ten
+	// timeouts, or until Close. Giving up earlier would leave a stored
+	// message behind an error, which a retry would store a second time.
+	ctx, cancel := context.WithTimeout(b.ctx, 10*b.cfg.replicaTimeout)
+	defer cancel()
+	n, err := conn.Wait(ctx, b.cfg.replicas, b.cfg.replicaTimeout).Result()
+	conn.Close()
+	if err == nil && n >= int64(b.cfg.replicas) {
+		return res, nil
+	}
+	if len(res) != 3 || res[2] != int64(0) {
+		return res, nil // a duplicate: nothing written
+	}
+	first := err
+	if first == nil {
+		first = fmt.Errorf("%w: %d of %d within %v", ErrNotReplicated, n, b.cfg.replicas, b.cfg.replicaTimeout)
+	}
+	seq, epoch, body := res[0], res[1], args[2]
+	for backoff := minBackoff; ; backoff = min(2*backoff, maxBackoff) {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("stored as %v, replication unknown: %w", seq, first)
+		}
+		found, n, err := b.checkReplicated(ctx, keys, seq, epoch, body)
+		switch {
+		case err == nil && !found:
+			return nil, fmt.Errorf("%w (stored as %v)", errLostAtFailover, seq)
+		case err == nil && n >= int64(b.cfg.replicas):
+			return res, nil
+		}
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+		}
+	}
+}
+
+// checkReplicated looks for a stored message on the current master of its
+// room's slot (checkScript), and if it is there, WAITs for the replicas
+// on the same connection.
+func (b *Broker) checkReplicated(ctx context.Context, keys []string, seq, epoch, body any) (found bool, n int64, err error) {
+	var addr string
+	if b.cluster != nil {
+		lctx, cancel := context.WithTimeout(ctx, callTimeout)
+		err := b.loadSlots(lctx)
+		cancel()
+		if err != nil {
+			return false, 0, err
+		}
+		addr = b.ownerKnown(keys[0])
+	}
+	conn, err := b.masterConn(ctx, keys[0], addr)
+	if err != nil {
+		return false, 0, err
+	}
+	defer conn.Close()
+	ok, err := checkScript.Run(ctx, conn, keys[:2], seq, epoch, body).Int()
+	if err != nil || ok == 0 {
+		return false, 0, err
+	}
+	n, err = conn.Wait(ctx, b.cfg.replicas, b.cfg.replicaTimeout).Result()
+	return true, n, err
+}
+
+// masterConn returns a connection to the master of key's slot (the one at
+// addr, if not empty), for commands that must share one; the caller closes
+// it.
+func (b *Broker) masterConn(ctx context.Context, key, addr string) (*redis.Conn, error) {
+	var c any = b.client
+	if b.cluster != nil {
+		if addr != "" {
+			c = b.nodeClient(addr)
+		} else {
+			node, err := b.cluster.MasterForKey(ctx, key)
+			if err != nil {
+				return nil, err
+			}
+			c = node
+		}
+	}
+	pc, ok := c.(interface{ Conn() *redis.Conn })
 	if !ok {
 		return nil, fmt.Errorf("WithReplicaAcks needs a *redis.Client or a *redis.ClusterClient, not %T", c)
 	}
-	for try := 0; ; try++ {
-		var script *redis.Cmd
-		var wait *redis.IntCmd
-		_, err := p.Pipelined(ctx, func(pl redis.Pipeliner) error {
-			script = appendScript.EvalSha(ctx, pl, keys, args...)
-			wait = redis.NewIntCmd(ctx, "wait", b.cfg.replicas, b.cfg.replicaTimeout.Milliseconds())
-			return pl.Process(ctx, wait)
-		})
-		if try == 0 && redis.HasErrorPrefix(script.Err(), "NOSCRIPT") {
-			if err := appendScript.Load(ctx, c).Err(); err != nil {
-				return nil, err
-			}
-			continue
-		}
-		if err := script.Err(); err != nil {
-			if b.cluster != nil {
-				b.cluster.ReloadState(ctx) // a failover or a moved slot, maybe
-			}
-			return nil, err
-		}
-		res, err2 := script.Slice()
-		if err2 != nil {
-			return nil, err2
-		}
-		if err == nil {
-			err = wait.Err()
-		}
-		if err != nil {
-			return nil, fmt.Errorf("stored, replication unknown: %w", err)
-		}
-		if n := wait.Val(); n < int64(b.cfg.replicas) {
-			return nil, fmt.Errorf("%w: %d of %d within %v", ErrNotReplicated, n, b.cfg.replicas, b.cfg.replicaTimeout)
-		}
-		return res, nil
-	}
+	return pc.Conn(), nil
 }
 
 // historyPage is the most entries one XRANGE of After asks Redis for: a
