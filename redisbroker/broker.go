@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 	"github.com/wsroom/wsroom"
 )
 
@@ -87,7 +88,7 @@ type Broker struct {
 	slots   []slotRange // the cluster's slot map, as last read
 
 	nodesMu sync.Mutex
-	nodes   map[string]*redis.Client // clients of masters, by address, for WithReplicaAcks' checks; closed by Close
+	nodes   map[string]*redis.Client // WithReplicaAcks: clients of masters, by address ("" off a cluster); closed by Close
 
 	received atomic.Uint64 // messages read from the pub/sub connections
 
@@ -287,11 +288,16 @@ func nodeOptions(opt *redis.ClusterOptions, addr string) *redis.Options {
 		TLSConfig:                    opt.TLSConfig,
 		PoolSize:                     1,
 		DisableIdentity:              opt.DisableIdentity,
+		// Off: a connection taken out of the client (Client.Conn, for
+		// WithReplicaAcks) would share the setting go-redis writes when
+		// Redis refuses the notifications.
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
 	}
 }
 
-// nodeClient returns the Broker's client of the cluster node at addr,
-// making it if needed. Close closes it.
+// nodeClient returns the Broker's client of the cluster node at addr, or,
+// off a cluster, a copy of its client, making it if needed: WithReplicaAcks
+// takes connections out of it (Client.Conn). Close closes it.
 func (b *Broker) nodeClient(addr string) *redis.Client {
 	b.nodesMu.Lock()
 	defer b.nodesMu.Unlock()
@@ -301,8 +307,15 @@ func (b *Broker) nodeClient(addr string) *redis.Client {
 	if b.nodes == nil {
 		b.nodes = make(map[string]*redis.Client)
 	}
-	o := nodeOptions(b.cluster.Options(), addr)
-	o.PoolSize = 4
+	var o *redis.Options
+	if b.cluster != nil {
+		o = nodeOptions(b.cluster.Options(), addr)
+		o.PoolSize = 0 // go-redis' default
+	} else {
+		c := *b.client.(*redis.Client).Options()
+		c.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+		o = &c
+	}
 	c := redis.NewClient(o)
 	b.nodes[addr] = c
 	return c

@@ -159,7 +159,13 @@
 // connection to the room's master, and a second script publishes the
 // room's messages up to that one (in order, every one already on the
 // replicas) once n replicas acknowledged it. A publish then costs two more
-// round trips. Without it, a room's history can go back at a failover: the
+// round trips. When WAIT fails or counts too few replicas (the master died
+// or stopped), the publish looks for its message on the slot's master, the
+// new one after a failover: found, it waits there for the replicas and
+// succeeds; not found, it fails, the message lost, and a retry stores it
+// once. It waits so past its context's end, for up to ten replica
+// timeouts: a stored message behind an error would be stored again by the
+// retry. Without it, a room's history can go back at a failover: the
 // new master's sequence number lower than what subscribers received. A
 // Broker notices: before it tells a room's subscriptions that they may
 // have missed messages, it checks that the history still holds the last

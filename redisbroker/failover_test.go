@@ -184,6 +184,14 @@ func TestReplicaAcksTimeout(t *testing.T) {
 	if len(got) != 1 {
 		t.Errorf("subscriber got %v, want only the end marker", fmt.Sprint(seqs(got)))
 	}
+
+	// The same on a single Redis, through a plain client.
+	r := startRedis(t)
+	single := New(newClientAt(t, r.addr), WithReplicaAcks(1, 100*time.Millisecond))
+	t.Cleanup(func() { single.Close() })
+	if _, err := single.PublishSeq(t.Context(), room, wsroom.Message{Data: []byte("x")}); !errors.Is(err, ErrNotReplicated) {
+		t.Fatalf("publish without a replica on a single Redis: %v, want ErrNotReplicated", err)
+	}
 }
 
 // TestClusterFaults runs brokertest.RunFaults on three nodes of a private

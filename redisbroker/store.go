@@ -293,7 +293,15 @@ func (b *Broker) appendReplicated(ctx context.Context, meta string, keys []strin
 	if err != nil {
 		conn.Close()
 		if b.cluster != nil && (!isRedisError(err) || redis.HasErrorPrefix(err, "MOVED")) {
-			b.cluster.ReloadState(ctx) // a failover or a moved slot, maybe
+			// A failover or a moved slot, maybe: read the slot map again
+			// for the next publish.
+			lctx, cancel := context.WithTimeout(b.ctx, callTimeout)
+			if b.loadSlots(lctx) != nil {
+				b.slotsMu.Lock()
+				b.slots = nil // read at the next publish
+				b.slotsMu.Unlock()
+			}
+			cancel()
 		}
 		return nil, err
 	}
@@ -362,26 +370,20 @@ func (b *Broker) checkReplicated(ctx context.Context, keys []string, seq, epoch,
 }
 
 // masterConn returns a connection to the master of key's slot (the one at
-// addr, if not empty), for commands that must share one; the caller closes
-// it.
+// addr, if not empty), or off a cluster to Redis, for commands that must
+// share one; the caller closes it.
 func (b *Broker) masterConn(ctx context.Context, key, addr string) (*redis.Conn, error) {
-	var c any = b.client
-	if b.cluster != nil {
-		if addr != "" {
-			c = b.nodeClient(addr)
-		} else {
-			node, err := b.cluster.MasterForKey(ctx, key)
-			if err != nil {
-				return nil, err
-			}
-			c = node
+	if b.cluster == nil {
+		if _, ok := b.client.(*redis.Client); !ok {
+			return nil, fmt.Errorf("WithReplicaAcks needs a *redis.Client or a *redis.ClusterClient, not %T", b.client)
+		}
+	} else if addr == "" {
+		var err error
+		if addr, err = b.owner(ctx, key); err != nil {
+			return nil, err
 		}
 	}
-	pc, ok := c.(interface{ Conn() *redis.Conn })
-	if !ok {
-		return nil, fmt.Errorf("WithReplicaAcks needs a *redis.Client or a *redis.ClusterClient, not %T", c)
-	}
-	return pc.Conn(), nil
+	return b.nodeClient(addr).Conn(), nil
 }
 
 // historyPage is the most entries one XRANGE of After asks Redis for: a
