@@ -949,7 +949,7 @@ func (b *Broker) run(sh *shard) {
 		awaiting = false
 		switch v := msg.(type) {
 		case *redis.Message:
-			b.dispatch(v)
+			b.dispatch(sh, v)
 		case *redis.Pong:
 			b.pong(sh, v.Payload)
 		case *redis.Subscription:
@@ -1195,15 +1195,20 @@ func (b *Broker) ownerKnown(ch string) string {
 	return ""
 }
 
-// dispatch queues a message read from a pub/sub connection for the
-// goroutine of its channel's topic. It never blocks: when the topic's queue
-// is full, the queued messages are dropped and the subscriptions told.
-func (b *Broker) dispatch(msg *redis.Message) {
+// dispatch queues a message read from sh's connection for the goroutine
+// of its channel's topic. It drops a message of a topic subscribed on
+// another connection: on a cluster, the late messages of a master the room
+// moved away from (a master stopped, then continued after its replica took
+// over, may still publish writes that its successor never had). It never
+// blocks: when the topic's queue is full, the queued messages are dropped
+// and the subscriptions told.
+func (b *Broker) dispatch(sh *shard, msg *redis.Message) {
 	b.received.Add(1)
 	b.mu.Lock()
 	t := b.topics[msg.Channel]
+	ours := t != nil && t.sh == sh
 	b.mu.Unlock()
-	if t == nil {
+	if !ours {
 		return
 	}
 	t.qmu.Lock()
@@ -1252,7 +1257,9 @@ func (t *topic) tell(cause error) {
 // and not delivered yet, which are dropped as well. Before telling the
 // subscriptions they may have missed messages, it checks that the history
 // still holds the last message delivered (checkHistory). Within an epoch,
-// it delivers no message whose Seq is not above the last one delivered.
+// it delivers no message whose Seq is not above the last one delivered;
+// one with such a Seq that is not the last message again has it check the
+// history too, and tell the subscriptions if the room got a new epoch.
 func (b *Broker) serve(t *topic) {
 	for {
 		select {
@@ -1268,6 +1275,7 @@ func (b *Broker) serve(t *topic) {
 		t.lost, t.overflow = nil, false
 		drops := t.drops.Load()
 		t.qmu.Unlock()
+		suspect := false
 
 		// Read after taking the batch, so that a subscription whose
 		// Subscribe returned before a message was queued receives it.
@@ -1293,7 +1301,14 @@ func (b *Broker) serve(t *topic) {
 			}
 			if m.Seq != 0 {
 				if m.Epoch == t.last.Epoch && m.Seq <= t.last.Seq {
-					continue // already delivered, or a number used again (checkHistory)
+					// Already delivered, or a number used again: after a
+					// failover, the old master's last writes (sent to the
+					// new one over the cluster bus) and the new master's
+					// messages can both carry it.
+					if m.Seq != t.last.Seq || body != t.lastBody {
+						suspect = true
+					}
+					continue
 				}
 				t.last, t.lastBody = m, body
 			}
@@ -1307,8 +1322,16 @@ func (b *Broker) serve(t *topic) {
 		t.qmu.Lock()
 		t.spare = batch[:0]
 		t.qmu.Unlock()
+		if suspect && b.checkHistory(t) {
+			t.tell(errHistoryBack)
+		}
 	}
 }
+
+// errHistoryBack is the cause a room's subscriptions are told when a
+// message reused a number already delivered for another message, and the
+// room got a new epoch (checkHistory).
+var errHistoryBack = errors.New("redisbroker: the room's history went back (a failover): new epoch")
 
 // pong records the reply to a barrier ping of sh, and tells the
 // subscriptions that they may have missed messages if the ping was sent

@@ -659,9 +659,11 @@ func decodePayload(payload string) (wsroom.Message, string, error) {
 // client resumes with wsroom.ErrGap, and starts again from the history as
 // it is. A history trimmed past the message, or already in another epoch,
 // needs nothing.
-func (b *Broker) checkHistory(t *topic) {
+//
+// It reports whether it gave the room a new epoch.
+func (b *Broker) checkHistory(t *topic) bool {
 	if t.last.Seq == 0 || b.closed() {
-		return
+		return false
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, callTimeout)
 	defer cancel()
@@ -678,24 +680,25 @@ func (b *Broker) checkHistory(t *topic) {
 		if !b.closed() {
 			b.report(fmt.Errorf("redisbroker: check the history of room %q: %w", t.room, err))
 		}
-		return
+		return false
 	}
 	cur, last, err := parseMeta(metaCmd.Val())
 	if err != nil || cur != t.last.Epoch {
-		return // a new epoch already (or none): the subscribers resume from scratch
+		return false // a new epoch already (or none): the subscribers resume from scratch
 	}
 	if at := atCmd.Val(); len(at) == 1 && at[0].Values["m"] == t.lastBody {
-		return // still there
+		return false // still there
 	}
 	if first := firstCmd.Val(); len(atCmd.Val()) == 0 && last >= t.last.Seq && len(first) == 1 && idSeq(first[0].ID) > t.last.Seq {
-		return // trimmed
+		return false // trimmed
 	}
 	epoch := newEpoch()
 	if err := resetScript.Run(ctx, b.client, []string{meta}, cur, epoch).Err(); err != nil {
 		b.report(fmt.Errorf("redisbroker: history of room %q went back to %d from %d delivered; new epoch: %w", t.room, last, t.last.Seq, err))
-		return
+		return false
 	}
 	b.report(fmt.Errorf("redisbroker: history of room %q went back to %d from %d delivered (a failover?): new epoch %s", t.room, last, t.last.Seq, epoch))
+	return true
 }
 
 // idSeq returns the sequence number of a stream entry ID, or 0.
