@@ -173,7 +173,12 @@
 // epoch, so every client resumes with [wsroom.ErrGap] and starts again from
 // the history, rather than take the new messages that reuse those numbers
 // for ones it has seen. Within an epoch, a Broker never delivers a number
-// at or below one it delivered.
+// at or below one it delivered; such a number coming with another message
+// (a stopped master, continued after its replica took over, sends its last
+// writes to the shard's nodes over the cluster bus, and its successor uses
+// their numbers again) has it check the history in the same way, and tell
+// the room's subscriptions if the room got a new epoch. It also drops the
+// messages of a room read on a connection the room moved away from.
 //
 // De-duplication: [Broker.PublishOnce] ([wsroom.Deduplicator]) records the
 // publish key in the publish script itself, as "P{R}:once:<hash>" in the

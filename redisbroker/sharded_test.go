@@ -581,3 +581,47 @@ func waitLost(t *testing.T, l *lostLog, n int32) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestNumberReused has a room's history lose its last two messages behind a
+// subscriber's back, with no reconnection, then a publish use one of their
+// numbers again, as the old and the new master of a failover both send: the
+// subscriber does not take it, the room gets a new epoch, and the
+// subscriber is told.
+func TestNumberReused(t *testing.T) {
+	errs := &errorLog{}
+	a := newBroker(t, WithErrorHandler(errs.add))
+	pub := newBroker(t)
+	room := roomName(t)
+	l := subscribeLost(t, a, room)
+	for i := range 5 {
+		publish(t, pub, room, strconv.Itoa(i))
+	}
+	epoch := l.waitN(t, 5)[0].Epoch
+	meta, log := pub.keys(room)
+	admin := newClient(t)
+	keep, err := admin.XRangeN(t.Context(), log, "-", "3-0", 3).Result()
+	if err != nil || len(keep) != 3 {
+		t.Fatalf("XRANGE = %v, %v", keep, err)
+	}
+	admin.Del(t.Context(), log)
+	for _, e := range keep {
+		if err := admin.XAdd(t.Context(), &redis.XAddArgs{Stream: log, ID: e.ID, Values: e.Values}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	admin.HSet(t.Context(), meta, "seq", 3)
+	publish(t, pub, room, "other 4")
+	waitLost(t, l, 1)
+	if e := admin.HGet(t.Context(), meta, "epoch").Val(); e == epoch {
+		t.Fatal("the epoch stayed after a number was used again")
+	}
+	for _, m := range l.snapshot() {
+		if string(m.Data) == "other 4" {
+			t.Errorf("delivered %q under seq %d, a number already delivered", m.Data, m.Seq)
+		}
+	}
+	publish(t, pub, room, "next")
+	if ms := l.waitFor(t, hasData("next")); ms[len(ms)-1].Epoch == epoch {
+		t.Error("message after the reset has the old epoch")
+	}
+}
