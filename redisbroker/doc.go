@@ -9,7 +9,8 @@
 //	b := redisbroker.New(redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"}))
 //	defer b.Close()
 //
-// Redis 6.2 or later is required.
+// Redis 6.2 or later is required; 7.0 or later on a Redis Cluster (see
+// Redis Cluster, below).
 //
 // # Order
 //
@@ -30,8 +31,19 @@
 // otherwise), the Broker uses the hash "P{R}:meta" (the epoch and the last
 // sequence number), the stream "P{R}:log" (the history), the channel "P{R}",
 // and, while the room has members, the sorted set "P{R}:presence" and the
-// hash "P{R}:presence:info" (see Presence). The braces make every key of a
-// room hash to one Redis Cluster slot.
+// hash "P{R}:presence:info" (see Presence); [Broker.PublishOnce] adds the
+// string "P{R}:once:<hash of the key>" for each publish key, for the
+// de-duplication window. The braces make every key and the channel of a
+// room hash to one Redis Cluster slot, whatever the prefix: Redis hashes
+// the text between a key's first "{" and the first "}" after it, which is R
+// (up to a "}" in it) when P holds no brace, and otherwise starts in P and
+// ends at the latest at the "}" after R, the same for every key of the
+// room. The one prefix that breaks this is one whose first "{" is followed
+// at once by "}": [New] refuses it on a cluster. A prefix with a hash tag
+// of its own ("app{x}:") keeps each room's keys together but puts every
+// room in one slot, so on one master. On a cluster, a room whose name is
+// empty or starts with "}" cannot be published to (CROSSSLOT) under a
+// prefix without braces.
 //
 // # Retention
 //
@@ -43,7 +55,8 @@
 //
 // # Subscriptions and faults
 //
-// A Broker holds one Redis pub/sub connection. It subscribes to a room's
+// A Broker holds one Redis pub/sub connection (on a cluster, one per
+// master: see Redis Cluster). It subscribes to a room's
 // channel when the room gets its first local subscriber and unsubscribes
 // after the last one leaves, so a node receives only the traffic of the rooms
 // it serves. One goroutine, started by New and ended by [Broker.Close], reads
@@ -125,4 +138,74 @@
 // TTLs after their last write, so an abandoned room leaves nothing behind.
 // Expiry times come from the nodes' clocks, which should agree to well
 // within the TTL.
+//
+// # Redis Cluster
+//
+// On a [redis.ClusterClient], a Broker uses sharded pub/sub (Redis 7.0 or
+// later): the publish script sends with SPUBLISH, and the Broker subscribes
+// with SSUBSCRIBE. Plain PUBLISH on a cluster is broadcast to every node,
+// so each node's load grows with the whole cluster's traffic; SPUBLISH
+// stays on the shard that owns the room's slot (its master and replicas),
+// so adding masters adds pub/sub capacity. [WithShardedPubSub] makes a
+// Broker on a single Redis 7 use the same commands.
+//
+// The Broker reads the slot map (CLUSTER SHARDS) and holds one pub/sub
+// connection per master that owns a room it subscribed to, on a go-redis
+// client of that master's own, with a reading and a writing goroutine each;
+// a room's SSUBSCRIBE goes to the connection of its slot's master, one
+// command per slot, as Redis requires. A connection that fails reconnects
+// by itself and tells only the rooms it carried: a master that restarts, or
+// a connection killed, leaves the rooms of other masters undisturbed.
+//
+// Slot moves: when a slot migrates, Redis unsubscribes the channels of that
+// slot (an sunsubscribe the Broker did not ask for), and an SSUBSCRIBE sent
+// to a master that no longer owns the slot gets MOVED or ASK. Either way
+// the Broker reads the slot map again, subscribes the rooms of that slot on
+// the new owner's connection, and, once that is confirmed, calls their lost
+// functions (only theirs): they catch up from their history, which moved
+// with the slot.
+//
+// Failover: when a master dies or stops answering, its connection fails (at
+// once, or after the health check's ping goes unanswered); the Broker reads
+// the slot map until a replica has been promoted, moves the connection's
+// rooms to the new master, and tells them. It also tells go-redis to read
+// the slot map again, so that publishes reach the new master without
+// waiting for go-redis' own refresh. A connection left without rooms ends.
+//
+// Replication is asynchronous: a master acknowledges a write before its
+// replicas have it, so a failover can lose the last writes of the old
+// master, messages a publisher was told were stored and subscribers may
+// have received. [WithReplicaAcks] closes that window: the publish script
+// stores the message without publishing it, WAIT follows on the same
+// connection to the room's master, and a second script publishes the
+// room's messages up to that one (in order, every one already on the
+// replicas) once n replicas acknowledged it. A publish then costs two more
+// round trips. When WAIT fails or counts too few replicas (the master died
+// or stopped), the publish looks for its message on the slot's master, the
+// new one after a failover: found, it waits there for the replicas and
+// succeeds; not found, it fails, the message lost, and a retry stores it
+// once. It waits so past its context's end, for up to ten replica
+// timeouts: a stored message behind an error would be stored again by the
+// retry. Without it, a room's history can go back at a failover: the
+// new master's sequence number lower than what subscribers received. A
+// Broker notices: before it tells a room's subscriptions that they may
+// have missed messages, it checks that the history still holds the last
+// message it delivered, at its number; if not, it gives the room a new
+// epoch, so every client resumes with [wsroom.ErrGap] and starts again from
+// the history, rather than take the new messages that reuse those numbers
+// for ones it has seen. Within an epoch, a Broker never delivers a number
+// at or below one it delivered; such a number coming with another message
+// (a stopped master, continued after its replica took over, sends its last
+// writes to the shard's nodes over the cluster bus, and its successor uses
+// their numbers again) has it check the history in the same way, and tell
+// the room's subscriptions if the room got a new epoch. It also drops the
+// messages of a room read on a connection the room moved away from.
+//
+// De-duplication: [Broker.PublishOnce] ([wsroom.Deduplicator]) records the
+// publish key in the publish script itself, as "P{R}:once:<hash>" in the
+// room's slot, holding the message's number and epoch, for the window
+// ([WithDedupWindow], [wsroom.DedupWindow] by default): a retry within the
+// window, through any Broker of the cluster, stores and sends nothing and
+// returns the first publish's position; one after the window is stored
+// again.
 package redisbroker

@@ -25,6 +25,11 @@ type config struct {
 	roomQueue int // messages a room's queue holds before its backlog is dropped
 
 	readConcurrency int // history reads (After, Last) under way at once
+
+	sharded        bool          // sharded pub/sub on a single Redis
+	replicas       int           // WithReplicaAcks: replicas each stored publish waits for
+	replicaTimeout time.Duration // and for how long at most
+	dedupWindow    time.Duration // how long PublishOnce remembers a key
 }
 
 // DefaultPrefix is the prefix of the Redis keys and channels a Broker uses
@@ -64,6 +69,8 @@ func defaultConfig() config {
 		roomQueue: DefaultRoomQueue,
 
 		readConcurrency: DefaultReadConcurrency,
+
+		dedupWindow: wsroom.DedupWindow,
 	}
 }
 
@@ -162,5 +169,61 @@ func WithPresenceTTL(d time.Duration) Option {
 			d = DefaultPresenceTTL
 		}
 		c.presenceTTL = d
+	}
+}
+
+// WithShardedPubSub makes a Broker on a single Redis (7.0 or later) use
+// sharded pub/sub, SSUBSCRIBE and SPUBLISH, as it always does on a Redis
+// Cluster. On a single Redis it changes nothing but the commands; it lets
+// Brokers share the channels of Brokers that use a cluster's sharded
+// pub/sub through a proxy. The default is plain pub/sub.
+func WithShardedPubSub() Option {
+	return func(c *config) { c.sharded = true }
+}
+
+// WithReplicaAcks makes every stored publish wait until n replicas of the
+// room's master have it (Redis' WAIT, sent on the script's connection right
+// after it), for at most timeout, before the message is sent to the
+// subscribers. A message reaches subscribers only once it is on n
+// replicas, so a failover that promotes one of them loses no message a
+// subscriber saw or a publisher was acknowledged; without it, the writes a
+// master had not yet passed on are lost with it (see the package
+// documentation, Redis Cluster). When fewer replicas acknowledge it in
+// time, the publish returns an error wrapping ErrNotReplicated: the message
+// is stored, and is sent to subscribers with the room's next acknowledged
+// message, unless a failover loses it first; a client that retries it
+// without PublishOnce stores it twice. So choose timeout long enough to
+// cover a shard's time without replicas after a failover (until the old
+// master, restarted, has synchronised as a replica of the new one): a
+// publish then waits rather than fails. Once a message is stored, its
+// publish waits for it to reach the replicas, or to be found lost at a
+// failover (then it fails, and a retry stores it once), even past the
+// end of its context, for up to ten times timeout: failing while the
+// message may yet surface on a promoted replica would have a retry store
+// it twice. Each stored publish costs two
+// more round trips (WAIT, and the publish script). n < 1 turns the option
+// off, the default; timeout <= 0 waits up to one second. If given more than
+// once, the last one wins.
+func WithReplicaAcks(n int, timeout time.Duration) Option {
+	return func(c *config) {
+		if timeout <= 0 {
+			timeout = time.Second
+		}
+		c.replicas, c.replicaTimeout = max(n, 0), timeout
+	}
+}
+
+// WithDedupWindow sets how long PublishOnce remembers a publish's key: a
+// retry within d returns the first publish's position, one after it is
+// stored again. wsroom.Deduplicator asks for at least wsroom.DedupWindow,
+// the default; a shorter d is for tests, and lets retries that come later
+// be stored twice. d <= 0 selects the default. If given more than once, the
+// last one wins.
+func WithDedupWindow(d time.Duration) Option {
+	return func(c *config) {
+		if d <= 0 {
+			d = wsroom.DedupWindow
+		}
+		c.dedupWindow = d
 	}
 }
