@@ -31,7 +31,7 @@ func TestClusterConformance(t *testing.T) {
 	n := 0
 	brokertest.Run(t, func(t *testing.T) wsroom.Broker {
 		n++
-		return clusterNode(t, c, n, prefix)
+		return crashable{clusterNode(t, c, n, prefix, WithPresenceTTL(MinPresenceTTL))}
 	})
 }
 

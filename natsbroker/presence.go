@@ -40,8 +40,8 @@ type presence struct {
 	replicas int // the bucket's replicas (WithReplicas)
 
 	kvMu   sync.Mutex
-	kv     jetstream.KeyValue // nil until first used
-	stream jetstream.Stream   // the bucket's stream, set with kv
+	kv     *bucket          // nil until first used
+	stream jetstream.Stream // the bucket's stream, set with kv
 
 	refreshMu sync.Mutex // held by refresh
 
@@ -179,32 +179,49 @@ type localConn struct{ user, info string }
 // updating its TTL if it differs, on first use and on the first use after
 // dropKV. Nodes that start together race to create it; those that lose use
 // the bucket of the one that won.
-func (b *Broker) presenceKV(ctx context.Context) (jetstream.KeyValue, jetstream.Stream, error) {
+func (b *Broker) presenceKV(ctx context.Context) (*bucket, jetstream.Stream, error) {
 	p := b.pres
 	p.kvMu.Lock()
 	defer p.kvMu.Unlock()
 	if p.kv != nil {
 		return p.kv, p.stream, nil
 	}
-	cfg := jetstream.KeyValueConfig{
-		Bucket:      p.bucket,
-		Description: "wsroom presence",
-		History:     1,
-		TTL:         bucketAge(p.ttl),
-		Storage:     jetstream.FileStorage,
-		Replicas:    p.replicas,
+	// The bucket's stream is made as JetStream's KV makes one, but for
+	// direct gets: as for the history stream, a bucket with replicas is
+	// read at its leader, since a direct get may be answered by a follower
+	// that has not applied the last writes (and a leave that read an entry
+	// without its own connection would change nothing and report no last
+	// leave).
+	age := bucketAge(p.ttl)
+	want := jetstream.StreamConfig{
+		Name:              "KV_" + p.bucket,
+		Description:       "wsroom presence",
+		Subjects:          []string{"$KV." + p.bucket + ".>"},
+		MaxMsgsPerSubject: 1,
+		MaxBytes:          -1,
+		MaxMsgSize:        -1,
+		MaxMsgs:           -1,
+		MaxConsumers:      -1,
+		MaxAge:            age,
+		Storage:           jetstream.FileStorage,
+		Replicas:          max(p.replicas, 1),
+		AllowRollup:       true,
+		DenyDelete:        true,
+		Duplicates:        min(2*time.Minute, age),
+		AllowDirect:       p.replicas <= 1,
+		Discard:           jetstream.DiscardNew,
 	}
-	stream, err := ensureStream(ctx, b.js, "KV_"+p.bucket,
+	stream, err := ensureStream(ctx, b.js, want.Name,
 		func(c jetstream.StreamConfig) bool {
-			return c.MaxAge == cfg.TTL && c.MaxMsgsPerSubject == int64(cfg.History) && c.Description == cfg.Description &&
-				c.Replicas == max(cfg.Replicas, 1)
+			return c.MaxAge == want.MaxAge && c.MaxMsgsPerSubject == want.MaxMsgsPerSubject && c.Description == want.Description &&
+				c.Replicas == want.Replicas && c.AllowDirect == want.AllowDirect && c.Duplicates == want.Duplicates
 		},
 		func(ctx context.Context) error {
-			_, err := b.js.CreateKeyValue(ctx, cfg)
+			_, err := b.js.CreateStream(ctx, want)
 			return err
 		},
 		func(ctx context.Context) error {
-			_, err := b.js.UpdateKeyValue(ctx, cfg)
+			_, err := b.js.UpdateStream(ctx, want)
 			return err
 		})
 	if err != nil {
@@ -214,8 +231,9 @@ func (b *Broker) presenceKV(ctx context.Context) (jetstream.KeyValue, jetstream.
 	if err != nil {
 		return nil, nil, fmt.Errorf("natsbroker: opening presence bucket %s: %w", p.bucket, err)
 	}
-	p.kv, p.stream = kv, stream
-	return kv, stream, nil
+	p.kv = &bucket{KeyValue: kv, js: b.js, stream: stream, pre: "$KV." + p.bucket + "."}
+	p.stream = stream
+	return p.kv, stream, nil
 }
 
 // dropKV makes the next presenceKV look the bucket up again, and create it
@@ -251,7 +269,7 @@ func errConflict(err error) bool {
 // read and changed again. An entry left with no connection is deleted.
 // It returns whether the entry had connections before and after the
 // change that was written.
-func casUser(ctx context.Context, kv jetstream.KeyValue, key string, change func(*userEntry) bool) (before, after bool, err error) {
+func casUser(ctx context.Context, kv *bucket, key string, change func(*userEntry) bool) (before, after bool, err error) {
 	for {
 		var e userEntry
 		var rev uint64
@@ -278,7 +296,7 @@ func casUser(ctx context.Context, kv jetstream.KeyValue, key string, change func
 		case !after && rev == 0:
 			return before, after, nil
 		case !after:
-			err = kv.Delete(ctx, key, jetstream.LastRevision(rev))
+			err = kv.deleteAt(ctx, key, rev)
 		default:
 			v, _ := json.Marshal(e)
 			if rev == 0 {
@@ -300,7 +318,7 @@ func casUser(ctx context.Context, kv jetstream.KeyValue, key string, change func
 }
 
 // addCount adds d to the room's count of users, in a compare-and-set loop.
-func addCount(ctx context.Context, kv jetstream.KeyValue, room string, d int) error {
+func addCount(ctx context.Context, kv *bucket, room string, d int) error {
 	key := countKey(room)
 	for {
 		n, rev := 0, uint64(0)
@@ -627,7 +645,7 @@ func (b *Broker) Sweep(ctx context.Context, room string) ([]wsroom.Member, error
 
 // setCount writes the room's count of users as n, if its revision is still
 // rev (0: there is none); a count changed meanwhile is left as it is.
-func setCount(ctx context.Context, kv jetstream.KeyValue, room string, n int, rev uint64) {
+func setCount(ctx context.Context, kv *bucket, room string, n int, rev uint64) {
 	v := []byte(strconv.Itoa(n))
 	if rev == 0 {
 		_, _ = kv.Create(ctx, countKey(room), v)
@@ -639,7 +657,7 @@ func setCount(ctx context.Context, kv jetstream.KeyValue, room string, n int, re
 // keepCount rewrites the room's count of users when it is older than
 // half the bucket's age limit, so that it does not age out while users
 // come and go rarely, and makes it again from the entries if it is gone.
-func (b *Broker) keepCount(ctx context.Context, kv jetstream.KeyValue, room string) error {
+func (b *Broker) keepCount(ctx context.Context, kv *bucket, room string) error {
 	got, err := kv.Get(ctx, countKey(room))
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):

@@ -62,7 +62,9 @@ func TestSlot(t *testing.T) {
 func TestCluster(t *testing.T) {
 	c := startCluster(t, 3, 1)
 	t.Run("Conformance", func(t *testing.T) {
-		brokertest.Run(t, func(t *testing.T) wsroom.Broker { return c.newBroker(t) })
+		brokertest.Run(t, func(t *testing.T) wsroom.Broker {
+			return crashable{c.newBroker(t, WithPresenceTTL(time.Second))}
+		})
 	})
 	t.Run("Nodes", func(t *testing.T) {
 		brokertest.RunNodes(t, brokertest.Nodes{
