@@ -245,7 +245,13 @@
 // LeaveUser change it with compare-and-set updates (a write that names the
 // key's revision, read again and retried when another node wrote it
 // first), so that two connections of one user joining at once on two nodes
-// give one first join, and leaving, one last leave. A room's count of users
+// give one first join, and leaving, one last leave. Each such write also
+// carries a message id made of the key and the revision it expects: a
+// clustered bucket checks the revision before it proposes the write to its
+// replicas, so two writes after one revision could both be stored, while
+// de-duplication holds an id from the moment the leader takes it, and
+// answers the second as a duplicate (read again, like a conflict). With
+// replicas, the bucket is read at its leader. A room's count of users
 // is the key "<room>.n", changed by compare-and-set on each first join and
 // last leave: Count reads that one key, never the list. Join and Leave are
 // JoinUser and LeaveUser of a client that is its own user.
