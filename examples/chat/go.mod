@@ -10,7 +10,7 @@ require (
 	github.com/nats-io/nats.go v1.55.0
 	github.com/redis/go-redis/v9 v9.23.0
 	github.com/wsroom/wsroom v0.5.0
-	github.com/wsroom/wsroom/sqlstore v0.3.0
+	github.com/wsroom/wsroom/sqlstore v0.3.1
 	modernc.org/sqlite v1.62.0
 )
 
@@ -35,8 +35,8 @@ require (
 	github.com/mattn/go-isatty v0.0.24 // indirect
 	github.com/ncruces/go-strftime v1.1.0 // indirect
 	github.com/remyoudompheng/bigfft v0.0.0-20230129092748-24d4a6f8daec // indirect
-	github.com/wsroom/wsroom/natsbroker v0.3.0
-	github.com/wsroom/wsroom/redisbroker v0.3.0
+	github.com/wsroom/wsroom/natsbroker v0.4.0
+	github.com/wsroom/wsroom/redisbroker v0.4.0
 	golang.org/x/sys v0.49.0 // indirect
 	modernc.org/libc v1.80.1 // indirect
 	modernc.org/mathutil v1.7.1 // indirect
