@@ -2,8 +2,6 @@ package natsbroker
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -81,9 +79,10 @@ func (k *bucket) deleteAt(ctx context.Context, key string, rev uint64) error {
 
 func (k *bucket) write(ctx context.Context, m *nats.Msg, key string, rev uint64) (uint64, error) {
 	r := strconv.FormatUint(rev, 10)
-	id := sha256.Sum256([]byte(key + "\x00" + r))
 	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, r)
-	m.Header.Set(jetstream.MsgIDHeader, hex.EncodeToString(id[:16]))
+	// The id of the key and the revision, hashed as PublishOnce hashes
+	// a room and a key.
+	m.Header.Set(jetstream.MsgIDHeader, onceID(key, r, 0))
 	ack, err := k.js.PublishMsg(ctx, m)
 	if err != nil {
 		return 0, err

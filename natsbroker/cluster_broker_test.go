@@ -93,7 +93,7 @@ func TestClusterReplicas(t *testing.T) {
 	three := clusterNode(t, c, 1, prefix)
 	// The first use of presence moves the bucket; a write waits until the
 	// bucket's new replicas have a leader.
-	if _, _, err := three.presenceKV(ctx); err != nil {
+	if _, err := three.presenceKV(ctx); err != nil {
 		t.Fatal(err)
 	}
 	c.WaitStream("KV_" + presenceBucket(prefix))

@@ -39,11 +39,10 @@ type presence struct {
 	bucket   string
 	replicas int // the bucket's replicas (WithReplicas)
 
-	kvMu   sync.Mutex
-	kv     *bucket          // nil until first used
-	stream jetstream.Stream // the bucket's stream, set with kv
+	kvMu sync.Mutex
+	kv   *bucket // nil until first used
 
-	refreshMu sync.Mutex // held by refresh
+	refreshMu sync.Mutex // held by refresh; a leave that finds no entry waits for it
 
 	mu    sync.Mutex
 	local map[conn]localConn    // this node's connections, which it renews
@@ -175,16 +174,16 @@ type conn struct{ room, id string }
 // localConn is what this node renews of one of its connections.
 type localConn struct{ user, info string }
 
-// presenceKV returns the presence bucket and its stream, creating it, or
+// presenceKV returns the presence bucket, creating it, or
 // updating its TTL if it differs, on first use and on the first use after
 // dropKV. Nodes that start together race to create it; those that lose use
 // the bucket of the one that won.
-func (b *Broker) presenceKV(ctx context.Context) (*bucket, jetstream.Stream, error) {
+func (b *Broker) presenceKV(ctx context.Context) (*bucket, error) {
 	p := b.pres
 	p.kvMu.Lock()
 	defer p.kvMu.Unlock()
 	if p.kv != nil {
-		return p.kv, p.stream, nil
+		return p.kv, nil
 	}
 	// The bucket's stream is made as JetStream's KV makes one, but for
 	// direct gets: as for the history stream, a bucket with replicas is
@@ -225,15 +224,14 @@ func (b *Broker) presenceKV(ctx context.Context) (*bucket, jetstream.Stream, err
 			return err
 		})
 	if err != nil {
-		return nil, nil, fmt.Errorf("natsbroker: creating presence bucket %s: %w", p.bucket, err)
+		return nil, fmt.Errorf("natsbroker: creating presence bucket %s: %w", p.bucket, err)
 	}
 	kv, err := b.js.KeyValue(ctx, p.bucket)
 	if err != nil {
-		return nil, nil, fmt.Errorf("natsbroker: opening presence bucket %s: %w", p.bucket, err)
+		return nil, fmt.Errorf("natsbroker: opening presence bucket %s: %w", p.bucket, err)
 	}
 	p.kv = &bucket{KeyValue: kv, js: b.js, stream: stream, pre: "$KV." + p.bucket + "."}
-	p.stream = stream
-	return p.kv, stream, nil
+	return p.kv, nil
 }
 
 // dropKV makes the next presenceKV look the bucket up again, and create it
@@ -371,7 +369,7 @@ func (b *Broker) JoinUser(ctx context.Context, room string, m wsroom.Member) (bo
 	p.local[conn{room, m.ID}] = localConn{user, m.Info}
 	p.used = true
 	p.mu.Unlock()
-	kv, _, err := b.presenceKV(ctx)
+	kv, err := b.presenceKV(ctx)
 	if err != nil {
 		return false, err
 	}
@@ -416,16 +414,27 @@ func (b *Broker) LeaveUser(ctx context.Context, room, id, user string) (bool, er
 	delete(p.local, conn{room, id})
 	p.mu.Unlock()
 	user = cmp.Or(user, id)
-	kv, _, err := b.presenceKV(ctx)
+	kv, err := b.presenceKV(ctx)
 	if err != nil {
 		return false, err
 	}
 	changed := false
-	_, after, err := casUser(ctx, kv, userKey(room, user), func(e *userEntry) bool {
+	remove := func(e *userEntry) bool {
 		_, changed = e.Conns[id]
 		delete(e.Conns, id)
 		return changed
-	})
+	}
+	_, after, err := casUser(ctx, kv, userKey(room, user), remove)
+	if err == nil && !changed {
+		// No entry holds the connection, but a refresh under way may be
+		// writing it back (after an outage emptied the bucket) from a
+		// snapshot taken before the connection was forgotten above: a
+		// create, which no compare-and-set of this leave would conflict
+		// with. Once that refresh is over, no write can bring it back.
+		p.refreshMu.Lock()
+		_, after, err = casUser(ctx, kv, userKey(room, user), remove)
+		p.refreshMu.Unlock()
+	}
 	last := err == nil && changed && !after
 	if last {
 		// The entry was there (casUser changed it) and is empty now.
@@ -445,11 +454,11 @@ func (b *Broker) users(ctx context.Context, room string) (map[string]userEntry, 
 		ctx, cancel = context.WithTimeout(ctx, setupTimeout)
 		defer cancel()
 	}
-	_, stream, err := b.presenceKV(ctx)
+	kv, err := b.presenceKV(ctx)
 	if err != nil {
 		return nil, err
 	}
-	entries, err := b.readPresence(ctx, stream, roomToken(room)+".u.*")
+	entries, err := b.readPresence(ctx, kv.stream, roomToken(room)+".u.*")
 	if err != nil {
 		b.pres.checkKV(err)
 		return nil, fmt.Errorf("natsbroker: reading members of room %q: %w", room, err)
@@ -496,7 +505,7 @@ func (b *Broker) Count(ctx context.Context, room string) (int, error) {
 	if err := b.checkOpen(); err != nil {
 		return 0, err
 	}
-	kv, _, err := b.presenceKV(ctx)
+	kv, err := b.presenceKV(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -565,7 +574,7 @@ func (b *Broker) Sweep(ctx context.Context, room string) ([]wsroom.Member, error
 	}
 	p.swept[room] = time.Now()
 	p.mu.Unlock()
-	kv, _, err := b.presenceKV(ctx)
+	kv, err := b.presenceKV(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -811,7 +820,7 @@ func (b *Broker) refresh() {
 
 	ctx, cancel := context.WithTimeout(p.ctx, p.ttl/3)
 	defer cancel()
-	kv, _, err := b.presenceKV(ctx)
+	kv, err := b.presenceKV(ctx)
 	var (
 		failMu sync.Mutex
 		failed int

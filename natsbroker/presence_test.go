@@ -169,6 +169,38 @@ func TestLeaveWhileRefreshing(t *testing.T) {
 	}
 }
 
+// TestLeaveWhileWritingBack has members leave while their node writes
+// back their entries, gone as after a server restarted without its store:
+// a leave that finds no entry must not be undone by the write-back of a
+// refresh that began before it.
+func TestLeaveWhileWritingBack(t *testing.T) {
+	prefix := testPrefix(t)
+	a := newNode(t, prefix)
+	room := storetest.RoomName(t)
+	const n = 100
+	for i := range n {
+		join(t, a, room, wsroom.Member{ID: fmt.Sprint(i)})
+	}
+	for i := range n {
+		id := fmt.Sprint(i)
+		if err := a.pres.kv.Purge(t.Context(), userKey(room, id)); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		wg.Go(a.refresh)
+		// The leave comes at a different point of the refresh each time
+		// (its read of the entry takes about a round trip).
+		time.Sleep(time.Duration(i%25) * 100 * time.Microsecond)
+		if err := a.Leave(t.Context(), room, id); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+	}
+	if got := members(t, a, room); len(got) != 0 {
+		t.Errorf("%d members listed after all left while their entries were written back, want none: %v", len(got), got)
+	}
+}
+
 // TestPresenceRefreshedAfterReconnect checks that a node rewrites its
 // entries at once after a reconnection, in case they expired meanwhile.
 func TestPresenceRefreshedAfterReconnect(t *testing.T) {
