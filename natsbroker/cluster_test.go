@@ -74,7 +74,44 @@ func startCluster(t testing.TB) *natsCluster {
 	for i := range c.servers {
 		c.waitJetStream(i)
 	}
+	c.waitPeers()
 	return c
+}
+
+// waitPeers waits until the meta leader can place a stream on all three
+// servers: a meta leader may answer before it has heard from every peer,
+// and a replicated stream made then fails with "no suitable peers for
+// placement". It makes and removes a probe stream of three replicas.
+func (c *natsCluster) waitPeers() {
+	c.t.Helper()
+	deadline := time.Now().Add(clusterWait)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = probeStream(c.servers[0].url); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	c.t.Fatalf("nats cluster: no stream of %d replicas could be placed after %v: %v", clusterSize, clusterWait, err)
+}
+
+func probeStream(url string) error {
+	nc, err := nats.Connect(url, nats.Timeout(time.Second), nats.NoReconnect())
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	name := "PROBE_" + strings.ToUpper(newID())
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{"probe." + name}, Replicas: clusterSize, Storage: jetstream.MemoryStorage}); err != nil {
+		return err
+	}
+	return js.DeleteStream(ctx, name)
 }
 
 func (c *natsCluster) serverName(i int) string { return "n" + strconv.Itoa(i) }
