@@ -501,3 +501,59 @@ func ExampleWithJoinCheck() {
 	// error team-blue j3 forbidden ana is not in team blue
 	// 403 ana is not in team blue
 }
+
+// A backend in any language publishes through the server API: an HTTP
+// POST with the API key, answered with the message's position. A retry
+// with the same Idempotency-Key is published once and gets the same answer.
+func ExampleRegistry_API() {
+	reg := wsroom.NewRegistry(wsroom.WithCodec(wsroom.JSON()))
+	defer reg.Close()
+	mux := http.NewServeMux()
+	mux.Handle("/ws", reg.MuxHandler())
+	mux.Handle("/api/", http.StripPrefix("/api", reg.API(wsroom.WithAPIKey("secret"))))
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	ctx := context.Background()
+	c, _, err := websocket.Dial(ctx, wsURL(srv, "/ws"), &websocket.DialOptions{Subprotocols: []string{wsroom.Subprotocol}})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer c.CloseNow()
+	c.Read(ctx) // hello
+	c.Write(ctx, websocket.MessageText, []byte(`{"op":"join","room":"orders"}`))
+	c.Read(ctx) // joined
+
+	post := func(body string) {
+		req, _ := http.NewRequest("POST", srv.URL+"/api/rooms/orders/messages", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer secret")
+		req.Header.Set("Idempotency-Key", "order-1234")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		defer resp.Body.Close()
+		var ack struct {
+			Room string `json:"room"`
+			Seq  uint64 `json:"seq"`
+		}
+		json.NewDecoder(resp.Body).Decode(&ack)
+		fmt.Println(resp.StatusCode, ack.Room, ack.Seq)
+	}
+	post(`{"data":{"order":1234,"state":"paid"}}`)
+	post(`{"data":{"order":1234,"state":"paid"}}`) // a retry
+
+	_, msg, _ := c.Read(ctx)
+	var m struct {
+		Seq  uint64          `json:"seq"`
+		Data json.RawMessage `json:"data"`
+	}
+	json.Unmarshal(msg, &m)
+	fmt.Println(m.Seq, string(m.Data))
+	// Output:
+	// 200 orders 1
+	// 200 orders 1
+	// 1 {"order":1234,"state":"paid"}
+}

@@ -20,3 +20,12 @@ func MemoryStoreBytes(s *MemoryStore) (total, perMessage int64) {
 	defer s.mu.Unlock()
 	return s.bytes, msgOverhead
 }
+
+// APIRoutes returns the patterns of the server API's routes.
+func APIRoutes() []string {
+	var out []string
+	for _, rt := range (&api{}).routes() {
+		out = append(out, rt.pattern)
+	}
+	return out
+}

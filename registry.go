@@ -33,6 +33,7 @@ type Registry struct {
 	closed bool
 	conns  sync.WaitGroup       // connections of many rooms
 	muxes  map[*Client]struct{} // connections of many rooms
+	ctl    *control             // the server API's commands from other nodes (api.go)
 }
 
 type entry struct {
@@ -87,6 +88,9 @@ func makerOf(connID string, identity any) maker {
 func (g *Registry) roomLocked(name string, by maker) (*Room, error) {
 	if g.closed {
 		return nil, ErrClosed
+	}
+	if name == controlRoom {
+		return nil, errRoomName
 	}
 	if e := g.rooms[name]; e != nil {
 		return e.room, nil
@@ -269,6 +273,7 @@ func (g *Registry) joinCheck(c *Client, name string) error {
 // or with ctx.Err().
 func (g *Registry) Shutdown(ctx context.Context) error {
 	rooms, muxes := g.closeAll()
+	g.stopControl()
 	errs := make([]error, len(rooms)+1)
 	var wg sync.WaitGroup
 	for i, r := range rooms {
@@ -295,6 +300,7 @@ func (g *Registry) Shutdown(ctx context.Context) error {
 // Room.Close does.
 func (g *Registry) Close() error {
 	rooms, muxes := g.closeAll()
+	g.stopControl()
 	for _, c := range muxes {
 		c.closeNow()
 	}
