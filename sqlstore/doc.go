@@ -53,6 +53,14 @@
 // and a failed sweep are retried later: they are counted in [Store.Stats]
 // and passed to the function set by [WithErrorHandler].
 //
+// # A Broker on the database
+//
+// [NewBroker] returns a [Broker]: a [wsroom.Broker] whose engine is the
+// Store's database, so that PostgreSQL alone can carry rooms across nodes,
+// and whose [Broker.PublishTx] writes a message in the application's own
+// transaction (a transactional outbox). See [Broker] for how messages
+// reach each node.
+//
 // # SQLite
 //
 // SQLite allows one writer at a time. A Store serialises its own writes and

@@ -54,3 +54,65 @@ func ExampleNew() {
 	// 2 ann: how are you?
 	// 3 ann: fine
 }
+
+// ExampleBroker_PublishTx writes an order and the message that announces
+// it in one transaction: the message reaches the room's subscribers once
+// the transaction commits, and a rolled-back one never does.
+func ExampleBroker_PublishTx() {
+	dir, err := os.MkdirTemp("", "sqlstore-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, "shop.db")+"?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	store, err := sqlstore.New(ctx, db)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer store.Close()
+	broker, err := sqlstore.NewBroker(store)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer broker.Close()
+	if _, err := db.Exec("CREATE TABLE orders (id INTEGER PRIMARY KEY, state TEXT)"); err != nil {
+		log.Fatal(err)
+	}
+
+	got := make(chan wsroom.Message, 10)
+	unsubscribe, err := broker.Subscribe(ctx, "orders", func(m wsroom.Message) { got <- m }, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer unsubscribe()
+
+	order := func(id int, commit bool) {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer tx.Rollback()
+		if _, err := tx.Exec("INSERT INTO orders (id, state) VALUES (?, 'paid')", id); err != nil {
+			log.Fatal(err)
+		}
+		if _, err := broker.PublishTx(ctx, tx, "orders", wsroom.Message{Data: fmt.Appendf(nil, "order %d paid", id)}); err != nil {
+			log.Fatal(err)
+		}
+		if commit {
+			if err := tx.Commit(); err != nil {
+				log.Fatal(err)
+			}
+		}
+	}
+	order(1, false) // rolled back: no row, no message
+	order(2, true)
+	m := <-got
+	fmt.Printf("%d %s\n", m.Seq, m.Data)
+	// Output:
+	// 1 order 2 paid
+}

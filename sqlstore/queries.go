@@ -20,6 +20,10 @@ type queries struct {
 	// PostgreSQL; args: room, new epoch, room, time_ms, sender, data.
 	appendOne string
 
+	// appendNotify is appendOne that also sends a notification; args:
+	// those of appendOne, then the channel and the payload.
+	appendNotify string
+
 	// trim deletes a room's messages that retention dropped; args: room,
 	// room, highest seq over the count limit, expiry cut, seq to delete
 	// below when every message has expired.
@@ -137,9 +141,11 @@ func newQueries(d Dialect, prefix string) queries {
 			SELECT ?, last_seq, ?, ?, ? FROM r
 		)
 		SELECT epoch, last_seq FROM r`
+		q.appendNotify = strings.Replace(q.appendOne, "SELECT epoch, last_seq FROM r",
+			`SELECT r.epoch, r.last_seq FROM r CROSS JOIN LATERAL (SELECT pg_notify(?, ? || r.epoch || '","s":' || r.last_seq || '}')) n`, 1)
 	}
 	r := strings.NewReplacer("{r}", rooms, "{m}", msgs)
-	for _, p := range []*string{&q.next, &q.insert, &q.appendOne, &q.trim, &q.sweepFirst, &q.sweepNext, &q.deleteRoom, &q.deleteMessages, &q.after, &q.last} {
+	for _, p := range []*string{&q.next, &q.insert, &q.appendOne, &q.appendNotify, &q.trim, &q.sweepFirst, &q.sweepNext, &q.deleteRoom, &q.deleteMessages, &q.after, &q.last} {
 		*p = r.Replace(*p)
 		if d == Postgres {
 			*p = numberParams(*p)

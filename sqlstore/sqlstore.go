@@ -166,6 +166,7 @@ type counters struct {
 type Store struct {
 	db      *sql.DB
 	dialect Dialect
+	prefix  string
 	limit   int64
 	maxAge  time.Duration
 	q       queries
@@ -217,6 +218,7 @@ func New(ctx context.Context, db *sql.DB, opts ...Option) (*Store, error) {
 	s := &Store{
 		db:      db,
 		dialect: c.dialect,
+		prefix:  c.prefix,
 		limit:   int64(c.limit),
 		maxAge:  c.maxAge,
 		q:       newQueries(c.dialect, c.prefix),
@@ -321,6 +323,21 @@ func (s *Store) createSchema(ctx context.Context, prefix string) error {
 // and Ephemeral are cleared: they are not stored. Reads return empty Data as
 // nil.
 func (s *Store) Append(ctx context.Context, room string, m wsroom.Message) (wsroom.Message, error) {
+	return s.append(ctx, nil, room, m, nil)
+}
+
+// querier is what append runs its statements on: the database, or a
+// transaction.
+type querier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// append stores m as Append does. With tx, it runs in that transaction (the
+// caller's, which commits it), else on its own. With notify (PostgreSQL
+// only: a channel and a payload), the statement also sends that
+// notification, which PostgreSQL delivers when the write commits.
+func (s *Store) append(ctx context.Context, tx *sql.Tx, room string, m wsroom.Message, notify []any) (wsroom.Message, error) {
 	if err := ctx.Err(); err != nil {
 		return wsroom.Message{}, err
 	}
@@ -339,21 +356,39 @@ func (s *Store) Append(ctx context.Context, room string, m wsroom.Message) (wsro
 		epoch string
 		seq   int64
 	)
+	trim := func(q querier) error {
+		_, err := q.ExecContext(ctx, s.q.trim, room, room, seq-s.limit, s.cut(now), seq+1)
+		return err
+	}
 	var err error
-	if s.dialect == Postgres {
+	switch {
+	case s.dialect == Postgres:
 		// One statement, in one round trip; the room's row lock orders
-		// concurrent appends.
-		err = s.db.QueryRowContext(ctx, s.q.appendOne, room, newID(), room, ms, m.From, data).Scan(&epoch, &seq)
+		// concurrent appends, and holds until the write commits, so that
+		// the numbers follow the commits.
+		var q querier = s.db
+		if tx != nil {
+			q = tx
+		}
+		query, args := s.q.appendOne, []any{room, newID(), room, ms, m.From, data}
+		if notify != nil {
+			query, args = s.q.appendNotify, append(args, notify...)
+		}
+		err = q.QueryRowContext(ctx, query, args...).Scan(&epoch, &seq)
 		if err == nil && seq%trimEvery == 0 {
 			// The message is stored; should trimming fail, the next
 			// trim of the room deletes the rows as well.
-			if _, terr := s.db.ExecContext(ctx, s.q.trim, room, room, seq-s.limit, s.cut(now), seq+1); terr != nil {
+			if terr := trim(q); terr != nil {
 				s.stats.trimErrors.Add(1)
 				s.report(fmt.Errorf("sqlstore: trim room %q: %w", room, terr))
+				if tx != nil {
+					// A failed statement ends a PostgreSQL transaction.
+					err = terr
+				}
 			}
 		}
-	} else {
-		err = s.write(ctx, func(tx *sql.Tx) error {
+	default:
+		write := func(tx *sql.Tx) error {
 			if err := tx.QueryRowContext(ctx, s.q.next, room, newID()).Scan(&epoch, &seq); err != nil {
 				return err
 			}
@@ -361,11 +396,15 @@ func (s *Store) Append(ctx context.Context, room string, m wsroom.Message) (wsro
 				return err
 			}
 			if seq%trimEvery == 0 {
-				_, err := tx.ExecContext(ctx, s.q.trim, room, room, seq-s.limit, s.cut(now), seq+1)
-				return err
+				return trim(tx)
 			}
 			return nil
-		})
+		}
+		if tx != nil {
+			err = write(tx)
+		} else {
+			err = s.write(ctx, write)
+		}
 	}
 	if err != nil {
 		return wsroom.Message{}, fmt.Errorf("sqlstore: append to room %q: %w", room, err)

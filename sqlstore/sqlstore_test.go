@@ -35,6 +35,7 @@ const (
 type testDB struct {
 	name   string
 	prefix string
+	dsn    string // PostgreSQL's
 	open   func(t testing.TB) *sql.DB
 }
 
@@ -94,11 +95,11 @@ func newPostgres(t testing.TB) testDB {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if _, err := db.ExecContext(ctx, "DROP TABLE IF EXISTS "+prefix+"rooms, "+prefix+"messages"); err != nil {
+		if _, err := db.ExecContext(ctx, "DROP TABLE IF EXISTS "+prefix+"rooms, "+prefix+"messages, "+prefix+"keys"); err != nil {
 			t.Errorf("drop test tables: %v", err)
 		}
 	})
-	return testDB{name: "postgres", prefix: prefix, open: open}
+	return testDB{name: "postgres", prefix: prefix, dsn: dsn, open: open}
 }
 
 // eachDB runs fn as a subtest for every database.
