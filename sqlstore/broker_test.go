@@ -299,3 +299,88 @@ func crashAfterCommit() {
 	}
 	os.Exit(3)
 }
+
+// State and position from one snapshot: a reader of the application's
+// rows that takes the room's position in the same REPEATABLE READ
+// transaction resumes with exactly the messages of the rows it did not
+// see, even when a transaction commits between its two reads.
+func TestPositionWithState(t *testing.T) {
+	eachDB(t, func(t *testing.T, d testDB) {
+		db := d.open(t)
+		b := newBroker(t, d, db)
+		room := storetest.RoomName(t)
+		orders := d.table("orders_pos")
+		if _, err := db.Exec("CREATE TABLE " + orders + " (id INTEGER PRIMARY KEY)"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Exec("DROP TABLE " + orders) })
+		order := func(id int) {
+			t.Helper()
+			tx, err := db.BeginTx(t.Context(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback()
+			if _, err := tx.Exec(fmt.Sprintf("INSERT INTO %s (id) VALUES (%d)", orders, id)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.PublishTx(t.Context(), tx, room, wsroom.Message{Data: fmt.Appendf(nil, "order %d", id)}); err != nil {
+				t.Fatal(err)
+			}
+			if err := tx.Commit(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if epoch, seq, err := func() (string, uint64, error) {
+			tx, err := db.BeginTx(t.Context(), nil)
+			if err != nil {
+				return "", 0, err
+			}
+			defer tx.Rollback()
+			return b.Position(t.Context(), tx, room)
+		}(); err != nil || epoch != "" || seq != 0 {
+			t.Errorf("Position of a room with no history = %q, %d, %v; want none", epoch, seq, err)
+		}
+		order(1)
+		order(2)
+
+		opts := &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true}
+		if d.name == "sqlite" {
+			opts = nil // a SQLite transaction reads one snapshot
+		}
+		tx, err := db.BeginTx(t.Context(), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback()
+		var seen []int
+		rows, err := tx.Query("SELECT id FROM " + orders + " ORDER BY id")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var id int
+			rows.Scan(&id)
+			seen = append(seen, id)
+		}
+		rows.Close()
+		if d.name == "postgres" {
+			order(3) // commits between the two reads of the snapshot
+		}
+		epoch, seq, err := b.Position(t.Context(), tx, room)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tx.Rollback()
+		if d.name == "sqlite" {
+			order(3) // after the snapshot
+		}
+		if !slices.Equal(seen, []int{1, 2}) || seq != 2 {
+			t.Fatalf("snapshot: orders %v at seq %d; want orders [1 2] at seq 2", seen, seq)
+		}
+		missed, err := b.After(t.Context(), room, epoch, seq, 0)
+		if err != nil || len(missed) != 1 || string(missed[0].Data) != "order 3" {
+			t.Errorf("resuming from the snapshot's position: %d messages, %v; want order 3 alone", len(missed), err)
+		}
+	})
+}

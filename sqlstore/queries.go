@@ -40,6 +40,10 @@ type queries struct {
 	// still the given one; args: room, last seq.
 	deleteRoom string
 
+	// position returns a room's epoch and last sequence number; args:
+	// room.
+	position string
+
 	// deleteMessages deletes every message of a room; args: room.
 	deleteMessages string
 
@@ -93,6 +97,7 @@ func newQueries(d Dialect, prefix string) queries {
 		sweepFirst:     strings.Replace(sweepQuery, "{after}", "", 1),
 		sweepNext:      strings.Replace(sweepQuery, "{after}", "WHERE room > ?", 1),
 		deleteRoom:     `DELETE FROM {r} WHERE room = ? AND last_seq = ?`,
+		position:       `SELECT epoch, last_seq FROM {r} WHERE room = ?`,
 		deleteMessages: `DELETE FROM {m} WHERE room = ?`,
 		after: windowCTE + ` AND m.seq > ? AND ? >= w.first_seq - 1 AND w.epoch = COALESCE(?, w.epoch)
 			ORDER BY m.seq LIMIT ?`,
@@ -145,7 +150,7 @@ func newQueries(d Dialect, prefix string) queries {
 			`SELECT r.epoch, r.last_seq FROM r CROSS JOIN LATERAL (SELECT pg_notify(?, ? || r.epoch || '","s":' || r.last_seq || '}')) n`, 1)
 	}
 	r := strings.NewReplacer("{r}", rooms, "{m}", msgs)
-	for _, p := range []*string{&q.next, &q.insert, &q.appendOne, &q.appendNotify, &q.trim, &q.sweepFirst, &q.sweepNext, &q.deleteRoom, &q.deleteMessages, &q.after, &q.last} {
+	for _, p := range []*string{&q.next, &q.insert, &q.appendOne, &q.appendNotify, &q.trim, &q.sweepFirst, &q.sweepNext, &q.deleteRoom, &q.position, &q.deleteMessages, &q.after, &q.last} {
 		*p = r.Replace(*p)
 		if d == Postgres {
 			*p = numberParams(*p)

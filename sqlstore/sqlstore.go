@@ -413,6 +413,27 @@ func (s *Store) append(ctx context.Context, tx *sql.Tx, room string, m wsroom.Me
 	return m, nil
 }
 
+// Position returns the position of the room's last message as tx sees
+// it: its epoch and sequence number, or ("", 0) for a room with no
+// history. Read in the transaction that reads the application's state (at
+// REPEATABLE READ on PostgreSQL, so that every statement sees one
+// snapshot; any SQLite transaction), it is the position that state is as
+// of, provided the state's changes and their messages are written together
+// with Broker.PublishTx: a client that loads the state and resumes from the
+// position misses nothing and gets nothing twice, since messages are
+// numbered in commit order.
+func (s *Store) Position(ctx context.Context, tx *sql.Tx, room string) (epoch string, seq uint64, err error) {
+	var last int64
+	err = tx.QueryRowContext(ctx, s.q.position, room).Scan(&epoch, &last)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", 0, nil
+	}
+	if err != nil {
+		return "", 0, fmt.Errorf("sqlstore: position of room %q: %w", room, err)
+	}
+	return epoch, uint64(last), nil
+}
+
 // After implements wsroom.Store.
 func (s *Store) After(ctx context.Context, room, epoch string, seq uint64, limit int) ([]wsroom.Message, error) {
 	if err := ctx.Err(); err != nil {
