@@ -265,6 +265,7 @@ func (c *Client) serve() {
 	}
 	r.stats.joins.Add(1)
 	r.cfg.logger.Debug("wsroom: join", "room", r.name, "client", c.id)
+	r.cfg.events.connected(c)
 	r.presenceJoin(c)
 	if r.cfg.onJoin != nil {
 		r.hook(c, "join", func() error { r.cfg.onJoin(c); return nil })
@@ -303,7 +304,8 @@ func (c *Client) serve() {
 	if reason == nil {
 		reason = err
 	}
-	r.presenceLeave(c)
+	r.presenceLeave(c, disconnectReason(reason))
+	r.cfg.events.disconnected(c, reason)
 	c.cancel(reason)
 	r.stats.leaves.Add(1)
 	r.cfg.logger.Debug("wsroom: leave", "room", r.name, "client", c.id, "reason", reason)

@@ -557,3 +557,46 @@ func ExampleRegistry_API() {
 	// 200 orders 1
 	// 1 {"order":1234,"state":"paid"}
 }
+
+// A backend follows connections through the event log: here it prints the
+// events of one client that connects, joins a room and disconnects.
+func ExampleRegistry_FeedEvents() {
+	reg := wsroom.NewRegistry(wsroom.WithEvents(), wsroom.WithAuthorize(func(r *http.Request) (any, error) {
+		return r.URL.Query().Get("user"), nil
+	}))
+	defer reg.Close()
+	srv := httptest.NewServer(reg.MuxHandler())
+	defer srv.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		n := 0
+		reg.FeedEvents(ctx, "", func(_ context.Context, events []wsroom.Event) error {
+			for _, ev := range events { // a real backend de-duplicates by ev.ID
+				fmt.Println(strings.TrimSpace(ev.Type + " " + ev.User + " " + ev.Room))
+				if n++; n == 4 {
+					cancel()
+				}
+			}
+			return nil
+		})
+	}()
+
+	c, _, err := websocket.Dial(ctx, wsURL(srv, "/?user=ana"), &websocket.DialOptions{Subprotocols: []string{wsroom.Subprotocol}})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	c.Read(ctx) // hello
+	c.Write(ctx, websocket.MessageText, []byte(`{"op":"join","room":"lobby"}`))
+	c.Read(ctx) // joined
+	c.Close(websocket.StatusNormalClosure, "bye")
+	<-done
+	// Output:
+	// connect ana
+	// join ana lobby
+	// leave ana lobby
+	// disconnect ana
+}

@@ -87,6 +87,7 @@ func (c *Client) serveMux() {
 		return
 	}
 	c.stats.joins.Add(1)
+	cfg.events.connected(c)
 	if cfg.onJoin != nil {
 		g.hook(c, "join", func() error { cfg.onJoin(c); return nil })
 	}
@@ -117,6 +118,7 @@ func (c *Client) serveMux() {
 	if reason == nil {
 		reason = err
 	}
+	cfg.events.disconnected(c, reason)
 	c.cancel(reason)
 	c.stats.leaves.Add(1)
 	if cfg.onLeave != nil {
@@ -519,7 +521,7 @@ func (c *Client) leaveRoomFor(mem *membership, reason, id, why string) {
 	delete(c.mux.byName, r.name)
 	c.mu.Unlock()
 	r.leave(c)
-	c.roomLeft(r, reason, id)
+	c.roomLeft(r, reason, id, why)
 	c.roomLeaveHook(r, why)
 }
 
@@ -531,8 +533,8 @@ func (c *Client) roomLeaveHook(r *Room, why string) {
 }
 
 // roomLeft finishes a leave once the room's loop has forgotten the client.
-func (c *Client) roomLeft(r *Room, reason, id string) {
-	r.presenceLeave(c)
+func (c *Client) roomLeft(r *Room, reason, id, why string) {
+	r.presenceLeave(c, why)
 	r.stats.leaves.Add(1)
 	if reason != "" {
 		c.reply((&reply{Op: "left", Room: r.name, ID: id, Reason: reason}).frame())
@@ -562,12 +564,12 @@ func (c *Client) evict(r *Room, tell *reply) {
 		c.mu.Unlock()
 	}
 	go func() { // presence and the release may wait
-		r.presenceLeave(c)
-		r.stats.leaves.Add(1)
 		why := "closed"
 		if tell.Op == "resync" {
 			why = "resync"
 		}
+		r.presenceLeave(c, why)
+		r.stats.leaves.Add(1)
 		c.roomLeaveHook(r, why)
 		r.release()
 	}()

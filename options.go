@@ -114,6 +114,7 @@ type config struct {
 	joinCheck         func(*Client, string) error
 	maxRoomsPerClient int
 	presenceEvents    int
+	events            *eventLog // WithEvents; shared by a registry's rooms
 	onRoomJoin        func(*Client, *Room)
 	onRoomLeave       func(*Client, *Room, string)
 	onPublish         func(*Client, *Room, []byte) ([]byte, error)
@@ -166,6 +167,7 @@ const (
 	setOnRoomLeave
 	setOnPublish
 	setMaxNewRooms
+	setEvents
 )
 
 // registryOptions names the options of an optionSet, in the order of its
@@ -173,7 +175,7 @@ const (
 var registryOptions = [...]string{
 	"WithIdleTimeout", "WithNameValidator", "WithMaxRooms", "WithJoinCheck",
 	"WithMaxRoomsPerClient", "WithPresenceEvents", "WithOnRoomJoin",
-	"WithOnRoomLeave", "WithOnPublish", "WithMaxNewRooms",
+	"WithOnRoomLeave", "WithOnPublish", "WithMaxNewRooms", "WithEvents",
 }
 
 // names returns the names of the options in s.

@@ -95,13 +95,15 @@ func (r *Room) presenceJoin(c *Client) {
 			r.reportError(c, fmt.Errorf("wsroom: presence: %w", err))
 		}
 	}
+	r.cfg.events.joined(c, r.name, first && r.cfg.presenceByUser, m.User)
 	if first {
 		r.announce(c, presenceJoin, m)
 	}
 }
 
-// presenceLeave is presenceJoin's counterpart, for a client that has left.
-func (r *Room) presenceLeave(c *Client) {
+// presenceLeave is presenceJoin's counterpart, for a client that has left
+// (why says why, for the leave event).
+func (r *Room) presenceLeave(c *Client, why string) {
 	m := c.member()
 	m.User = c.user(&r.cfg)
 	last := r.local.remove(m.User)
@@ -120,6 +122,7 @@ func (r *Room) presenceLeave(c *Client) {
 			r.reportError(c, fmt.Errorf("wsroom: presence: %w", err))
 		}
 	}
+	r.cfg.events.left(c, r.name, why, last && r.cfg.presenceByUser, m.User)
 	if last {
 		r.announce(c, presenceLeave, m)
 	}
@@ -141,6 +144,9 @@ func (r *Room) sweep() {
 	if err != nil {
 		r.reportError(nil, fmt.Errorf("wsroom: presence sweep: %w", err))
 		return
+	}
+	if r.cfg.presenceByUser {
+		r.cfg.events.swept(r.name, gone)
 	}
 	for _, m := range gone {
 		r.announce(nil, presenceLeave, m)

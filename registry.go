@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,6 +35,10 @@ type Registry struct {
 	conns  sync.WaitGroup       // connections of many rooms
 	muxes  map[*Client]struct{} // connections of many rooms
 	ctl    *control             // the server API's commands from other nodes (api.go)
+
+	// The sweeper of the connections' leases (WithEvents, events.go).
+	sweepStop, sweepDone chan struct{}
+	stopSweep            sync.Once
 }
 
 type entry struct {
@@ -48,8 +53,28 @@ type entry struct {
 // NewRegistry returns an empty registry whose rooms are configured by opts.
 // Like New, it panics if opts cannot work together.
 func NewRegistry(opts ...Option) *Registry {
-	return &Registry{cfg: mustConfig(opts), rooms: make(map[string]*entry), muxes: make(map[*Client]struct{}),
+	g := &Registry{cfg: mustConfig(opts), rooms: make(map[string]*entry), muxes: make(map[*Client]struct{}),
 		made: make(map[string]int), madeAs: make(map[string]int)}
+	if l := g.cfg.events; l != nil {
+		l.init(&g.cfg)
+		if _, ok := l.presence(); ok {
+			g.sweepStop, g.sweepDone = make(chan struct{}), make(chan struct{})
+			go func() {
+				defer close(g.sweepDone)
+				l.sweeper(g.sweepStop)
+			}()
+		}
+	}
+	return g
+}
+
+// stopSweeper ends the sweeper of connections' leases, if it runs.
+func (g *Registry) stopSweeper() {
+	if g.sweepStop == nil {
+		return
+	}
+	g.stopSweep.Do(func() { close(g.sweepStop) })
+	<-g.sweepDone
 }
 
 // Room returns the room called name, making it if needed. It returns the
@@ -89,8 +114,8 @@ func (g *Registry) roomLocked(name string, by maker) (*Room, error) {
 	if g.closed {
 		return nil, ErrClosed
 	}
-	if name == controlRoom {
-		return nil, errRoomName
+	if strings.HasPrefix(name, ".wsroom.") {
+		return nil, errRoomName // the registry's own: the API's commands, the event log
 	}
 	if e := g.rooms[name]; e != nil {
 		return e.room, nil
@@ -274,6 +299,7 @@ func (g *Registry) joinCheck(c *Client, name string) error {
 func (g *Registry) Shutdown(ctx context.Context) error {
 	rooms, muxes := g.closeAll()
 	g.stopControl()
+	g.stopSweeper()
 	errs := make([]error, len(rooms)+1)
 	var wg sync.WaitGroup
 	for i, r := range rooms {
@@ -301,6 +327,7 @@ func (g *Registry) Shutdown(ctx context.Context) error {
 func (g *Registry) Close() error {
 	rooms, muxes := g.closeAll()
 	g.stopControl()
+	g.stopSweeper()
 	for _, c := range muxes {
 		c.closeNow()
 	}
