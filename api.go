@@ -71,7 +71,8 @@ const maxAPIRooms = 100
 // Every request must pass one of the WithAPIKey or WithAPIAuth checks; with
 // none given, every request is refused with 401 Unauthorized. Errors are
 // JSON objects {"code","message"} with the codes of PROTOCOL.md's section
-// 6.1, plus "unauthorized", "not_found" and "too_large".
+// 6.1, plus "unauthorized", "not_found", "too_large" and "gone". With
+// WithEvents, GET /events pages through the lifecycle event log.
 //
 // Publishes and presence reach every node through the registry's Broker.
 // Disconnects and removals act on the connections of this node: a backend
@@ -121,6 +122,7 @@ func (a *api) routes() []apiRoute {
 		{"DELETE /rooms/{room}/users/{user}", a.removeUser},
 		{"DELETE /connections/{id}", a.disconnect},
 		{"DELETE /users/{user}/connections", a.disconnectUser},
+		{"GET /events", a.events},
 	}
 }
 
@@ -754,6 +756,45 @@ func (g *Registry) stopControl() {
 	ctl.ended = true
 	ctl.mu.Unlock()
 	ctl.wg.Wait()
+}
+
+// events answers a page of the lifecycle event log (WithEvents).
+func (a *api) events(w http.ResponseWriter, r *http.Request) {
+	if a.g.cfg.events == nil {
+		apiError(w, http.StatusNotFound, "not_found", "wsroom: this registry keeps no event log (WithEvents)")
+		return
+	}
+	limit := 100
+	if s := r.URL.Query().Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 1000 {
+			apiError(w, http.StatusBadRequest, codeBadRequest, "wsroom: limit is 1 to 1000")
+			return
+		}
+		limit = n
+	}
+	after := r.URL.Query().Get("after")
+	if _, _, err := parseEventID(after); err != nil {
+		apiError(w, http.StatusBadRequest, codeBadRequest, err.Error())
+		return
+	}
+	evs, err := a.g.Events(r.Context(), after, limit)
+	switch {
+	case errors.Is(err, ErrGap):
+		apiError(w, http.StatusGone, "gone", err.Error())
+		return
+	case err != nil:
+		apiError(w, http.StatusServiceUnavailable, codeUnavailable, err.Error())
+		return
+	}
+	out := struct {
+		Events []Event `json:"events"`
+		Next   string  `json:"next,omitempty"`
+	}{Events: append([]Event{}, evs...), Next: after}
+	if len(evs) > 0 {
+		out.Next = evs[len(evs)-1].ID
+	}
+	apiJSON(w, http.StatusOK, out)
 }
 
 func apiJSON(w http.ResponseWriter, status int, v any) {

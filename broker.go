@@ -111,7 +111,8 @@ type UserPresence interface {
 	// JoinUser records that the client m.ID of user m.User is in room,
 	// on this node. first reports whether the user had no connection in
 	// room before, on any node. Joining a client that is already in
-	// room renews its entry and reports first false.
+	// room renews its entry, with m.Info as its info, and reports first
+	// false.
 	JoinUser(ctx context.Context, room string, m Member) (first bool, err error)
 
 	// LeaveUser removes the entry of client id of user from room. last

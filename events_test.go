@@ -169,6 +169,29 @@ func TestEvents(t *testing.T) {
 	if _, err := f.reg.Events(t.Context(), "nonsense", 1); err == nil {
 		t.Error("Events after a bad ID: no error")
 	}
+	// And so does the server API, page by page.
+	var paged []string
+	for after := ""; ; {
+		p := f.call(t, "GET", "/events?limit=3&after="+after, nil)
+		page, _ := p.body["events"].([]any)
+		if p.status != 200 || len(page) == 0 {
+			break
+		}
+		for _, e := range page {
+			paged = append(paged, e.(map[string]any)["id"].(string))
+		}
+		after = p.body["next"].(string)
+	}
+	var all []string
+	for _, ev := range evs {
+		all = append(all, ev.ID)
+	}
+	if !slices.Equal(paged, all) {
+		t.Errorf("GET /events by pages of 3: %v, want %v", paged, all)
+	}
+	if p := f.call(t, "GET", "/events?after=bad", nil); p.status != 400 {
+		t.Errorf("GET /events?after=bad: %d %s", p.status, p.raw)
+	}
 	// A client cannot join the log's room.
 	c, _ := f.dialMux(t, "eve")
 	send(t, c, `{"op":"join","room":".wsroom.events"}`)

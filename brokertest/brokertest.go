@@ -17,7 +17,9 @@
 // and leaving at once on two nodes, Count, pages that cover every user
 // once, and, on nodes that implement Crasher, leases: the users of a
 // crashed node are swept once, by one of the surviving nodes, within
-// LeaseWait.
+// LeaseWait; and, with lifecycle events (wsroom.WithEvents), the leave and
+// disconnect events of a crashed node's connections are written once by
+// the survivors.
 //
 // RunNodes goes further, for a Broker of many nodes: real server nodes
 // (Registries behind HTTP servers) on the Broker, and clients of many rooms
@@ -64,6 +66,7 @@ func Run(t *testing.T, newNode func(t *testing.T) wsroom.Broker) {
 		{"UserCount", testUserCount},
 		{"UserPages", testUserPages},
 		{"UserLease", testUserLease},
+		{"EventsOfADeadNode", testEventsOfADeadNode},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, newNode) })

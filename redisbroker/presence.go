@@ -58,7 +58,7 @@ end
 // presenceJoinScript adds or renews entries. ARGV: 1 the lease's expiry
 // (Unix ms), 2 the keys' time to live (ms), 3 the time now (Unix ms), 4
 // "join" or "renew", then triples of ID, user and info. A join clears the
-// client's leave note; a renewal writes back an entry that is gone (Redis
+// client's leave note, and replaces the info of an entry that is there; a renewal writes back an entry that is gone (Redis
 // lost it, or a sweep removed it while this node was cut off) unless the
 // client left. It returns, per triple, 1 if the entry is its user's first.
 var presenceJoinScript = redis.NewScript(presenceLib + `
@@ -72,6 +72,7 @@ for i = 5, #ARGV, 3 do
   if redis.call('ZSCORE', conns, id) then
     redis.call('ZADD', conns, exp, id)
     redis.call('ZADD', users, 'GT', exp, user)
+    if not renew then redis.call('HSET', data, 'i:' .. id, info) end
   elseif not renew or redis.call('ZSCORE', left, id) == false then
     if add(id, user, info, exp) then first = 1 end
   end
