@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/wsroom/wsroom"
 )
 
@@ -344,4 +345,67 @@ func (d *deadSwitch) Sweep(ctx context.Context, room string) ([]wsroom.Member, e
 		return nil, errDead
 	}
 	return d.b.Sweep(ctx, room)
+}
+
+// testAPIAcrossNodes runs the server API (wsroom.Registry.API) on one node
+// and acts on a client of another: a publish reaches it, a removal takes
+// it out of a room, a disconnect closes it.
+func testAPIAcrossNodes(t *testing.T, n Nodes) {
+	const key = "test-key"
+	node := func() (*wsroom.Registry, string, string) {
+		reg := wsroom.NewRegistry(wsroom.WithBroker(n.New(t, 0)), wsroom.WithCodec(wsroom.JSON()),
+			wsroom.WithAuthorize(func(r *http.Request) (any, error) { return r.URL.Query().Get("user"), nil }))
+		mux := http.NewServeMux()
+		mux.Handle("/ws", reg.MuxHandler())
+		mux.Handle("/api/", http.StripPrefix("/api", reg.API(wsroom.WithAPIKey(key))))
+		srv := httptest.NewServer(mux)
+		t.Cleanup(func() {
+			srv.CloseClientConnections()
+			reg.Close()
+			srv.Close()
+		})
+		return reg, srv.URL + "/api", "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws"
+	}
+	_, apiA, _ := node()
+	_, _, wsB := node()
+	call := func(method, path, body string) int {
+		t.Helper()
+		req, err := http.NewRequestWithContext(t.Context(), method, apiA+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	r1, r2 := "api-"+roomID(), "api-"+roomID()
+	c := dialMux(t, &muxNode{url: wsB + "?user=ana"}, "ana on b")
+	c.join(t, []string{r1, r2}, nil)
+	if got := call("POST", "/rooms/"+r1+"/messages", `{"data":"from a"}`); got != http.StatusOK {
+		t.Fatalf("publish on node a's API: %d", got)
+	}
+	c.waitFor(t, "the message from node a's API", func() bool { return len(c.msgs(r1)) == 1 })
+	if got := call("DELETE", "/rooms/"+r1+"/users/ana", ""); got != http.StatusAccepted {
+		t.Errorf("remove ana from a room on node a's API: %d, want 202 (she is on node b)", got)
+	}
+	c.waitFor(t, "left "+r1, func() bool {
+		return len(c.filter(func(f muxFrame) bool { return f.Op == "left" && f.Room == r1 && f.Reason == "removed" })) == 1
+	})
+	if got := call("DELETE", "/users/ana/connections", `{"code":4100,"reason":"moved"}`); got != http.StatusAccepted {
+		t.Errorf("disconnect ana on node a's API: %d, want 202", got)
+	}
+	c.waitFor(t, "the close", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.err != nil
+	})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if code := websocket.CloseStatus(c.err); code != 4100 {
+		t.Errorf("ana's connection ended with %v, want close 4100", c.err)
+	}
 }

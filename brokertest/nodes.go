@@ -49,6 +49,7 @@ func RunNodes(t *testing.T, n Nodes) {
 		testMuxAcrossNodes(t, newMuxNode(t, ba), newMuxNode(t, bb), store, "mux-"+roomID())
 	})
 	t.Run("MuxResyncOneRoom", func(t *testing.T) { testMuxResyncOneRoom(t, n) })
+	t.Run("APIAcrossNodes", func(t *testing.T) { testAPIAcrossNodes(t, n) })
 	if _, ok := n.New(t, 0).(wsroom.Deduplicator); ok {
 		t.Run("MuxRetryOnOtherNode", func(t *testing.T) { testMuxRetryOnOtherNode(t, n) })
 	}
