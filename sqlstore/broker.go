@@ -377,6 +377,7 @@ func (b *Broker) Subscribe(ctx context.Context, room string, deliver func(wsroom
 		if len(last) == 1 {
 			r.at = position{last[0].Epoch, last[0].Seq}
 		}
+		r.polled = r.at
 		b.rooms[room] = r
 	}
 	r.subs[s] = struct{}{}
@@ -421,9 +422,79 @@ func (b *Broker) poller() {
 		case <-b.ctx.Done():
 			return
 		case <-t.C:
-			b.wakeAll()
+			b.pollRooms()
 		}
 	}
+}
+
+// pollBatch is how many rooms one query of pollRooms looks at.
+const pollBatch = 200
+
+// pollRooms wakes the readers of the rooms whose last message is past what
+// they read, looking at the rooms table a batch of rooms per query, so
+// that a poll of idle rooms costs a query per 200 rooms, not one per room.
+func (b *Broker) pollRooms() {
+	b.mu.Lock()
+	at := make(map[string]position, len(b.rooms))
+	for name, r := range b.rooms {
+		at[name] = r.polled
+	}
+	b.mu.Unlock()
+	names := make([]string, 0, len(at))
+	for name := range at {
+		names = append(names, name)
+	}
+	for len(names) > 0 && b.ctx.Err() == nil {
+		batch := names[:min(pollBatch, len(names))]
+		names = names[len(batch):]
+		last, err := b.lastOf(batch)
+		if err != nil {
+			if b.ctx.Err() == nil {
+				b.report(fmt.Errorf("sqlstore: polling rooms: %w", err))
+			}
+			for _, name := range batch {
+				b.push(name, event{}) // each reader tries for itself
+			}
+			continue
+		}
+		for _, name := range batch {
+			if p := last[name]; p != at[name] {
+				b.push(name, event{})
+			}
+		}
+	}
+}
+
+// lastOf returns the epoch and last sequence number of each of rooms that
+// has a row.
+func (b *Broker) lastOf(rooms []string) (map[string]position, error) {
+	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
+	defer cancel()
+	query := "SELECT room, epoch, last_seq FROM " + b.prefix + "rooms WHERE room IN (?" + strings.Repeat(", ?", len(rooms)-1) + ")"
+	if b.dialect == Postgres {
+		query = numberParams(query)
+	}
+	args := make([]any, len(rooms))
+	for i, r := range rooms {
+		args[i] = r
+	}
+	rows, err := b.db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := make(map[string]position, len(rooms))
+	for rows.Next() {
+		var (
+			room, epoch string
+			seq         int64
+		)
+		if err := rows.Scan(&room, &epoch, &seq); err != nil {
+			return nil, err
+		}
+		out[room] = position{epoch, uint64(seq)}
+	}
+	return out, rows.Err()
 }
 
 // listen holds a connection of its own that LISTENs on the Broker's
@@ -529,8 +600,9 @@ type roomReader struct {
 	subs   map[*subscription]struct{}
 	events []event
 	run    bool
-	gone   bool // its last subscription ended
-	at     position
+	gone   bool     // its last subscription ended
+	at     position // where it has read to
+	polled position // at, for the poller, as of the reader's last read
 }
 
 // event is a read of the room's new messages (msg nil), up to upTo when
@@ -588,6 +660,9 @@ func (r *roomReader) loop() {
 			continue
 		}
 		r.read(ev.upTo)
+		b.mu.Lock()
+		r.polled = r.at
+		b.mu.Unlock()
 	}
 }
 

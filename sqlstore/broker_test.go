@@ -384,3 +384,29 @@ func TestPositionWithState(t *testing.T) {
 		}
 	})
 }
+
+// A message stored with no notice (by a plain Store, or while the
+// listening connection was down) reaches the subscribers at the next poll.
+func TestBrokerPollsWithoutNotice(t *testing.T) {
+	eachDB(t, func(t *testing.T, d testDB) {
+		b, err := sqlstore.NewBroker(newStore(t, d, d.open(t)), sqlstore.WithPollInterval(50*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		rooms := []string{storetest.RoomName(t) + "-a", storetest.RoomName(t) + "-b"}
+		subs := []*sub{subscribe(t, b, rooms[0]), subscribe(t, b, rooms[1])}
+		plain := newStore(t, d, d.open(t))
+		for i := range 3 {
+			if _, err := plain.Append(t.Context(), rooms[1], wsroom.Message{Data: fmt.Appendf(nil, "m%d", i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := subs[1].wait(t, 3); !slices.Equal(got, []string{"1:m0", "2:m1", "3:m2"}) {
+			t.Errorf("polled room got %v", got)
+		}
+		if got := subs[0].snapshot(); len(got) != 0 {
+			t.Errorf("the other room got %v", got)
+		}
+	})
+}
