@@ -55,7 +55,8 @@ type Client struct {
 	replies       int           // replies queued or being written (see reply)
 	repliesOut    chan struct{} // signalled by the writer when it wrote replies; many rooms only
 	pingTimer     *time.Timer
-	wg            sync.WaitGroup // writers, pings and a ping flood's report
+	wg            sync.WaitGroup  // writers, pings and a ping flood's report
+	evictions     []chan struct{} // a client of many rooms: closed as evictions end (mux.go); guarded by mu
 }
 
 // membership is a client's place in one room.

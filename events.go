@@ -67,9 +67,11 @@ const (
 // WithEvents makes a Registry write lifecycle events to its event log (see
 // Event, FeedEvents). Each event is one write to the Store, through the
 // Broker, on the goroutine of the connection it is about, so that a join's
-// event is stored before the client is told it joined. An event that
-// cannot be written is passed to the error hook (WithOnError) and counted
-// in Stats.Errors.
+// event is stored before the client is told it joined. While the Broker
+// fails, events queue on the node (100,000 at most) and are written, in
+// order, once it takes them again; the failures are passed to the error
+// hook (WithOnError). Close writes what is queued if it can within a
+// second, and reports what it could not.
 //
 // With a Broker that implements UserPresence, each connection also holds a
 // presence lease in the engine, renewed with the others, which tells the
@@ -93,11 +95,42 @@ type eventLog struct {
 
 	mu      sync.Mutex
 	pending map[string]time.Time // rooms of expired connections to sweep, until then
+	queue   []Message            // events to write again, oldest first
+	writing bool                 // the retry goroutine runs
+	stopped bool                 // Close: write no more
+	stop    chan struct{}        // closed by Close
+	done    sync.WaitGroup       // the retry goroutine
 }
+
+// maxQueued bounds the events a node keeps to write again while the
+// Broker fails; beyond it the oldest are dropped, and reported.
+const maxQueued = 100_000
 
 func (l *eventLog) init(cfg *config) {
 	l.node, l.cfg = newID(), cfg
 	l.pending = make(map[string]time.Time)
+	l.stop = make(chan struct{})
+}
+
+// close stops the retry goroutine, after a last try of what it holds (a
+// second at most), and reports the events it could not write.
+func (l *eventLog) close() {
+	l.mu.Lock()
+	if l.stopped {
+		l.mu.Unlock()
+		return
+	}
+	l.stopped = true
+	close(l.stop)
+	l.mu.Unlock()
+	l.done.Wait()
+	l.mu.Lock()
+	lost := len(l.queue)
+	l.queue = nil
+	l.mu.Unlock()
+	if lost > 0 {
+		l.cfg.report(nil, "", fmt.Errorf("wsroom: %d events not written: the Broker failed until the registry closed", lost))
+	}
 }
 
 // presence returns the Broker's UserPresence, if it is one.
@@ -106,20 +139,91 @@ func (l *eventLog) presence() (UserPresence, bool) {
 	return p, ok
 }
 
-// emit writes ev to the log.
+// emit writes ev to the log, on the caller's goroutine. If the Broker
+// fails, the event is queued, and a goroutine of the log writes it and
+// those after it, in order, as soon as the Broker takes them; while the
+// queue is not empty, events join it.
 func (l *eventLog) emit(c *Client, ev Event) {
 	if l == nil {
 		return
 	}
 	ev.Node, ev.Time = l.node, time.Now()
 	data, err := json.Marshal(ev)
-	if err == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), l.cfg.writeTimeout)
-		err = l.cfg.broker.Publish(ctx, eventsRoom, Message{Time: ev.Time, Data: data})
-		cancel()
-	}
 	if err != nil {
-		l.cfg.report(c, ev.Room, fmt.Errorf("wsroom: writing a %s event: %w", ev.Type, err))
+		l.cfg.report(c, ev.Room, fmt.Errorf("wsroom: a %s event: %w", ev.Type, err))
+		return
+	}
+	m := Message{Time: ev.Time, Data: data}
+	l.mu.Lock()
+	queued := len(l.queue) > 0 || l.writing
+	l.mu.Unlock()
+	if !queued {
+		ctx, cancel := context.WithTimeout(context.Background(), l.cfg.writeTimeout)
+		err = l.cfg.broker.Publish(ctx, eventsRoom, m)
+		cancel()
+		if err == nil {
+			return
+		}
+		l.cfg.report(c, ev.Room, fmt.Errorf("wsroom: writing a %s event (queued to write again): %w", ev.Type, err))
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stopped {
+		l.cfg.report(c, ev.Room, fmt.Errorf("wsroom: a %s event after Close: not written", ev.Type))
+		return
+	}
+	if len(l.queue) >= maxQueued {
+		l.queue = l.queue[1:]
+		l.cfg.report(c, ev.Room, fmt.Errorf("wsroom: %d events wait to be written: the oldest is dropped", maxQueued))
+	}
+	l.queue = append(l.queue, m)
+	if !l.writing {
+		l.writing = true
+		l.done.Add(1)
+		go l.writeQueued()
+	}
+}
+
+// writeQueued writes the queued events, oldest first, each until the
+// Broker takes it (a backoff of 50ms doubling to 5s), until the queue is
+// empty or the log is closed (then with a last try of a second).
+func (l *eventLog) writeQueued() {
+	defer l.done.Done()
+	backoff := 50 * time.Millisecond
+	for {
+		l.mu.Lock()
+		if len(l.queue) == 0 {
+			l.writing = false
+			l.mu.Unlock()
+			return
+		}
+		m, stopped := l.queue[0], l.stopped
+		l.mu.Unlock()
+		timeout := l.cfg.writeTimeout
+		if stopped {
+			timeout = time.Second
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		err := l.cfg.broker.Publish(ctx, eventsRoom, m)
+		cancel()
+		if err == nil {
+			l.mu.Lock()
+			l.queue = l.queue[1:]
+			l.mu.Unlock()
+			backoff = 50 * time.Millisecond
+			continue
+		}
+		if stopped {
+			l.mu.Lock()
+			l.writing = false
+			l.mu.Unlock()
+			return // close reports what is left
+		}
+		select {
+		case <-l.stop:
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 

@@ -296,3 +296,41 @@ func TestEventsNeedOption(t *testing.T) {
 	}()
 	wsroom.New(wsroom.WithEvents())
 }
+
+// TestEventsThroughOutage writes events while the Broker fails: they wait
+// on the node and reach the log, in order, once it is back.
+func TestEventsThroughOutage(t *testing.T) {
+	defer leakCheck(t)()
+	broker := &outageBroker{LocalBroker: wsroom.NewLocalBroker(wsroom.NewMemoryStore(0, 0))}
+	var reported atomic.Int64
+	f := newAPI(t, wsroom.WithEvents(), wsroom.WithBroker(broker), wsroom.WithOnError(func(*wsroom.Client, error) { reported.Add(1) }))
+	got := startFeed(t, f.reg, "", nil)
+	broker.down.Store(true)
+	c, id := f.dialMux(t, "ana")
+	send(t, c, `{"op":"join","room":"lobby"}`)
+	expect(t, c, "joined")
+	send(t, c, `{"op":"leave","room":"lobby"}`)
+	expect(t, c, "left")
+	c.Close(websocket.StatusNormalClosure, "")
+	waitUntil(t, "the failures reported", func() bool { return reported.Load() > 0 })
+	if evs := got.snapshot(); len(evs) != 0 {
+		t.Fatalf("%d events in the log during the outage", len(evs))
+	}
+	broker.down.Store(false)
+	var lines []string
+	for _, ev := range got.wait(t, 4) {
+		lines = append(lines, eventLine(ev, map[string]string{id: "c"}))
+	}
+	if want := []string{"connect c ana", "join c ana lobby", "leave c ana lobby requested", "disconnect c ana  1000"}; !slices.Equal(lines, want) {
+		t.Errorf("events after the outage: %q, want %q", lines, want)
+	}
+	got.stop()
+	f.reg.Close()
+	f.srv.Close()
+}
+
+func (f *feed) snapshot() []wsroom.Event {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.events)
+}

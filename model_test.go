@@ -185,8 +185,9 @@ type model struct {
 	compress   websocket.CompressionMode
 	policy     wsroom.SlowPolicy
 	jsonCodec  bool
-	sendBuffer int // 0: the default
-	histN      int // WithHistory
+	events     bool // WithEvents: the log is checked after Shutdown
+	sendBuffer int  // 0: the default
+	histN      int  // WithHistory
 
 	rooms  []string
 	muxes  []*muxClient
@@ -256,6 +257,7 @@ func runModel(t *rapid.T) {
 	}
 	m.policy = option(t, "policy", []wsroom.SlowPolicy{wsroom.CloseSlow, wsroom.DropOldest, wsroom.DropNewest})
 	m.jsonCodec = option(t, "json", []bool{false, true})
+	m.events = option(t, "events", []bool{false, true})
 	m.sendBuffer = option(t, "buffer", []int{0, 6, 8})
 	m.histN = rapid.SampledFrom([]int{0, 3}).Draw(t, "history")
 	for i := range rapid.IntRange(2, 3).Draw(t, "rooms") {
@@ -333,6 +335,9 @@ func (m *model) start(t *rapid.T) {
 	}
 	if m.sendBuffer > 0 {
 		opts = append(opts, wsroom.WithSendBuffer(m.sendBuffer))
+	}
+	if m.events {
+		opts = append(opts, wsroom.WithEvents())
 	}
 	m.reg = wsroom.NewRegistry(opts...)
 	mux := http.NewServeMux()
@@ -832,6 +837,9 @@ func (m *model) end(t *rapid.T) {
 			}
 		}
 		m.checkAll(t)
+		if m.events {
+			m.checkEvents(t)
+		}
 	} else {
 		room := rapid.SampledFrom(m.rooms).Draw(t, "room to close")
 		m.ending = room
@@ -903,4 +911,76 @@ func (m *model) logf(t *rapid.T, format string, args ...any) {
 func (m *model) fatalf(t *rapid.T, format string, args ...any) {
 	t.Helper()
 	t.Fatalf("%s\ntrace of the run:\n\t%s", fmt.Sprintf(format, args...), strings.Join(m.trace, "\n\t"))
+}
+
+// checkEvents checks the event log once Shutdown has ended every
+// connection, outages included: each connection's events are a connect,
+// then per room joins and leaves that alternate, a join first, then a
+// disconnect, with nothing after it; and every connection the server
+// admitted is there.
+func (m *model) checkEvents(t *rapid.T) {
+	msgs, err := m.store.After(context.Background(), ".wsroom.events", "", 0, 0)
+	if err != nil {
+		m.fatalf(t, "event log: %v", err)
+	}
+	type connState struct {
+		connected, disconnected bool
+		in                      map[string]bool
+	}
+	conns := make(map[string]*connState)
+	for _, msg := range msgs {
+		var ev wsroom.Event
+		if err := json.Unmarshal(msg.Data, &ev); err != nil {
+			m.fatalf(t, "event %d: %v", msg.Seq, err)
+		}
+		if ev.Conn == "" {
+			continue // a user's first join or last leave
+		}
+		c := conns[ev.Conn]
+		if c == nil {
+			c = &connState{in: map[string]bool{}}
+			conns[ev.Conn] = c
+		}
+		bad := ""
+		switch {
+		case c.disconnected:
+			bad = "after its disconnect"
+		case ev.Type == wsroom.EventConnect:
+			if c.connected {
+				bad = "a second connect"
+			}
+			c.connected = true
+		case !c.connected:
+			bad = "before its connect"
+		case ev.Type == wsroom.EventJoin:
+			if c.in[ev.Room] {
+				bad = "a second join"
+			}
+			c.in[ev.Room] = true
+		case ev.Type == wsroom.EventLeave:
+			if !c.in[ev.Room] {
+				bad = "a leave without a join"
+			}
+			c.in[ev.Room] = false
+		case ev.Type == wsroom.EventDisconnect:
+			for room, in := range c.in {
+				if in {
+					bad = "a disconnect while in " + room
+				}
+			}
+			c.disconnected = true
+		}
+		if bad != "" {
+			m.fatalf(t, "event log: %s of connection %s: %s (event %d)", ev.Type, ev.Conn, bad, msg.Seq)
+		}
+	}
+	for id, c := range conns {
+		if !c.disconnected {
+			m.fatalf(t, "event log: connection %s has no disconnect", id)
+		}
+	}
+	if len(conns) == 0 {
+		m.fatalf(t, "event log: no connection")
+	}
+	m.logf(t, "event log: %d events of %d connections, each whole", len(msgs), len(conns))
 }

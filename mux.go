@@ -118,6 +118,15 @@ func (c *Client) serveMux() {
 	if reason == nil {
 		reason = err
 	}
+	// The leaves of rooms that closed under the client come first. An
+	// eviction after the client left all its rooms (above) does nothing.
+	c.mu.Lock()
+	evictions := c.evictions
+	c.evictions = nil
+	c.mu.Unlock()
+	for _, done := range evictions {
+		<-done
+	}
 	cfg.events.disconnected(c, reason)
 	c.cancel(reason)
 	c.stats.leaves.Add(1)
@@ -557,6 +566,8 @@ func (c *Client) evict(r *Room, tell *reply) {
 	delete(c.mux.rooms, r)
 	delete(c.mux.byName, r.name)
 	r.joined.Add(-1)
+	done := make(chan struct{})
+	c.evictions = append(slices.DeleteFunc(c.evictions, isClosed), done)
 	if mem.told {
 		c.enqueueLocked(outFrame{data: tell.frame(), reply: true}, false)
 	} else {
@@ -564,6 +575,7 @@ func (c *Client) evict(r *Room, tell *reply) {
 		c.mu.Unlock()
 	}
 	go func() { // presence and the release may wait
+		defer close(done)
 		why := "closed"
 		if tell.Op == "resync" {
 			why = "resync"

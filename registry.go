@@ -316,6 +316,9 @@ func (g *Registry) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
+		if l := g.cfg.events; l != nil {
+			l.close() // after the connections' last events
+		}
 	case <-ctx.Done():
 		errs[len(rooms)] = ctx.Err()
 	}
@@ -335,6 +338,9 @@ func (g *Registry) Close() error {
 		r.Close()
 	}
 	g.conns.Wait()
+	if l := g.cfg.events; l != nil {
+		l.close() // after the connections' last events
+	}
 	return nil
 }
 
