@@ -439,14 +439,9 @@ func (a *api) members(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	limit := 100
-	if s := r.URL.Query().Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > 1000 {
-			apiError(w, http.StatusBadRequest, codeBadRequest, "wsroom: limit is 1 to 1000")
-			return
-		}
-		limit = n
+	limit, ok := pageLimit(w, r)
+	if !ok {
+		return
 	}
 	ms, next, err := room.MembersPage(r.Context(), r.URL.Query().Get("cursor"), limit)
 	if err != nil {
@@ -764,14 +759,9 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 		apiError(w, http.StatusNotFound, "not_found", "wsroom: this registry keeps no event log (WithEvents)")
 		return
 	}
-	limit := 100
-	if s := r.URL.Query().Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > 1000 {
-			apiError(w, http.StatusBadRequest, codeBadRequest, "wsroom: limit is 1 to 1000")
-			return
-		}
-		limit = n
+	limit, ok := pageLimit(w, r)
+	if !ok {
+		return
 	}
 	after := r.URL.Query().Get("after")
 	if _, _, err := parseEventID(after); err != nil {
@@ -795,6 +785,21 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 		out.Next = evs[len(evs)-1].ID
 	}
 	apiJSON(w, http.StatusOK, out)
+}
+
+// pageLimit reads a page's limit query parameter: 1 to 1000, 100 by
+// default.
+func pageLimit(w http.ResponseWriter, r *http.Request) (int, bool) {
+	s := r.URL.Query().Get("limit")
+	if s == "" {
+		return 100, true
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > 1000 {
+		apiError(w, http.StatusBadRequest, codeBadRequest, "wsroom: limit is 1 to 1000")
+		return 0, false
+	}
+	return n, true
 }
 
 func apiJSON(w http.ResponseWriter, status int, v any) {

@@ -96,15 +96,11 @@ func (c *natsCluster) waitPeers() {
 }
 
 func probeStream(url string) error {
-	nc, err := nats.Connect(url, nats.Timeout(time.Second), nats.NoReconnect())
+	nc, js, err := jsConnect(url)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	name := "PROBE_" + strings.ToUpper(newID())
@@ -188,16 +184,26 @@ func (c *natsCluster) waitJetStream(i int) {
 	c.t.Fatalf("nats-server %s: JetStream not ready after %v: %v", c.serverName(i), clusterWait, err)
 }
 
-func accountInfo(url string) error {
+// jsConnect connects to url once, without reconnecting, for JetStream.
+func jsConnect(url string) (*nats.Conn, jetstream.JetStream, error) {
 	nc, err := nats.Connect(url, nats.Timeout(time.Second), nats.NoReconnect())
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
+}
+
+func accountInfo(url string) error {
+	nc, js, err := jsConnect(url)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	_, err = js.AccountInfo(ctx)

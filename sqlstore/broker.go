@@ -666,15 +666,20 @@ func (r *roomReader) loop() {
 	}
 }
 
-// deliver hands m to every subscription of the room.
-func (r *roomReader) deliver(m wsroom.Message) {
+// subscribers returns the room's subscriptions now.
+func (r *roomReader) subscribers() []*subscription {
 	r.b.mu.Lock()
+	defer r.b.mu.Unlock()
 	subs := make([]*subscription, 0, len(r.subs))
 	for s := range r.subs {
 		subs = append(subs, s)
 	}
-	r.b.mu.Unlock()
-	for _, s := range subs {
+	return subs
+}
+
+// deliver hands m to every subscription of the room.
+func (r *roomReader) deliver(m wsroom.Message) {
+	for _, s := range r.subscribers() {
 		s.deliver(m)
 	}
 }
@@ -727,13 +732,7 @@ func (r *roomReader) skip(cause error) {
 	if len(last) == 1 {
 		r.at = position{last[0].Epoch, last[0].Seq}
 	}
-	r.b.mu.Lock()
-	subs := make([]*subscription, 0, len(r.subs))
-	for s := range r.subs {
-		subs = append(subs, s)
-	}
-	r.b.mu.Unlock()
-	for _, s := range subs {
+	for _, s := range r.subscribers() {
 		if s.lost != nil {
 			s.lost(fmt.Errorf("sqlstore: room %q: %w", r.name, cause))
 		}
