@@ -66,6 +66,19 @@
 // any server of the protocol against PROTOCOL.md, and gives clients a
 // server that misbehaves on purpose.
 //
+// # The backend's side
+//
+// Registry.API is an http.Handler for backends in any language (JSON over
+// HTTP, described by openapi.json): publish with an idempotency key, read
+// members, counts and rooms, disconnect connections and remove users, on
+// any node. With WithEvents, a Registry writes its connections' lifecycle
+// (connect, disconnect, join, leave, users' first joins and last leaves)
+// to an event log in its Store, which Registry.FeedEvents hands to a Go
+// function or a Webhook at least once and in order; the survivors write
+// the events of a node that died. sqlstore's Broker lets PostgreSQL alone
+// carry rooms across nodes, and publishes inside the application's own
+// transaction.
+//
 // # Authentication
 //
 // Same-origin handshakes only, by default; WithOriginPatterns and
