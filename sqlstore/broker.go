@@ -36,6 +36,11 @@ import (
 // program imports as it would for a Store); with another PostgreSQL driver,
 // or on SQLite, the Broker polls.
 //
+// It keeps presence too (a wsroom.UserPresence): a table of the
+// connections in each room with leases it renews, so that members, counts
+// and a user's first join and last leave hold across nodes, and the
+// members of a node that died leave once their leases end.
+//
 // A Broker is safe for concurrent use. It is also the Store it was made
 // on (Append, After, Last), so a Room given it with wsroom.WithBroker
 // uses it as its Store. Close ends its goroutines; it does not close the
@@ -48,6 +53,9 @@ type Broker struct {
 	listens bool // PostgreSQL with pgx: LISTEN on a connection of its own
 
 	keys      string // the table of publish keys (PublishOnce)
+	ttl       time.Duration
+	pq        presenceQueries
+	pres      presence
 	published atomic.Uint64
 
 	ctx    context.Context
@@ -61,6 +69,7 @@ type Broker struct {
 
 var (
 	_ wsroom.Broker       = (*Broker)(nil)
+	_ wsroom.Presence     = (*Broker)(nil)
 	_ wsroom.Sequencer    = (*Broker)(nil)
 	_ wsroom.Deduplicator = (*Broker)(nil)
 )
@@ -94,6 +103,9 @@ func NewBroker(s *Store, opts ...BrokerOption) (*Broker, error) {
 	}
 	if err := b.createKeys(); err != nil {
 		return nil, fmt.Errorf("sqlstore: create the keys table: %w", err)
+	}
+	if err := b.startPresence(); err != nil {
+		return nil, err
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	if s.dialect == Postgres {
@@ -129,8 +141,12 @@ func NewBroker(s *Store, opts ...BrokerOption) (*Broker, error) {
 // Close does not close the Store.
 func (b *Broker) Close() error {
 	b.mu.Lock()
+	was := b.closed
 	b.closed = true
 	b.mu.Unlock()
+	if !was {
+		b.closePresence()
+	}
 	b.cancel()
 	b.wg.Wait()
 	return nil

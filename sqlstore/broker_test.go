@@ -22,9 +22,19 @@ import (
 )
 
 // newBroker returns a Broker on a new Store of d over db, closed at cleanup.
-func newBroker(t testing.TB, d testDB, db *sql.DB, opts ...sqlstore.Option) *sqlstore.Broker {
+func newBroker(t testing.TB, d testDB, db *sql.DB, opts ...any) *sqlstore.Broker {
 	t.Helper()
-	b, err := sqlstore.NewBroker(newStore(t, d, db, opts...))
+	var sopts []sqlstore.Option
+	var bopts []sqlstore.BrokerOption
+	for _, o := range opts {
+		switch o := o.(type) {
+		case sqlstore.Option:
+			sopts = append(sopts, o)
+		case sqlstore.BrokerOption:
+			bopts = append(bopts, o)
+		}
+	}
+	b, err := sqlstore.NewBroker(newStore(t, d, db, sopts...), bopts...)
 	if err != nil {
 		t.Fatalf("NewBroker: %v", err)
 	}
@@ -33,27 +43,42 @@ func newBroker(t testing.TB, d testDB, db *sql.DB, opts ...sqlstore.Option) *sql
 }
 
 // The conformance suite, with each node a Broker on a *sql.DB of its own
-// (as separate processes would have) on PostgreSQL; on SQLite, where
-// ephemeral messages do not leave the process, one Broker for every node.
+// on PostgreSQL, as separate processes would have.
 func TestBrokerConformance(t *testing.T) {
 	t.Run("postgres", func(t *testing.T) {
 		d := newPostgres(t)
-		brokertest.Run(t, func(t *testing.T) wsroom.Broker { return newBroker(t, d, d.open(t)) })
+		brokertest.Run(t, func(t *testing.T) wsroom.Broker {
+			return newBroker(t, d, d.open(t), sqlstore.WithPresenceTTL(time.Second)) // a Crasher (export_test.go)
+		})
 	})
+	// On SQLite, ephemeral messages stay in their Broker: every node is
+	// one Broker, which no node closes or crashes (the cases that do
+	// skip).
 	t.Run("sqlite", func(t *testing.T) {
 		d := newSQLite(t, true)
-		b := newBroker(t, d, d.open(t))
+		b := shared{newBroker(t, d, d.open(t))}
 		brokertest.Run(t, func(t *testing.T) wsroom.Broker { return b })
 	})
+}
+
+// shared is a Broker without its Close and Crash methods.
+type shared struct{ engine }
+
+type engine interface {
+	wsroom.Broker
+	wsroom.Store
+	wsroom.Sequencer
+	wsroom.Deduplicator
+	wsroom.UserPresence
 }
 
 // Real server nodes on PostgreSQL alone: clients of many rooms publish on
 // both, move between them with resume, and retry publishes.
 func TestBrokerNodes(t *testing.T) {
 	d := newPostgres(t)
-	limited := func(limit int) []sqlstore.Option {
+	limited := func(limit int) []any {
 		if limit > 0 {
-			return []sqlstore.Option{sqlstore.WithHistoryLimit(limit)}
+			return []any{sqlstore.WithHistoryLimit(limit)}
 		}
 		return nil
 	}

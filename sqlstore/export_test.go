@@ -26,3 +26,7 @@ const SweepBatch = sweepBatch
 
 // SweepRows bounds how many messages a sweep deletes per transaction.
 const SweepRows = sweepRows
+
+// Crash stops b renewing its presence leases and forgets its members,
+// without removing their rows, as a crash would.
+func (b *Broker) Crash() { b.stopRenewing() }

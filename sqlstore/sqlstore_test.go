@@ -95,7 +95,7 @@ func newPostgres(t testing.TB) testDB {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if _, err := db.ExecContext(ctx, "DROP TABLE IF EXISTS "+prefix+"rooms, "+prefix+"messages, "+prefix+"keys"); err != nil {
+		if _, err := db.ExecContext(ctx, "DROP TABLE IF EXISTS "+prefix+"rooms, "+prefix+"messages, "+prefix+"keys, "+prefix+"presence"); err != nil {
 			t.Errorf("drop test tables: %v", err)
 		}
 	})
