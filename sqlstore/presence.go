@@ -304,17 +304,20 @@ func (b *Broker) LeaveUser(ctx context.Context, room, id, user string) (bool, er
 			last = false // gone already: a sweep told of it
 			return nil
 		}
-		var live int
-		if err := tx.QueryRowContext(ctx, b.pq.userLive, room, user, time.Now().UnixMilli()).Scan(&live); err != nil {
-			return err
-		}
-		last = live == 0
-		return nil
+		last, err = b.noneLive(ctx, tx, room, user)
+		return err
 	})
 	if err != nil {
 		return false, fmt.Errorf("sqlstore: leave %q from room %q: %w", id, room, err)
 	}
 	return last, nil
+}
+
+// noneLive reports whether the user has no live row left in room.
+func (b *Broker) noneLive(ctx context.Context, tx *sql.Tx, room, user string) (bool, error) {
+	var live int
+	err := tx.QueryRowContext(ctx, b.pq.userLive, room, user, time.Now().UnixMilli()).Scan(&live)
+	return live == 0, err
 }
 
 // Members implements wsroom.Presence: the room's clients whose lease has
@@ -433,12 +436,8 @@ func (b *Broker) Sweep(ctx context.Context, room string) ([]wsroom.Member, error
 			if _, err := tx.ExecContext(ctx, b.pq.dropExpired, room, user, now); err != nil {
 				return err
 			}
-			var live int
-			if err := tx.QueryRowContext(ctx, b.pq.userLive, room, user, time.Now().UnixMilli()).Scan(&live); err != nil {
-				return err
-			}
-			last = live == 0
-			return nil
+			last, err = b.noneLive(ctx, tx, room, user)
+			return err
 		})
 		if err != nil {
 			return gone, fmt.Errorf("sqlstore: sweeping room %q: %w", room, err)
