@@ -116,3 +116,81 @@ func ExampleBroker_PublishTx() {
 	// Output:
 	// 1 order 2 paid
 }
+
+// ExampleStore_Position reads the application's state and the room's
+// position in one transaction: a client that loads the state resumes
+// after the position, with no message missed and none twice, even if an
+// order is written in between.
+func ExampleStore_Position() {
+	dir, err := os.MkdirTemp("", "sqlstore-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, "shop.db")+"?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	store, err := sqlstore.New(ctx, db)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer store.Close()
+	broker, err := sqlstore.NewBroker(store)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer broker.Close()
+	if _, err := db.Exec("CREATE TABLE orders (id INTEGER PRIMARY KEY)"); err != nil {
+		log.Fatal(err)
+	}
+	order := func(id int) {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer tx.Rollback()
+		if _, err := tx.Exec("INSERT INTO orders (id) VALUES (?)", id); err != nil {
+			log.Fatal(err)
+		}
+		if _, err := broker.PublishTx(ctx, tx, "orders", wsroom.Message{Data: fmt.Appendf(nil, "order %d", id)}); err != nil {
+			log.Fatal(err)
+		}
+		if err := tx.Commit(); err != nil {
+			log.Fatal(err)
+		}
+	}
+	order(1)
+	order(2)
+
+	// The snapshot: the orders, and the position they are as of (on
+	// PostgreSQL, at sql.LevelRepeatableRead).
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	var n int
+	if err := tx.QueryRow("SELECT COUNT(*) FROM orders").Scan(&n); err != nil {
+		log.Fatal(err)
+	}
+	epoch, seq, err := store.Position(ctx, tx, "orders")
+	if err != nil {
+		log.Fatal(err)
+	}
+	tx.Rollback()
+	fmt.Printf("%d orders, as of message %d\n", n, seq)
+
+	order(3) // after the snapshot
+	missed, err := store.After(ctx, "orders", epoch, seq, 0)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, m := range missed {
+		fmt.Printf("then %d: %s\n", m.Seq, m.Data)
+	}
+	// Output:
+	// 2 orders, as of message 2
+	// then 3: order 3
+}
