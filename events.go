@@ -386,9 +386,15 @@ func (l *eventLog) sweepConns() {
 	}
 }
 
-// sweeper runs sweepConns every second until stop is closed.
+// sweepEvery is how often a node sweeps the connections' leases: well
+// within the time an engine keeps a room whose every node died
+// (redisbroker forgets its keys two TTLs after the last write, at least 2s),
+// so that the rooms of a dead connection are swept while they are there.
+const sweepEvery = 250 * time.Millisecond
+
+// sweeper runs sweepConns every sweepEvery until stop is closed.
 func (l *eventLog) sweeper(stop <-chan struct{}) {
-	t := time.NewTicker(time.Second)
+	t := time.NewTicker(sweepEvery)
 	defer t.Stop()
 	for {
 		select {
@@ -423,10 +429,24 @@ func parseEventID(id string) (string, uint64, error) {
 	return epoch, seq, nil
 }
 
+// LastEvent returns the ID of the newest event of the log, "" if it has
+// none: the position to follow the log from now on (FeedEvents after it).
+func (g *Registry) LastEvent(ctx context.Context) (string, error) {
+	if g.cfg.events == nil {
+		return "", errors.New("wsroom: LastEvent of a registry without WithEvents")
+	}
+	msgs, err := g.cfg.store.Last(ctx, eventsRoom, 1)
+	if err != nil || len(msgs) == 0 {
+		return "", err
+	}
+	return msgs[0].Epoch + ":" + strconv.FormatUint(msgs[0].Seq, 10), nil
+}
+
 // Events returns up to n events of the log after the one whose ID is
 // after ("" for the start of the log), oldest first. It returns an error
 // wrapping ErrGap when the log no longer holds the events after it: they
-// were trimmed (the Store's history limit and age apply to the log).
+// were trimmed (the Store's history limit and age apply to the log; ""
+// too, once the log's first events are gone: start from LastEvent then).
 func (g *Registry) Events(ctx context.Context, after string, n int) ([]Event, error) {
 	if g.cfg.events == nil {
 		return nil, errors.New("wsroom: Events of a registry without WithEvents")

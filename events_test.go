@@ -166,6 +166,9 @@ func TestEvents(t *testing.T) {
 	if err != nil || len(page) != 2 || page[0].ID != evs[4].ID || page[1].ID != evs[5].ID {
 		t.Errorf("Events after the 4th = %v, %v; want the 5th and 6th", page, err)
 	}
+	if last, err := f.reg.LastEvent(t.Context()); err != nil || last != evs[len(evs)-1].ID {
+		t.Errorf("LastEvent = %q, %v; want %q", last, err, evs[len(evs)-1].ID)
+	}
 	if _, err := f.reg.Events(t.Context(), "nonsense", 1); err == nil {
 		t.Error("Events after a bad ID: no error")
 	}
