@@ -320,22 +320,13 @@ func (a *api) publishOne(ctx context.Context, name string, data []byte, ephemera
 	if e != nil {
 		dkey = dedupKey(apiSender{}, key)
 	}
-	var err error
-	for range 3 {
-		var r *Room
-		if r, err = g.Room(name); err != nil {
-			break
-		}
-		var out Message
-		if out, err = r.publishSeq(ctx, msg, dkey); err == nil {
+	err := g.inRoom(name, func(r *Room) error {
+		out, err := r.publishSeq(ctx, msg, dkey)
+		if err == nil {
 			msg = out
-			break
 		}
-		if !errors.Is(err, ErrClosed) || g.isClosed() {
-			break
-		}
-		// The room expired between Room and the publish: get the new one.
-	}
+		return err
+	})
 	status, code := http.StatusOK, ""
 	switch {
 	case err == nil:
@@ -485,15 +476,7 @@ func (g *Registry) clients() []*Client {
 
 // identityText is the client's identity as text: a string, or a
 // fmt.Stringer's String; "" otherwise.
-func identityText(c *Client) string {
-	switch v := c.identity.(type) {
-	case string:
-		return v
-	case fmt.Stringer:
-		return v.String()
-	}
-	return ""
-}
+func identityText(c *Client) string { return makerOf(c.id, c.identity).identity }
 
 // apiCloseBody is the optional body of a disconnect.
 type apiCloseBody struct {

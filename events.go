@@ -2,6 +2,7 @@ package wsroom
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -98,22 +99,29 @@ type eventLog struct {
 	queue   []Message            // events to write again, oldest first
 	writing bool                 // the retry goroutine runs
 	stopped bool                 // Close: write no more
-	stop    chan struct{}        // closed by Close
-	done    sync.WaitGroup       // the retry goroutine
+	stop    chan struct{}        // closed by close
+	done    sync.WaitGroup       // the retry goroutine and the sweeper
 }
 
 // maxQueued bounds the events a node keeps to write again while the
 // Broker fails; beyond it the oldest are dropped, and reported.
 const maxQueued = 100_000
 
+// init readies the log of a registry of cfg, and starts the sweeper of
+// the connections' leases when the Broker is a UserPresence; close ends
+// it.
 func (l *eventLog) init(cfg *config) {
 	l.node, l.cfg = newID(), cfg
 	l.pending = make(map[string]time.Time)
 	l.stop = make(chan struct{})
+	if _, ok := l.presence(); ok {
+		l.done.Go(func() { l.sweeper(l.stop) })
+	}
 }
 
-// close stops the retry goroutine, after a last try of what it holds (a
-// second at most), and reports the events it could not write.
+// close stops the sweeper and the retry goroutine, after a last try of
+// what the latter holds (a second at most), and reports the events it
+// could not write.
 func (l *eventLog) close() {
 	l.mu.Lock()
 	if l.stopped {
@@ -325,15 +333,8 @@ func (l *eventLog) swept(room string, gone []Member) {
 		return
 	}
 	for _, m := range gone {
-		l.emit(nil, Event{Type: EventUserLeave, User: cmp0(m.User, m.ID), Room: room, Reason: ReasonExpired})
+		l.emit(nil, Event{Type: EventUserLeave, User: cmp.Or(m.User, m.ID), Room: room, Reason: ReasonExpired})
 	}
-}
-
-func cmp0(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // sweepConns removes the leases of connections whose node stopped renewing
@@ -412,21 +413,20 @@ func eventOf(m Message) (Event, error) {
 	if err := json.Unmarshal(m.Data, &ev); err != nil {
 		return Event{}, fmt.Errorf("wsroom: event %s:%d: %w", m.Epoch, m.Seq, err)
 	}
-	ev.ID = m.Epoch + ":" + strconv.FormatUint(m.Seq, 10)
+	ev.ID = position{m.Epoch, m.Seq}.String()
 	return ev, nil
 }
 
-// parseEventID splits an event ID; "" is the start of the log.
+// parseEventID splits an event ID, a position of the log; "" is its start.
 func parseEventID(id string) (string, uint64, error) {
-	if id == "" {
+	p, err := parseResume(id)
+	switch {
+	case err != nil || p != nil && p.epoch == "":
+		return "", 0, fmt.Errorf("wsroom: %q is not an event ID", id)
+	case p == nil:
 		return "", 0, nil
 	}
-	epoch, s, ok := strings.Cut(id, ":")
-	seq, err := strconv.ParseUint(s, 10, 64)
-	if !ok || err != nil || epoch == "" {
-		return "", 0, fmt.Errorf("wsroom: %q is not an event ID", id)
-	}
-	return epoch, seq, nil
+	return p.epoch, p.seq, nil
 }
 
 // LastEvent returns the ID of the newest event of the log, "" if it has
@@ -439,7 +439,7 @@ func (g *Registry) LastEvent(ctx context.Context) (string, error) {
 	if err != nil || len(msgs) == 0 {
 		return "", err
 	}
-	return msgs[0].Epoch + ":" + strconv.FormatUint(msgs[0].Seq, 10), nil
+	return position{msgs[0].Epoch, msgs[0].Seq}.String(), nil
 }
 
 // Events returns up to n events of the log after the one whose ID is

@@ -35,10 +35,6 @@ type Registry struct {
 	conns  sync.WaitGroup       // connections of many rooms
 	muxes  map[*Client]struct{} // connections of many rooms
 	ctl    *control             // the server API's commands from other nodes (api.go)
-
-	// The sweeper of the connections' leases (WithEvents, events.go).
-	sweepStop, sweepDone chan struct{}
-	stopSweep            sync.Once
 }
 
 type entry struct {
@@ -56,25 +52,9 @@ func NewRegistry(opts ...Option) *Registry {
 	g := &Registry{cfg: mustConfig(opts), rooms: make(map[string]*entry), muxes: make(map[*Client]struct{}),
 		made: make(map[string]int), madeAs: make(map[string]int)}
 	if l := g.cfg.events; l != nil {
-		l.init(&g.cfg)
-		if _, ok := l.presence(); ok {
-			g.sweepStop, g.sweepDone = make(chan struct{}), make(chan struct{})
-			go func() {
-				defer close(g.sweepDone)
-				l.sweeper(g.sweepStop)
-			}()
-		}
+		l.init(&g.cfg) // its goroutines end with Close or Shutdown
 	}
 	return g
-}
-
-// stopSweeper ends the sweeper of connections' leases, if it runs.
-func (g *Registry) stopSweeper() {
-	if g.sweepStop == nil {
-		return
-	}
-	g.stopSweep.Do(func() { close(g.sweepStop) })
-	<-g.sweepDone
 }
 
 // Room returns the room called name, making it if needed. It returns the
@@ -223,17 +203,24 @@ func (g *Registry) abandon(r *Room) {
 // Room.Publish does. Unlike a *Room kept by the caller, which is closed
 // once idle, name always reaches the live room.
 func (g *Registry) Publish(ctx context.Context, name string, data []byte, opts ...PublishOption) error {
+	return g.inRoom(name, func(r *Room) error { return r.Publish(ctx, data, opts...) })
+}
+
+// inRoom calls fn with the live room called name, making it if needed, and
+// again with the new room if the one it got expired before fn was done
+// with it (fn returned ErrClosed while the registry is open).
+func (g *Registry) inRoom(name string, fn func(*Room) error) error {
 	var err error
 	for range 3 {
 		var r *Room
 		if r, err = g.Room(name); err != nil {
 			return err
 		}
-		err = r.Publish(ctx, data, opts...)
+		err = fn(r)
 		if !errors.Is(err, ErrClosed) || g.isClosed() {
 			return err
 		}
-		// The room expired between Room and Publish: get the new one.
+		// The room expired between Room and fn: get the new one.
 	}
 	return err
 }
@@ -295,11 +282,11 @@ func (g *Registry) joinCheck(c *Client, name string) error {
 
 // Shutdown shuts every room down as Room.Shutdown does, concurrently, and
 // makes Room and the handler refuse new work. It returns when all are done,
-// or with ctx.Err().
+// or with ctx.Err(); then Close ends what is left, the event log's
+// goroutines included.
 func (g *Registry) Shutdown(ctx context.Context) error {
 	rooms, muxes := g.closeAll()
 	g.stopControl()
-	g.stopSweeper()
 	errs := make([]error, len(rooms)+1)
 	var wg sync.WaitGroup
 	for i, r := range rooms {
@@ -330,7 +317,6 @@ func (g *Registry) Shutdown(ctx context.Context) error {
 func (g *Registry) Close() error {
 	rooms, muxes := g.closeAll()
 	g.stopControl()
-	g.stopSweeper()
 	for _, c := range muxes {
 		c.closeNow()
 	}
